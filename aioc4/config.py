@@ -1,0 +1,77 @@
+"""The typed request a run works from, and the pure parsing of its parts."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UsageError
+
+__all__ = ["DEFAULT_OUTPUT_DIR", "SPLITS", "RunConfig", "S3Target", "parse_s3_path"]
+
+SPLITS = ("train", "validation")
+DEFAULT_OUTPUT_DIR = Path("./data/c4_subset")
+
+# https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html (general purpose buckets)
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+@dataclass(frozen=True, slots=True)
+class S3Target:
+    """Where parts go in S3: `s3://{bucket}/{prefix}/<part name>`."""
+
+    bucket: str
+    prefix: str
+
+    def key_for(self, name: str) -> str:
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+    def url_for(self, name: str) -> str:
+        return f"s3://{self.bucket}/{self.key_for(name)}"
+
+
+def parse_s3_path(text: str) -> S3Target:
+    """Parse `s3://bucket[/prefix]`; a trailing slash on the prefix is ignored."""
+    if not text.startswith("s3://"):
+        raise UsageError(f"--s3-path must look like s3://bucket[/prefix], got {text!r}")
+    bucket, _, prefix = text[len("s3://") :].partition("/")
+    if not _BUCKET_RE.match(bucket) or ".." in bucket:
+        raise UsageError(f"--s3-path has an invalid bucket name {bucket!r} (S3 bucket naming rules)")
+    prefix = prefix.strip("/")
+    if "//" in prefix or any(segment in (".", "..") for segment in prefix.split("/")):
+        raise UsageError(f"--s3-path has an invalid prefix {prefix!r}")
+    return S3Target(bucket=bucket, prefix=prefix)
+
+
+@dataclass(frozen=True, slots=True)
+class RunConfig:
+    """Everything one run needs to know, already validated."""
+
+    num_samples: int = 1000
+    split: str = "train"
+    output_dir: Path = DEFAULT_OUTPUT_DIR
+    max_lines_per_file: int | None = None
+    streaming: bool = True
+    cache_dir: Path | None = None
+    s3: S3Target | None = None
+    cleanup_local: bool = False
+    repo_id: str = "allenai/c4"
+    revision: str = "main"
+    config_name: str = "en"
+    endpoint_url: str | None = None
+    upload_workers: int = 4
+
+    def __post_init__(self) -> None:
+        if self.num_samples <= 0:
+            raise UsageError(f"--num-samples must be a positive integer, got {self.num_samples}")
+        if self.split not in SPLITS:
+            raise UsageError(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
+        if self.max_lines_per_file is not None and self.max_lines_per_file <= 0:
+            raise UsageError(
+                f"--max-lines-per-file must be a positive integer, got {self.max_lines_per_file}"
+            )
+        if self.upload_workers <= 0:
+            raise UsageError(f"--upload-workers must be a positive integer, got {self.upload_workers}")
+        if self.cleanup_local and self.s3 is None:
+            raise UsageError("--cleanup-local deletes parts after their upload, so it needs --s3-path")
