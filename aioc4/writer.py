@@ -1,0 +1,123 @@
+"""Writes documents into part files; a part appears under its final name only when complete."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiofiles
+from aiofiles.threadpool.binary import AsyncBufferedIOBase
+
+from .errors import DestinationError
+from .naming import part_count, part_name, temp_part_name
+
+__all__ = ["FinishedPart", "PartWriter"]
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedPart:
+    """A complete part on local disk."""
+
+    index: int
+    name: str
+    path: Path
+    lines: int
+    size: int
+
+
+class PartWriter:
+    """Splits a stream of documents into parts of at most `max_lines` lines.
+
+    A full part is only closed when the next document arrives (or at the end), so the
+    last part is always named knowing the real total. Parts closed before the end carry the
+    requested total in their name; `aioc4.naming.renames_for_short_split` fixes them when the
+    split turns out shorter.
+    """
+
+    def __init__(self, directory: Path, split: str, requested: int, max_lines: int | None) -> None:
+        self.directory = directory
+        self.split = split
+        self.requested = requested
+        self.max_lines = max_lines
+        self.documents = 0
+        self.finished: list[FinishedPart] = []
+        self._file: AsyncBufferedIOBase | None = None
+        self._lines = 0
+        self._size = 0
+
+    @property
+    def _temp_path(self) -> Path:
+        return self.directory / temp_part_name(self.split, len(self.finished) + 1)
+
+    async def write(self, lines: list[bytes]) -> list[FinishedPart]:
+        """Append documents (source lines without newline); returns the parts this completed."""
+        done = []
+        start = 0
+        while start < len(lines):
+            if self._file is not None and self.max_lines is not None and self._lines >= self.max_lines:
+                done.append(await self._finish(self.requested))
+            if self._file is None:
+                self._file = await self._open(self._temp_path)
+            room = len(lines) - start if self.max_lines is None else self.max_lines - self._lines
+            chunk = lines[start : start + room]
+            data = b"\n".join(chunk) + b"\n"
+            await self._write(data)
+            self._lines += len(chunk)
+            self._size += len(data)
+            self.documents += len(chunk)
+            start += len(chunk)
+        return done
+
+    async def close(self) -> FinishedPart | None:
+        """Finish the last part, named after the number of documents actually written."""
+        if self._file is None:
+            return None
+        return await self._finish(self.documents)
+
+    async def abort(self) -> None:
+        """Drop the part being written; finished parts are untouched."""
+        if self._file is not None:
+            file, self._file = self._file, None
+            with contextlib.suppress(OSError):
+                await file.close()
+            with contextlib.suppress(FileNotFoundError):
+                self._temp_path.unlink()
+
+    async def _finish(self, total: int) -> FinishedPart:
+        assert self._file is not None
+        file, self._file = self._file, None
+        temp = self._temp_path
+        index = len(self.finished) + 1
+        name = part_name(self.split, total, index, part_count(total, self.max_lines))
+        try:
+            await file.flush()
+            await asyncio.to_thread(os.fsync, file.fileno())  # durable before it gets its final name
+            await file.close()
+            os.replace(temp, self.directory / name)
+        except OSError as exc:
+            temp.unlink(missing_ok=True)
+            raise DestinationError(f"cannot finish {self.directory / name}: {exc.strerror or exc}") from None
+        part = FinishedPart(
+            index=index, name=name, path=self.directory / name, lines=self._lines, size=self._size
+        )
+        self.finished.append(part)
+        self._lines = 0
+        self._size = 0
+        return part
+
+    async def _open(self, path: Path) -> AsyncBufferedIOBase:
+        try:
+            return await aiofiles.open(path, "wb")
+        except OSError as exc:
+            raise DestinationError(f"cannot write to {self.directory}: {exc.strerror or exc}") from None
+
+    async def _write(self, data: bytes) -> None:
+        assert self._file is not None
+        try:
+            await self._file.write(data)
+        except OSError as exc:
+            await self.abort()
+            raise DestinationError(f"cannot write to {self.directory}: {exc.strerror or exc}") from None
