@@ -1,0 +1,5 @@
+"""`python -m aioc4`."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,230 @@
+"""The command line: flags of the tool aioc4 replaces, one-line errors, and exit codes.
+
+Exit codes: 0 done, 1 failed (nothing finished is lost), 2 bad usage, 130 interrupted (Ctrl-C),
+143 terminated (SIGTERM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from . import __version__
+from .config import DEFAULT_OUTPUT_DIR, SPLITS, RunConfig, parse_s3_path
+from .errors import Aioc4Error, UsageError
+from .report import RunSummary, format_summary
+
+__all__ = ["build_parser", "config_from_args", "main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+
+log = logging.getLogger("aioc4")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line, not argparse's usage block."""
+        raise UsageError(message)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="aioc4",
+        description="Download the first N documents of C4 into JSONL part files, locally or on S3.",
+    )
+    add = parser.add_argument
+    add(
+        "--output-dir",
+        type=Path,
+        default=DEFAULT_OUTPUT_DIR,
+        help="where parts are written (default: %(default)s)",
+    )
+    add(
+        "--num-samples", type=_positive_int, default=1000, help="documents to download (default: %(default)s)"
+    )
+    add("--split", choices=SPLITS, default="train", help="split to read (default: %(default)s)")
+    add(
+        "--streaming",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="stream shards over HTTP and stop after N documents (default); --no-streaming downloads the "
+        "needed shards whole into the Hub cache first",
+    )
+    add("--cache-dir", type=Path, help="Hub cache folder for --no-streaming (default: the standard HF cache)")
+    add("--s3-path", help="upload parts to s3://bucket/prefix")
+    add(
+        "--cleanup-local",
+        action="store_true",
+        help="delete local parts after a verified upload (default with S3)",
+    )
+    add("--no-cleanup", action="store_true", help="keep local parts after uploading them")
+    add("--max-lines-per-file", type=_positive_int, help="split output into parts of at most this many lines")
+    add("--repo-id", default="allenai/c4", help="dataset repo on the Hub (default: %(default)s)")
+    add("--revision", default="main", help="branch, tag or commit to read (default: %(default)s)")
+    add(
+        "--endpoint-url",
+        help="S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL / AWS)",
+    )
+    add(
+        "--upload-workers", type=_positive_int, default=4, help="parallel part uploads (default: %(default)s)"
+    )
+    add("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
+    add("--version", action="version", version=f"aioc4 {__version__}")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    if args.cleanup_local and args.no_cleanup:
+        raise UsageError("--cleanup-local and --no-cleanup contradict each other; pass one of them")
+    s3 = parse_s3_path(args.s3_path) if args.s3_path is not None else None
+    cleanup = args.cleanup_local or (s3 is not None and not args.no_cleanup)
+    return RunConfig(
+        num_samples=args.num_samples,
+        split=args.split,
+        output_dir=args.output_dir,
+        max_lines_per_file=args.max_lines_per_file,
+        streaming=args.streaming,
+        cache_dir=args.cache_dir,
+        s3=s3,
+        cleanup_local=cleanup,
+        repo_id=args.repo_id,
+        revision=args.revision,
+        endpoint_url=args.endpoint_url,
+        upload_workers=args.upload_workers,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    sys.exit(run_cli(argv))
+
+
+def run_cli(argv: Sequence[str] | None = None) -> int:
+    redact = _redactor()
+    try:
+        args = build_parser().parse_args(argv)
+        config = config_from_args(args)
+    except Aioc4Error as exc:
+        _fail(redact(str(exc)))
+        return exc.exit_code
+    _configure_logging(quiet=args.quiet, redact=redact)
+    try:
+        summary = _execute(config)
+    except Aioc4Error as exc:
+        _fail(redact(str(exc)))
+        return exc.exit_code
+    except _Terminated:
+        _fail("terminated (SIGTERM); finished parts are kept")
+        return EXIT_TERMINATED
+    except KeyboardInterrupt:
+        _fail("interrupted; finished parts are kept")
+        return EXIT_INTERRUPTED
+    print(format_summary(summary), flush=True)
+    if summary.failed:
+        names = ", ".join(delivery.name for delivery in summary.failed)
+        _fail(f"{len(summary.failed)} part(s) did not reach S3 and are kept locally: {names}")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+class _Terminated(Exception):
+    """SIGTERM arrived; the run was cancelled."""
+
+
+def _execute(config: RunConfig) -> RunSummary:
+    from huggingface_hub.utils.tqdm import disable_progress_bars
+
+    from .pipeline import run
+
+    disable_progress_bars()  # aioc4 reports its own progress
+
+    async def main_task() -> RunSummary:
+        task = asyncio.current_task()
+        assert task is not None
+        terminated = False
+
+        def on_sigterm() -> None:
+            nonlocal terminated
+            terminated = True
+            task.cancel()
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
+        try:
+            return await run(config)
+        except asyncio.CancelledError:
+            if terminated:
+                raise _Terminated() from None
+            raise
+
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(main_task())
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
+        return None
+    return uvloop.new_event_loop
+
+
+def _redactor() -> Callable[[str], str]:
+    """Replaces any secret this process knows (HF token, AWS keys) with '***'."""
+    secrets = {
+        os.environ.get(name, "") for name in ("HF_TOKEN", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+    }
+    secrets.add(os.environ.get("AWS_ACCESS_KEY_ID", ""))
+    try:
+        from huggingface_hub import get_token
+
+        secrets.add(get_token() or "")
+    except Exception:  # pragma: no cover - a broken token cache must not stop error reporting
+        pass
+    secrets = {secret for secret in secrets if len(secret) >= 4}
+
+    def redact(text: str) -> str:
+        for secret in secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    return redact
+
+
+class _RedactingFilter(logging.Filter):
+    def __init__(self, redact: Callable[[str], str]) -> None:
+        super().__init__()
+        self._redact = redact
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = self._redact(record.getMessage())
+        record.args = None
+        return True
+
+
+def _configure_logging(*, quiet: bool, redact: Callable[[str], str]) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("aioc4: %(message)s"))
+    handler.addFilter(_RedactingFilter(redact))
+    log.addHandler(handler)
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.propagate = False
+
+
+def _fail(message: str) -> None:
+    print(f"aioc4: error: {message}", file=sys.stderr, flush=True)
