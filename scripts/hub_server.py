@@ -1,0 +1,729 @@
+"""A local imitation of the Hugging Face Hub serving one dataset repository, for offline tests and demos.
+
+Two origins run in one event loop, like the real Hub and its CDN: the Hub origin answers the API and the
+`resolve` URLs and redirects LFS files (`*.json.gz`) to the storage origin, which serves the bytes from
+short-lived signed URLs with `Range` support. The real `huggingface_hub` client works against it through
+`HF_ENDPOINT` or an explicit `endpoint=`. `GET /_stats` and `POST /_stats/reset` on the Hub origin expose
+what was transferred, so tests can assert on traffic.
+
+Run: `python -m scripts.hub_server --root DIR`; it prints one JSON line with its URLs, then serves until
+SIGTERM/SIGINT. Tests use `HubServerProcess`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Self
+from urllib.parse import quote, unquote
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from scripts.shards import CARD_DATA, STAMP_NAME
+
+DEFAULT_REPO_ID = "allenai/c4"
+DEFAULT_PAGE_SIZE = 1000
+EXPAND_PAGE_SIZE = 50
+"""The Hub pages tree listings at 1000 entries, or 50 with `expand=true`."""
+CHUNK_SIZE = 64 * 1024
+SIGNED_URL_TTL_S = 3600
+LFS_SUFFIX = ".json.gz"
+LAST_MODIFIED = "2024-01-09T19:14:03.000Z"
+CREATED_AT = "2022-03-02T23:29:22.000Z"
+COMMIT_TITLE = "Upload fake C4"
+INVALID_CREDENTIALS = "Invalid credentials in Authorization header"
+_HASH_BLOCK = 1 << 20
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class HubError(Exception):
+    """An error answer in the Hub's format: `X-Error-Code`, `X-Error-Message` and `{"error": ...}`."""
+
+    def __init__(self, status: int, code: str | None, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+    def response(self) -> web.Response:
+        headers = {"X-Error-Message": self.message, **self.headers}
+        if self.code is not None:
+            headers["X-Error-Code"] = self.code
+        return web.json_response({"error": self.message}, status=self.status, headers=headers)
+
+
+class RangeNotSatisfiable(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------------------------- the repo
+
+
+@dataclass(frozen=True)
+class RepoFile:
+    path: str
+    size: int
+    sha256: str
+    oid: str
+    """Git blob sha1 of what git stores: the LFS pointer for LFS files, the content otherwise."""
+    pointer_size: int | None
+    """Size of the LFS pointer; None for files stored in git itself."""
+
+
+@dataclass(frozen=True)
+class Repo:
+    repo_id: str
+    root: Path
+    commit: str
+    files: dict[str, RepoFile]
+    directories: dict[str, str]
+    """Directory path ("" is the root) -> tree oid."""
+
+    def entry_paths(self, directory: str, recursive: bool) -> list[str] | None:
+        """Paths under `directory` (directories first, then files), or None if it is not a directory."""
+        if directory not in self.directories:
+            return None
+        prefix = f"{directory}/" if directory else ""
+
+        def wanted(path: str) -> bool:
+            return bool(path) and path.startswith(prefix) and (recursive or "/" not in path[len(prefix) :])
+
+        return sorted(filter(wanted, self.directories)) + sorted(filter(wanted, self.files))
+
+
+def git_blob_sha1(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def lfs_pointer(sha256: str, size: int) -> bytes:
+    return f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n".encode()
+
+
+def _load_file(root: Path, path: str) -> RepoFile:
+    full = root / path
+    size = full.stat().st_size
+    sha256 = hashlib.sha256()
+    with full.open("rb") as f:
+        while block := f.read(_HASH_BLOCK):
+            sha256.update(block)
+    if path.endswith(LFS_SUFFIX):
+        pointer = lfs_pointer(sha256.hexdigest(), size)
+        return RepoFile(path, size, sha256.hexdigest(), git_blob_sha1(pointer), len(pointer))
+    return RepoFile(path, size, sha256.hexdigest(), git_blob_sha1(full.read_bytes()), None)
+
+
+def _parent(path: str) -> str:
+    return path.rsplit("/", 1)[0] if "/" in path else ""
+
+
+def _tree_oids(files: dict[str, RepoFile]) -> dict[str, str]:
+    """A deterministic oid per directory, hashed over its children bottom-up (git-like, not git's format)."""
+    listings: dict[str, list[str]] = {"": []}
+    for path in files:
+        directory = _parent(path)
+        while directory not in listings:
+            listings[directory] = []
+            directory = _parent(directory)
+    for path, file in files.items():
+        listings[_parent(path)].append(f"blob {file.oid} {path}")
+    oids: dict[str, str] = {}
+    for directory in sorted(listings, key=lambda d: (d.count("/") + bool(d), d), reverse=True):
+        oids[directory] = hashlib.sha1("\n".join(sorted(listings[directory])).encode()).hexdigest()
+        if directory:
+            listings[_parent(directory)].append(f"tree {oids[directory]} {directory}")
+    return oids
+
+
+def load_repo(root: Path, repo_id: str) -> Repo:
+    """Hash every file under `root` (except the generator's stamp) into one commit."""
+    paths = sorted(
+        p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name != STAMP_NAME
+    )
+    files = {path: _load_file(root, path) for path in paths}
+    commit = hashlib.sha1()
+    for path, file in sorted(files.items()):
+        commit.update(f"{path}\0{file.sha256}\n".encode())
+    return Repo(repo_id, root, commit.hexdigest(), files, _tree_oids(files))
+
+
+# ----------------------------------------------------------------------------------- shared server state
+
+
+@dataclass
+class Stats:
+    storage_body_bytes: int = 0
+    storage_body_bytes_by_path: Counter[str] = field(default_factory=Counter)
+    storage_get_requests: int = 0
+    storage_get_requests_by_path: Counter[str] = field(default_factory=Counter)
+    resolve_requests: dict[str, int] = field(default_factory=lambda: {"HEAD": 0, "GET": 0})
+    api_requests: int = 0
+    storage_auth_headers_seen: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return {name: dict(value) if isinstance(value, dict) else value for name, value in vars(self).items()}
+
+
+@dataclass(frozen=True)
+class UrlSigner:
+    """Signs storage URLs with a per-process secret, like the CDN's expiring signed URLs."""
+
+    secret: bytes = field(default_factory=lambda: os.urandom(32))
+    ttl_s: int = SIGNED_URL_TTL_S
+
+    def _signature(self, sha256: str, expires: str) -> str:
+        return hmac.new(self.secret, f"{sha256}:{expires}".encode(), hashlib.sha256).hexdigest()
+
+    def query(self, sha256: str) -> str:
+        expires = str(int(time.time()) + self.ttl_s)
+        return f"expires={expires}&sig={self._signature(sha256, expires)}"
+
+    def is_valid(self, sha256: str, expires: str, signature: str) -> bool:
+        if not expires.isdigit() or int(expires) < time.time():
+            return False
+        return hmac.compare_digest(self._signature(sha256, expires), signature)
+
+
+@dataclass
+class ServerState:
+    repo: Repo
+    page_size: int
+    token: str | None
+    pace_bytes_per_s: float
+    signer: UrlSigner = field(default_factory=UrlSigner)
+    stats: Stats = field(default_factory=Stats)
+    storage_url: str = ""
+    """Set once the storage origin is bound."""
+
+
+# ------------------------------------------------------------------------------------------ byte serving
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """(start, stop) for a single `bytes=` range, or None to send everything (no or ignorable header)."""
+    match = re.fullmatch(r"bytes=(\d*)-(\d*)", (header or "").strip())
+    if match is None or match.groups() == ("", ""):
+        return None
+    first, last = match.groups()
+    if not first:
+        if int(last) == 0 or size == 0:
+            raise RangeNotSatisfiable
+        return max(0, size - int(last)), size
+    start = int(first)
+    if start >= size:
+        raise RangeNotSatisfiable
+    stop = size if not last else min(int(last) + 1, size)
+    return (start, stop) if stop > start else None
+
+
+async def send_file(
+    request: web.Request,
+    path: Path,
+    size: int,
+    headers: dict[str, str],
+    *,
+    pace_bytes_per_s: float = 0,
+    on_chunk: Callable[[int], None] = lambda n: None,
+) -> web.StreamResponse:
+    """Answer 200/206/416 for `path`, streaming the body in chunks until done or the client leaves."""
+    headers = {**headers, "Accept-Ranges": "bytes"}
+    try:
+        byte_range = parse_range(request.headers.get("Range"), size)
+    except RangeNotSatisfiable:
+        return web.Response(status=416, headers={**headers, "Content-Range": f"bytes */{size}"})
+    start, stop = byte_range or (0, size)
+    response = web.StreamResponse(status=200 if byte_range is None else 206, headers=headers)
+    if byte_range is not None:
+        response.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
+    response.content_length = stop - start
+    await response.prepare(request)
+    if request.method != "HEAD":
+        await _stream_body(response, path, start, stop, pace_bytes_per_s, on_chunk)
+    return response
+
+
+async def _stream_body(
+    response: web.StreamResponse,
+    path: Path,
+    start: int,
+    stop: int,
+    pace_bytes_per_s: float,
+    on_chunk: Callable[[int], None],
+) -> None:
+    loop = asyncio.get_running_loop()
+    began, sent = loop.time(), 0
+    with path.open("rb") as f:
+        f.seek(start)
+        while sent < stop - start:
+            chunk = f.read(min(CHUNK_SIZE, stop - start - sent))
+            if not chunk:  # the file shrank under us: end the body short rather than spin
+                return
+            try:
+                await response.write(chunk)
+            except ConnectionResetError:
+                return
+            sent += len(chunk)
+            on_chunk(len(chunk))
+            if pace_bytes_per_s > 0:
+                await asyncio.sleep(max(0.0, began + sent / pace_bytes_per_s - loop.time()))
+
+
+# ------------------------------------------------------------------------------------------- hub origin
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").lower() in {"1", "true"}
+
+
+def _raw_segments(request: web.Request, prefix: str) -> list[str]:
+    """Still-encoded path segments after `prefix`, so `%2F` inside a segment is kept apart from `/`."""
+    return request.rel_url.raw_path[len(prefix) :].split("/")
+
+
+class HubOrigin:
+    """The Hub's API and `resolve` routes for one dataset repo."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.repo = state.repo
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[_hub_errors])
+        app.router.add_get("/_stats", self.get_stats)
+        app.router.add_post("/_stats/reset", self.reset_stats)
+        app.router.add_get("/api/datasets/{tail:.*}", self.api_get)
+        app.router.add_post("/api/datasets/{tail:.*}", self.api_post)
+        app.router.add_get("/datasets/{tail:.*}", self.resolve)
+        return app
+
+    async def get_stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.state.stats.as_json())
+
+    async def reset_stats(self, request: web.Request) -> web.Response:
+        self.state.stats = Stats()
+        return web.Response(status=204)
+
+    # ----- access checks, in the Hub's order: bad token, unknown repo, gated repo, unknown revision
+
+    def _repo_segments(self, request: web.Request, prefix: str) -> list[str]:
+        """Check access to the repo named at the start of the path; return the raw segments after it."""
+        segments = _raw_segments(request, prefix)
+        authorization = request.headers.get("Authorization")
+        self._check_credentials(authorization)
+        id_parts = self.repo.repo_id.split("/")
+        if [unquote(s) for s in segments[: len(id_parts)]] != id_parts:
+            raise HubError(401, "RepoNotFound", "Repository not found")
+        if self.state.token is not None and authorization is None:
+            message = (
+                f"Access to dataset {self.repo.repo_id} is restricted. You must have access to it and be "
+                "authenticated to access it. Please log in."
+            )
+            raise HubError(401, "GatedRepo", message)
+        return segments[len(id_parts) :]
+
+    def _check_credentials(self, authorization: str | None) -> None:
+        token = self.state.token
+        if token is None or authorization is None:
+            return
+        if not hmac.compare_digest(authorization.encode(), f"Bearer {token}".encode()):
+            raise HubError(401, None, INVALID_CREDENTIALS)
+
+    def _check_revision(self, raw_revision: str) -> None:
+        revision = unquote(raw_revision)
+        if revision not in {"main", "refs/heads/main", self.repo.commit}:
+            raise HubError(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+
+    # ----- API
+
+    async def api_get(self, request: web.Request) -> web.Response:
+        self.state.stats.api_requests += 1
+        rest = self._repo_segments(request, "/api/datasets/")
+        if rest in ([], [""]):
+            return self._info(request, "main")
+        if len(rest) == 2 and rest[0] == "revision":
+            return self._info(request, rest[1])
+        if len(rest) >= 2 and rest[0] == "tree":
+            return self._tree(request, rest[1], unquote("/".join(rest[2:])).strip("/"))
+        raise HubError(404, None, "Not Found")
+
+    async def api_post(self, request: web.Request) -> web.Response:
+        self.state.stats.api_requests += 1
+        rest = self._repo_segments(request, "/api/datasets/")
+        if len(rest) != 2 or rest[0] != "paths-info":
+            raise HubError(404, None, "Not Found")
+        self._check_revision(rest[1])
+        form = await request.post()
+        expand = _flag(str(form.get("expand", "")))
+        paths = [str(p).strip("/") for p in form.getall("paths", [])]
+        known = [p for p in paths if p in self.repo.files or (p and p in self.repo.directories)]
+        return web.json_response([self._entry(p, expand) for p in known])
+
+    def _info(self, request: web.Request, raw_revision: str) -> web.Response:
+        self._check_revision(raw_revision)
+        blobs = _flag(request.query.get("blobs"))
+        repo = self.repo
+        return web.json_response(
+            {
+                "_id": hashlib.sha1(repo.repo_id.encode()).hexdigest()[:24],
+                "id": repo.repo_id,
+                "author": repo.repo_id.split("/")[0],
+                "sha": repo.commit,
+                "lastModified": LAST_MODIFIED,
+                "createdAt": CREATED_AT,
+                "private": False,
+                "gated": "auto" if self.state.token is not None else False,
+                "disabled": False,
+                "downloads": 0,
+                "likes": 0,
+                "tags": ["language:en", "license:odc-by"],
+                "cardData": CARD_DATA,
+                "siblings": [self._sibling(file, blobs) for file in repo.files.values()],
+                "usedStorage": sum(file.size for file in repo.files.values()),
+            }
+        )
+
+    @staticmethod
+    def _sibling(file: RepoFile, blobs: bool) -> dict[str, Any]:
+        if not blobs:
+            return {"rfilename": file.path}
+        sibling: dict[str, Any] = {"rfilename": file.path, "size": file.size, "blobId": file.oid}
+        if file.pointer_size is not None:
+            sibling["lfs"] = {"sha256": file.sha256, "size": file.size, "pointerSize": file.pointer_size}
+        return sibling
+
+    def _tree(self, request: web.Request, raw_revision: str, directory: str) -> web.Response:
+        self._check_revision(raw_revision)
+        paths = self.repo.entry_paths(directory, _flag(request.query.get("recursive")))
+        if paths is None:
+            raise HubError(404, "EntryNotFound", f"{directory} does not exist on {unquote(raw_revision)}")
+        expand = _flag(request.query.get("expand"))
+        page_size = min(self.state.page_size, EXPAND_PAGE_SIZE) if expand else self.state.page_size
+        offset = _decode_cursor(request.query.get("cursor"))
+        response = web.json_response([self._entry(p, expand) for p in paths[offset : offset + page_size]])
+        if offset + page_size < len(paths):
+            next_url = request.url.update_query(cursor=_encode_cursor(offset + page_size))
+            response.headers["Link"] = f'<{next_url}>; rel="next"'
+        return response
+
+    def _entry(self, path: str, expand: bool) -> dict[str, Any]:
+        """A tree entry as the Hub lists it (files need `path`, `size` and `oid`)."""
+        file = self.repo.files.get(path)
+        if file is None:
+            entry: dict[str, Any] = {
+                "type": "directory",
+                "oid": self.repo.directories[path],
+                "size": 0,
+                "path": path,
+            }
+        else:
+            entry = {"type": "file", "oid": file.oid, "size": file.size, "path": path}
+            if file.pointer_size is not None:
+                entry["lfs"] = {"oid": file.sha256, "size": file.size, "pointerSize": file.pointer_size}
+        if expand:
+            entry["lastCommit"] = {"id": self.repo.commit, "title": COMMIT_TITLE, "date": LAST_MODIFIED}
+            if file is not None:
+                entry["securityFileStatus"] = {
+                    "status": "safe",
+                    "avScan": {"status": "safe"},
+                    "pickleImportScan": {"status": "unscanned", "pickleImports": []},
+                }
+        return entry
+
+    # ----- resolve
+
+    async def resolve(self, request: web.Request) -> web.StreamResponse:
+        self.state.stats.resolve_requests[request.method] += 1
+        rest = self._repo_segments(request, "/datasets/")
+        if len(rest) < 3 or rest[0] != "resolve":
+            raise HubError(404, None, "Not Found")
+        self._check_revision(rest[1])
+        path = unquote("/".join(rest[2:]))
+        commit_header = {"X-Repo-Commit": self.repo.commit}
+        file = self.repo.files.get(path)
+        if file is None:
+            raise HubError(404, "EntryNotFound", "Entry not found", commit_header)
+        if file.pointer_size is None:
+            headers = {**commit_header, "ETag": f'"{file.oid}"', "Content-Type": "text/plain; charset=utf-8"}
+            return await send_file(request, self.repo.root / path, file.size, headers)
+        return self._redirect_to_storage(file)
+
+    def _redirect_to_storage(self, file: RepoFile) -> web.Response:
+        name = quote(file.path.rsplit("/", 1)[-1])
+        location = f"{self.state.storage_url}/cdn/{file.sha256}/{name}?{self.state.signer.query(file.sha256)}"
+        headers = {
+            "Location": location,
+            "X-Repo-Commit": self.repo.commit,
+            "X-Linked-Etag": f'"{file.sha256}"',
+            "X-Linked-Size": str(file.size),
+            "ETag": f'"{file.oid}"',
+        }
+        return web.Response(status=302, text=f"Found. Redirecting to {location}", headers=headers)
+
+
+def _encode_cursor(offset: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"offset": offset}).encode()).decode()
+
+
+def _decode_cursor(cursor: str | None) -> int:
+    if cursor is None:
+        return 0
+    try:
+        offset = json.loads(base64.urlsafe_b64decode(cursor.encode()))["offset"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise HubError(400, None, "Invalid cursor") from error
+    if not isinstance(offset, int) or offset < 0:
+        raise HubError(400, None, "Invalid cursor")
+    return offset
+
+
+@web.middleware
+async def _hub_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        response: web.StreamResponse = await handler(request)
+    except HubError as error:
+        return error.response()
+    return response
+
+
+# --------------------------------------------------------------------------------------- storage origin
+
+
+class StorageOrigin:
+    """The CDN: serves LFS blobs by sha256 from signed, expiring URLs."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.blobs = {f.sha256: f for f in state.repo.files.values() if f.pointer_size is not None}
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/cdn/{sha256}/{name}", self.blob)
+        return app
+
+    async def blob(self, request: web.Request) -> web.StreamResponse:
+        stats = self.state.stats
+        if "Authorization" in request.headers:
+            stats.storage_auth_headers_seen += 1
+        sha256 = request.match_info["sha256"]
+        query = request.query
+        if not self.state.signer.is_valid(sha256, query.get("expires", ""), query.get("sig", "")):
+            return web.Response(status=403, text="Forbidden: invalid or expired signature")
+        file = self.blobs.get(sha256)
+        if file is None:
+            return web.Response(status=404, text="Not Found")
+        if request.method == "GET":
+            stats.storage_get_requests += 1
+            stats.storage_get_requests_by_path[file.path] += 1
+
+        def count(n: int) -> None:
+            self.state.stats.storage_body_bytes += n
+            self.state.stats.storage_body_bytes_by_path[file.path] += n
+
+        headers = {"ETag": f'"{sha256}"', "Content-Type": "application/octet-stream"}
+        return await send_file(
+            request,
+            self.state.repo.root / file.path,
+            file.size,
+            headers,
+            pace_bytes_per_s=self.state.pace_bytes_per_s,
+            on_chunk=count,
+        )
+
+
+# --------------------------------------------------------------------------------------------- process
+
+
+async def _start(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    bound_port = runner.addresses[0][1]
+    return runner, f"http://{host}:{bound_port}"
+
+
+async def serve(args: argparse.Namespace) -> None:
+    repo = load_repo(args.root, args.repo_id)
+    state = ServerState(repo, args.page_size, args.token, args.pace_bytes_per_s)
+    storage_runner, state.storage_url = await _start(
+        StorageOrigin(state).app(), args.storage_host, args.storage_port
+    )
+    hub_runner, endpoint = await _start(HubOrigin(state).app(), args.host, args.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    ready = {
+        "endpoint": endpoint,
+        "storage": state.storage_url,
+        "commit": repo.commit,
+        "repo_id": repo.repo_id,
+    }
+    print(json.dumps(ready), flush=True)  # only once signals are handled, so a stop right after is clean
+    await stop.wait()
+    await hub_runner.cleanup()
+    await storage_runner.cleanup()
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--root", type=Path, required=True, help="directory to serve as the repo")
+    parser.add_argument("--repo-id", default=DEFAULT_REPO_ID)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 lets the OS choose")
+    parser.add_argument("--storage-host", default="127.0.0.1")
+    parser.add_argument("--storage-port", type=int, default=0)
+    parser.add_argument("--page-size", type=int, default=DEFAULT_PAGE_SIZE, help="tree listing page size")
+    parser.add_argument("--token", default=None, help="gate the repo behind this bearer token")
+    parser.add_argument("--pace-bytes-per-s", type=float, default=0.0, help="storage send rate; 0 = unpaced")
+    args = parser.parse_args(argv)
+    if not args.root.is_dir():
+        parser.error(f"--root {args.root} is not a directory")
+    if args.page_size < 1:
+        parser.error("--page-size must be at least 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    asyncio.run(serve(parse_args(argv)))
+
+
+# ---------------------------------------------------------------------------------------------- launcher
+
+
+class HubServerProcess:
+    """Runs the server in a subprocess for tests and demos.
+
+    ```
+    with HubServerProcess(repo.root, page_size=2) as hub:
+        HfApi(endpoint=hub.endpoint).list_repo_tree(hub.repo_id, repo_type="dataset")
+        hub.stats()["storage_body_bytes"]
+    ```
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        repo_id: str = DEFAULT_REPO_ID,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        token: str | None = None,
+        storage_host: str = "127.0.0.1",
+        pace_bytes_per_s: float = 0.0,
+        startup_timeout_s: float = 20.0,
+    ) -> None:
+        self.repo_id = repo_id
+        self._args = ["--root", str(root), "--repo-id", repo_id, "--page-size", str(page_size)]
+        self._args += ["--storage-host", storage_host, "--pace-bytes-per-s", str(pace_bytes_per_s)]
+        if token is not None:
+            self._args += ["--token", token]
+        self._startup_timeout_s = startup_timeout_s
+        self._process: subprocess.Popen[bytes] | None = None
+        self._stderr: IO[bytes] | None = None
+        self._ready: dict[str, str] = {}
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    @property
+    def endpoint(self) -> str:
+        return self._ready["endpoint"]
+
+    @property
+    def storage(self) -> str:
+        return self._ready["storage"]
+
+    @property
+    def commit(self) -> str:
+        return self._ready["commit"]
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - outlives this method; closed by stop()
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "scripts.hub_server", *self._args],
+            cwd=_REPO_ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+        )
+        try:
+            self._ready = json.loads(self._read_ready_line())
+        except BaseException:
+            self.stop()
+            raise
+
+    def _read_ready_line(self) -> bytes:
+        process = self._process
+        assert process is not None
+        assert process.stdout is not None
+        readable, _, _ = select.select([process.stdout], [], [], self._startup_timeout_s)
+        line = process.stdout.readline() if readable else b""
+        if not line:
+            process.kill()
+            process.wait()
+            raise RuntimeError(
+                f"hub server did not start (exit code {process.returncode}):\n{self._stderr_text()}"
+            )
+        return line
+
+    def _stderr_text(self) -> str:
+        assert self._stderr is not None
+        self._stderr.seek(0)
+        return self._stderr.read().decode(errors="replace")
+
+    def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL after 5 s. Returns the exit code (0 when clean), or None if not running."""
+        process, self._process = self._process, None
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+        return process.returncode
+
+    def stats(self) -> dict[str, Any]:
+        with self._opener.open(f"{self.endpoint}/_stats", timeout=10) as response:
+            stats: dict[str, Any] = json.load(response)
+        return stats
+
+    def reset_stats(self) -> None:
+        request = urllib.request.Request(f"{self.endpoint}/_stats/reset", method="POST")
+        self._opener.open(request, timeout=10).close()
+
+
+if __name__ == "__main__":
+    main()
