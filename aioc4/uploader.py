@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
@@ -53,7 +54,7 @@ class S3Destination:
         self._session = get_session()
         self._config = AioConfig(
             max_pool_connections=max(10, workers * _CHUNKS_IN_FLIGHT),
-            retries={"mode": "standard", "max_attempts": 5},
+            retries=_retry_policy(),
             connect_timeout=20,
             read_timeout=120,
         )
@@ -194,6 +195,14 @@ class S3Destination:
         head = await self._client.head_object(Bucket=self.target.bucket, Key=key)
         if head["ContentLength"] != part.size:
             raise UploadError(part.name, f"S3 holds {head['ContentLength']} bytes, the part has {part.size}")
+
+
+def _retry_policy() -> dict[str, Any] | None:
+    """botocore's standard mode (retries 5xx, SlowDown, throttling and connection errors with backoff),
+    unless the user chose a policy through AWS_RETRY_MODE / AWS_MAX_ATTEMPTS."""
+    if "AWS_RETRY_MODE" in os.environ or "AWS_MAX_ATTEMPTS" in os.environ:
+        return None
+    return {"mode": "standard", "max_attempts": 5}
 
 
 async def _read_range(path: Path, offset: int, length: int) -> bytes:

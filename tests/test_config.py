@@ -24,7 +24,15 @@ def test_parse_s3_path(text: str, bucket: str, prefix: str) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["my-bucket/c4", "s3:/my-bucket", "https://my-bucket/c4", "s3://", "s3://My_Bucket/c4", "s3://ab", "s3://b/../x"],
+    [
+        "my-bucket/c4",
+        "s3:/my-bucket",
+        "https://my-bucket/c4",
+        "s3://",
+        "s3://My_Bucket/c4",
+        "s3://ab",
+        "s3://b/../x",
+    ],
 )
 def test_bad_s3_paths_are_usage_errors(text: str) -> None:
     with pytest.raises(UsageError, match="--s3-path"):

@@ -39,11 +39,12 @@ def test_a_part_is_not_visible_under_its_final_name_until_complete(tmp_path: Pat
     async def scenario() -> list[str]:
         writer = PartWriter(tmp_path, "train", 23, 10)
         await writer.write(LINES[:4])
-        return sorted(path.name for path in tmp_path.iterdir())
+        names = await asyncio.to_thread(lambda: sorted(path.name for path in tmp_path.iterdir()))
+        await writer.abort()
+        return names
 
-    visible = asyncio.run(scenario())
-    assert len(visible) == 1
-    assert visible[0].startswith(".") and visible[0].endswith(".tmp")
+    assert asyncio.run(scenario()) == [".c4_train_part001.jsonl.tmp"]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_last_part_is_named_after_the_real_count_when_the_source_ends_early(tmp_path: Path) -> None:

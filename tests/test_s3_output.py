@@ -1,0 +1,157 @@
+"""End to end, S3 output against moto's server over HTTP: exact objects, cleanup, failures."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from aioc4.naming import part_names
+from scripts.s3_fault_proxy import S3FaultProxyProcess
+from scripts.s3_server import MotoServerProcess
+
+from .conftest import (
+    DOCS_PER_VALIDATION_SHARD,
+    VALIDATION_SHARDS,
+    Aioc4,
+    jsonl,
+    objects,
+    open_multipart_uploads,
+    parts_in,
+    split_expected,
+)
+
+Lines = Callable[[str], list[bytes]]
+
+
+def keyed(prefix: str, parts: dict[str, bytes]) -> dict[str, bytes]:
+    return {f"{prefix}/{name}": body for name, body in parts.items()}
+
+
+def test_parts_are_uploaded_and_local_copies_cleaned_up(
+    aioc4: Aioc4, s3: MotoServerProcess, bucket: str, source_lines: Lines
+) -> None:
+    result = aioc4("--num-samples", "20000", "--max-lines-per-file", "5000", "--s3-path", f"s3://{bucket}/c4")
+    assert result.returncode == 0, result.stderr
+    names = part_names("train", 20000, 5000)
+    assert objects(s3, bucket) == keyed("c4", split_expected(source_lines("train")[:20000], names, 5000))
+    assert not (aioc4.cwd / "data" / "c4_subset").exists()  # created by the run, empty, removed
+    for name in names:
+        assert f"s3://{bucket}/c4/{name}" in result.stdout
+    assert "Local files:" not in result.stdout
+
+
+def test_no_cleanup_keeps_local_parts(
+    aioc4: Aioc4, s3: MotoServerProcess, bucket: str, source_lines: Lines
+) -> None:
+    result = aioc4("--num-samples", "10000", "--s3-path", f"s3://{bucket}/c4-data/", "--no-cleanup")
+    assert result.returncode == 0, result.stderr
+    expected = {"c4_train_10000.jsonl": jsonl(source_lines("train")[:10000])}
+    assert objects(s3, bucket) == keyed("c4-data", expected)
+    assert parts_in(aioc4.cwd / "data" / "c4_subset") == expected
+
+
+def test_cleanup_local_flag_deletes_but_keeps_a_folder_it_did_not_create(
+    aioc4: Aioc4, s3: MotoServerProcess, bucket: str, source_lines: Lines
+) -> None:
+    existing = aioc4.cwd / "mine"
+    existing.mkdir()
+    result = aioc4(
+        "--num-samples", "300", "--output-dir", "mine", "--s3-path", f"s3://{bucket}", "--cleanup-local"
+    )
+    assert result.returncode == 0, result.stderr
+    assert objects(s3, bucket) == {"c4_train_300.jsonl": jsonl(source_lines("train")[:300])}
+    assert existing.is_dir()
+    assert list(existing.iterdir()) == []
+
+
+def test_large_part_goes_up_as_multipart_and_none_is_left_open(
+    aioc4: Aioc4, s3: MotoServerProcess, bucket: str, source_lines: Lines
+) -> None:
+    # ~2.4 KB a document: 9,000 documents make one part of ~21 MB, above the 16 MiB threshold
+    result = aioc4("--num-samples", "9000", "--s3-path", f"s3://{bucket}/big", "--upload-workers", "1")
+    assert result.returncode == 0, result.stderr
+    assert objects(s3, bucket) == {"big/c4_train_9000.jsonl": jsonl(source_lines("train")[:9000])}
+    assert open_multipart_uploads(s3, bucket) == []
+
+
+def test_endpoint_url_flag_instead_of_environment(
+    aioc4: Aioc4, s3: MotoServerProcess, bucket: str, source_lines: Lines
+) -> None:
+    result = aioc4(
+        "--num-samples", "100", "--s3-path", f"s3://{bucket}/x", "--endpoint-url", s3.endpoint,
+        env={"AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9"},  # a dead port: the flag must win
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert objects(s3, bucket) == {"x/c4_train_100.jsonl": jsonl(source_lines("train")[:100])}
+
+
+def test_short_split_renames_uploaded_parts_to_the_real_count(
+    aioc4: Aioc4, s3: MotoServerProcess, bucket: str, source_lines: Lines
+) -> None:
+    total = VALIDATION_SHARDS * DOCS_PER_VALIDATION_SHARD
+    result = aioc4(
+        "--split", "validation", "--num-samples", "5000", "--max-lines-per-file", "500",
+        "--s3-path", f"s3://{bucket}/v",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    names = part_names("validation", total, 500)
+    assert objects(s3, bucket) == keyed("v", split_expected(source_lines("validation"), names, 500))
+
+
+@pytest.fixture
+def flaky_s3(s3: MotoServerProcess) -> Iterator[S3FaultProxyProcess]:
+    with S3FaultProxyProcess(s3.endpoint) as proxy:
+        yield proxy
+
+
+def test_failed_upload_keeps_the_local_part_and_exits_non_zero(
+    aioc4: Aioc4, s3: MotoServerProcess, flaky_s3: S3FaultProxyProcess, bucket: str, source_lines: Lines
+) -> None:
+    flaky_s3.set_rules([{"name": "part2", "methods": ["PUT"], "path": "_part002", "status": 500}])
+    result = aioc4(
+        "--num-samples", "3000", "--max-lines-per-file", "1000", "--s3-path", f"s3://{bucket}/c4",
+        env={"AWS_ENDPOINT_URL_S3": flaky_s3.endpoint, "AWS_MAX_ATTEMPTS": "2"},
+    )  # fmt: skip
+    assert result.returncode == 1
+    names = part_names("train", 3000, 1000)
+    expected = split_expected(source_lines("train")[:3000], names, 1000)
+    assert objects(s3, bucket) == keyed("c4", {name: expected[name] for name in (names[0], names[2])})
+    assert parts_in(aioc4.cwd / "data" / "c4_subset") == {names[1]: expected[names[1]]}
+    assert result.error_lines == [
+        f"aioc4: error: 1 part(s) did not reach S3 and are kept locally: {names[1]}"
+    ]
+    assert flaky_s3.stats()["rules"]["part2"]["injected"] == 2  # AWS_MAX_ATTEMPTS is honoured
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_bucket_fails_before_any_download(aioc4: Aioc4, hub_bytes: Callable[[], int]) -> None:
+    result = aioc4("--s3-path", "s3://no-such-bucket-here/c4")
+    assert result.returncode == 1
+    assert result.error_lines == ["aioc4: error: S3 bucket 'no-such-bucket-here' does not exist"]
+    assert hub_bytes() == 0
+    assert not (aioc4.cwd / "data").exists()
+
+
+def test_no_credentials_fails_before_any_download(
+    aioc4: Aioc4, bucket: str, hub_bytes: Callable[[], int]
+) -> None:
+    result = aioc4(
+        "--s3-path", f"s3://{bucket}/c4",
+        env={"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None},
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert len(result.error_lines) == 1
+    assert result.error_lines[0].startswith("aioc4: error: no AWS credentials found")
+    assert hub_bytes() == 0
+
+
+def test_unwritable_bucket_fails_before_any_download(
+    aioc4: Aioc4, flaky_s3: S3FaultProxyProcess, bucket: str, hub_bytes: Callable[[], int]
+) -> None:
+    flaky_s3.set_rules([{"methods": ["POST"], "query": "uploads", "status": 403, "code": "AccessDenied"}])
+    result = aioc4("--s3-path", f"s3://{bucket}/c4", env={"AWS_ENDPOINT_URL_S3": flaky_s3.endpoint})
+    assert result.returncode == 1
+    assert len(result.error_lines) == 1
+    assert result.error_lines[0].startswith(f"aioc4: error: cannot write to s3://{bucket}/c4: AccessDenied")
+    assert hub_bytes() == 0
