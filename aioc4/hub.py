@@ -113,8 +113,8 @@ class HubSource:
             raise SourceError(
                 f"cannot fetch from the Hub at {self.endpoint}: {_first_line(str(exc))}"
             ) from None
-        except OSError as exc:
-            raise SourceError(f"cannot reach the Hub at {self.endpoint}: {exc}") from None
+        except Exception as exc:  # transport errors of huggingface_hub's HTTP stack (httpx) or the OS
+            raise SourceError(f"cannot reach the Hub at {self.endpoint}: {_first_line(str(exc))}") from None
 
     def _describe(self, exc: HfHubHTTPError, revision: str, folder: str | None) -> SourceError:
         repo = f"dataset {self.repo_id!r}"
