@@ -23,11 +23,8 @@ def hub_requests(hub: HubServerProcess) -> Callable[[], int]:
 
     def count() -> int:
         stats = hub.stats()
-        return (
-            int(stats["api_requests"])
-            + sum(stats["resolve_requests"].values())
-            + stats["storage_get_requests"]
-        )
+        resolves = sum(int(count) for count in stats["resolve_requests"].values())
+        return int(stats["api_requests"]) + resolves + int(stats["storage_get_requests"])
 
     return count
 
