@@ -78,28 +78,28 @@ class PartWriter:
         return await self._finish(self.documents)
 
     async def abort(self) -> None:
-        """Drop the part being written; finished parts are untouched."""
-        if self._file is not None:
-            file, self._file = self._file, None
+        """Drop the part being written, whatever state it is in; finished parts are untouched."""
+        file, self._file = self._file, None
+        if file is not None:
             with contextlib.suppress(OSError):
                 await file.close()
-            with contextlib.suppress(FileNotFoundError):
-                self._temp_path.unlink()
+        _remove(self._temp_path)
 
     async def _finish(self, total: int) -> FinishedPart:
+        """fsync, then rename to the final name. Until the rename, `abort` can still remove the temp file."""
         assert self._file is not None
-        file, self._file = self._file, None
         temp = self._temp_path
         index = len(self.finished) + 1
         name = part_name(self.split, total, index, part_count(total, self.max_lines))
         try:
-            await file.flush()
-            await asyncio.to_thread(os.fsync, file.fileno())  # durable before it gets its final name
-            await file.close()
+            await self._file.flush()
+            await asyncio.to_thread(os.fsync, self._file.fileno())  # durable before it gets its final name
+            await self._file.close()
             os.replace(temp, self.directory / name)
         except OSError as exc:
-            temp.unlink(missing_ok=True)
+            await self.abort()
             raise DestinationError(f"cannot finish {self.directory / name}: {exc.strerror or exc}") from None
+        self._file = None  # no await between the rename and here: a cancelled run never loses a finished part
         part = FinishedPart(
             index=index, name=name, path=self.directory / name, lines=self._lines, size=self._size
         )
@@ -109,8 +109,15 @@ class PartWriter:
         return part
 
     async def _open(self, path: Path) -> AsyncBufferedIOBase:
+        """Open in a worker thread; if cancelled meanwhile, wait for the thread and remove what it created."""
+        opening = asyncio.ensure_future(aiofiles.open(path, "wb"))
         try:
-            return await aiofiles.open(path, "wb")
+            return await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            with contextlib.suppress(OSError):
+                await (await opening).close()
+            _remove(path)
+            raise
         except OSError as exc:
             raise DestinationError(f"cannot write to {self.directory}: {exc.strerror or exc}") from None
 
@@ -121,3 +128,8 @@ class PartWriter:
         except OSError as exc:
             await self.abort()
             raise DestinationError(f"cannot write to {self.directory}: {exc.strerror or exc}") from None
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)

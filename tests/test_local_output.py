@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,22 +30,6 @@ from .conftest import (
 )
 
 Lines = Callable[[str], list[bytes]]
-
-
-def test_default_run_writes_first_1000_train_documents(aioc4: Aioc4, source_lines: Lines) -> None:
-    result = aioc4()
-    assert result.returncode == 0, result.stderr
-    folder = aioc4.cwd / "data" / "c4_subset"
-    assert parts_in(folder) == {"c4_train_1000.jsonl": jsonl(source_lines("train")[:1000])}
-    assert "Total samples:        1,000" in result.stdout
-    assert "Files created:        1" in result.stdout
-    assert str(Path("data/c4_subset/c4_train_1000.jsonl")) in result.stdout
-
-
-def test_num_samples_and_output_dir(aioc4: Aioc4, source_lines: Lines) -> None:
-    result = aioc4("--num-samples", "10000", "--output-dir", "./my_data")
-    assert result.returncode == 0, result.stderr
-    assert parts_in(aioc4.cwd / "my_data") == {"c4_train_10000.jsonl": jsonl(source_lines("train")[:10000])}
 
 
 def test_parts_span_two_shards_and_the_last_part_holds_the_rest(aioc4: Aioc4, source_lines: Lines) -> None:
@@ -98,37 +86,6 @@ def test_explicit_streaming_and_revision_by_commit(
     assert hub.commit[:12] in result.stdout
 
 
-def test_no_streaming_fills_the_cache_and_a_second_run_transfers_no_shard(
-    aioc4: Aioc4, hub: HubServerProcess, source_lines: Lines, fake_repo: FakeRepo
-) -> None:
-    count = DOCS_PER_TRAIN_SHARD + 10  # needs the first two shards, not the third
-    args = [
-        "--no-streaming",
-        "--cache-dir",
-        "cache",
-        "--num-samples",
-        str(count),
-        "--max-lines-per-file",
-        "5000",
-    ]
-    hub.reset_stats()
-    first = aioc4(*args, "--output-dir", "first")
-    assert first.returncode == 0, first.stderr
-    served = hub.stats()["storage_body_bytes_by_path"]
-    needed = [f"en/c4-train.{i:05d}-of-00003.json.gz" for i in (0, 1)]
-    assert served == {path: (fake_repo.root / path).stat().st_size for path in needed}  # whole files, no more
-    cached = sorted(path.name for path in (aioc4.cwd / "cache").rglob("*.json.gz"))
-    assert cached == sorted(Path(path).name for path in needed)
-
-    hub.reset_stats()
-    second = aioc4(*args, "--output-dir", "second")
-    assert second.returncode == 0, second.stderr
-    assert hub.stats()["storage_body_bytes"] == 0
-    expected = split_expected(source_lines("train")[:count], part_names("train", count, 5000), 5000)
-    assert parts_in(aioc4.cwd / "first") == expected
-    assert parts_in(aioc4.cwd / "second") == expected
-
-
 @pytest.fixture(scope="module")
 def paced_hub(fake_repo: FakeRepo) -> Iterator[HubServerProcess]:
     """A Hub whose storage sends at a steady 40 MB/s, so bytes counted at the server are bytes read."""
@@ -151,8 +108,11 @@ def test_streaming_stops_reading_once_n_documents_are_out(
     assert parts_in(tmp_path / "o") == {"c4_train_1000.jsonl": jsonl(source_lines("train")[:1000])}
 
 
-def test_sigint_keeps_finished_parts_and_leaves_no_temp_file(
-    tmp_path: Path, fake_repo: FakeRepo, source_lines: Lines
+@pytest.mark.parametrize(
+    ("signum", "code", "word"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
+)
+def test_a_signal_keeps_finished_parts_and_leaves_no_temp_file(
+    tmp_path: Path, fake_repo: FakeRepo, source_lines: Lines, signum: signal.Signals, code: int, word: str
 ) -> None:
     with HubServerProcess(fake_repo.root, pace_bytes_per_s=2e6) as slow_hub:
         aioc4 = Aioc4(cwd=tmp_path, env=clean_env(slow_hub.endpoint, {}, tmp_path))
@@ -161,12 +121,72 @@ def test_sigint_keeps_finished_parts_and_leaves_no_temp_file(
         deadline = time.monotonic() + 60
         while not list(folder.glob("*_part002.jsonl")) and time.monotonic() < deadline:
             time.sleep(0.05)
-        os.kill(process.pid, signal.SIGINT)
+        os.kill(process.pid, signum)
         _, stderr = process.communicate(timeout=30)
-    assert process.returncode == 130, stderr
-    assert "interrupted" in stderr
+    assert process.returncode == code, stderr
+    assert f"aioc4: error: {word}" in stderr
     assert "Traceback" not in stderr
     parts = parts_in(folder)
     assert len(parts) >= 2
     names = part_names("train", 30000, 500)[: len(parts)]
     assert parts == split_expected(source_lines("train"), names, 500)  # complete parts only, no temp file
+
+
+def test_summary_reports_the_original_statistics(aioc4: Aioc4, source_lines: Lines) -> None:
+    result = aioc4("--num-samples", "300", "--max-lines-per-file", "100", "--output-dir", "o")
+    assert result.returncode == 0, result.stderr
+    texts = [json.loads(line)["text"] for line in source_lines("train")[:300]]
+    average = sum(len(text) for text in texts) / len(texts)
+    assert "Total samples:        300" in result.stdout
+    assert "Files created:        3" in result.stdout
+    assert "Max lines per file:   100" in result.stdout
+    assert f"Average text length:  {average:,.1f} characters" in result.stdout
+    assert f"Sample text preview:  {texts[0][:200].replace(chr(10), ' ')}..." in result.stdout
+    for name in part_names("train", 300, 100):
+        assert str(Path("o") / name) in result.stdout
+
+
+def test_quiet_prints_only_the_summary(aioc4: Aioc4) -> None:
+    result = aioc4("-q", "--num-samples", "5", "--output-dir", "o")
+    assert result.returncode == 0
+    assert result.stderr == ""
+    assert "Total samples:        5" in result.stdout
+
+
+def test_console_script_and_module_both_run() -> None:
+    script = Path(sys.executable).parent / "aioc4"
+    for command in ([str(script)], [sys.executable, "-m", "aioc4"]):
+        help_text = subprocess.run([*command, "--help"], capture_output=True, text=True, check=True).stdout
+        for flag in FLAGS:
+            assert flag in help_text
+
+
+FLAGS = [
+    "--output-dir", "--num-samples", "--split", "--streaming", "--no-streaming", "--cache-dir", "--s3-path",
+    "--cleanup-local", "--no-cleanup", "--max-lines-per-file", "--repo-id", "--revision", "--endpoint-url",
+    "--upload-workers",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def corrupt_hub(fake_repo: FakeRepo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubServerProcess]:
+    """The same repo with its second train shard cut in half (a truncated upload)."""
+    root = tmp_path_factory.mktemp("corrupt") / "repo"
+    shutil.copytree(fake_repo.root, root)
+    shard = root / "en/c4-train.00001-of-00003.json.gz"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    with HubServerProcess(root) as server:
+        yield server
+
+
+def test_a_truncated_shard_is_an_error_naming_it_and_finished_parts_are_kept(
+    tmp_path: Path, corrupt_hub: HubServerProcess, source_lines: Lines
+) -> None:
+    aioc4 = Aioc4(cwd=tmp_path, env=clean_env(corrupt_hub.endpoint, {}, tmp_path))
+    result = aioc4("--num-samples", "30000", "--max-lines-per-file", "5000", "--output-dir", "o")
+    assert result.returncode == 1
+    assert result.error_lines == [
+        "aioc4: error: en/c4-train.00001-of-00003.json.gz: gzip stream is truncated"
+    ]
+    names = part_names("train", 30000, 5000)[:3]  # 12,000 + about 6,000 readable documents: 3 full parts
+    assert parts_in(tmp_path / "o") == split_expected(source_lines("train"), names, 5000)
