@@ -10,10 +10,10 @@ the part being written is removed (finished parts stay).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
+from collections.abc import AsyncGenerator
 from contextlib import AsyncExitStack, aclosing
 from pathlib import Path
 
@@ -21,14 +21,14 @@ from .config import RunConfig
 from .decode import Batch
 from .destination import Destination, LocalDestination
 from .errors import Aioc4Error, DestinationError
-from .hub import HubSource, Shard
+from .hub import HubSource
 from .naming import renames_for_short_split
 from .report import RunSummary
 from .source import SourceProgress, read_documents
 from .uploader import S3Destination
 from .writer import FinishedPart, PartWriter
 
-__all__ = ["run"]
+__all__ = ["PartPipeline", "run"]
 
 log = logging.getLogger("aioc4")
 
@@ -45,7 +45,7 @@ async def run(config: RunConfig) -> RunSummary:
         commit = await hub.resolve_commit(config.revision)
         shards = await hub.list_shards(commit, config.config_name, config.split)
         log.info("%s@%s: %d %s shard(s) available", config.repo_id, commit[:12], len(shards), config.split)
-        created_dir = _prepare_output_dir(config.output_dir)  # last check: nothing is created on bad input
+        created_dirs = _prepare_output_dir(config.output_dir)  # last check: nothing is created on bad input
         summary = RunSummary(
             repo_id=config.repo_id,
             commit=commit,
@@ -55,13 +55,17 @@ async def run(config: RunConfig) -> RunSummary:
             max_lines_per_file=config.max_lines_per_file,
             output_dir=config.output_dir,
         )
-        execution = _Run(config, hub, destination, commit, shards, summary)
-        await execution.execute()
+        progress = SourceProgress()
+        documents = read_documents(
+            hub, shards, commit, config.num_samples, streaming=config.streaming, progress=progress
+        )
+        pipeline = PartPipeline(config, destination, summary)
+        await pipeline.execute(documents, progress)
         if summary.split_exhausted:
-            await execution.rename_for_real_count()
+            await pipeline.rename_for_real_count()
         summary.elapsed_seconds = time.monotonic() - started
-        if config.s3 is not None and config.cleanup_local and created_dir:
-            _remove_if_empty(config.output_dir)
+        if config.s3 is not None and config.cleanup_local:
+            _remove_if_empty(created_dirs)
         return summary
 
 
@@ -77,25 +81,13 @@ async def _open_destination(config: RunConfig, stack: AsyncExitStack) -> Destina
     return await stack.enter_async_context(s3)
 
 
-class _Run:
-    """One pipeline execution: owns the queues and the tasks that pass parts along."""
+class PartPipeline:
+    """Documents in, delivered parts out: owns the queues and the tasks that pass parts along."""
 
-    def __init__(
-        self,
-        config: RunConfig,
-        hub: HubSource,
-        destination: Destination,
-        commit: str,
-        shards: list[Shard],
-        summary: RunSummary,
-    ) -> None:
+    def __init__(self, config: RunConfig, destination: Destination, summary: RunSummary) -> None:
         self.config = config
-        self.hub = hub
         self.destination = destination
-        self.commit = commit
-        self.shards = shards
         self.summary = summary
-        self.progress = SourceProgress()
         self.batches: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=_BATCHES_AHEAD)
         self.finished: asyncio.Queue[FinishedPart | None] = asyncio.Queue(maxsize=config.upload_workers)
         self.writer = PartWriter(
@@ -103,34 +95,25 @@ class _Run:
         )
         self.source_error: Aioc4Error | None = None
 
-    async def execute(self) -> None:
+    async def execute(self, documents: AsyncGenerator[Batch, None], progress: SourceProgress) -> None:
+        """Write `documents` into parts and deliver them; a source error is raised after delivery."""
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(self._read())
+                group.create_task(self._read(documents))
                 group.create_task(self._write())
                 for _ in range(self.config.upload_workers):
                     group.create_task(self._deliver())
         except ExceptionGroup as failures:
             raise _most_telling(failures) from None
         self.summary.deliveries.sort(key=lambda delivery: delivery.name)
-        self.summary.compressed_bytes = self.progress.compressed_bytes
-        self.summary.shards_read = self.progress.shards_opened
-        self.summary.split_exhausted = (
-            self.progress.exhausted and self.summary.documents < self.config.num_samples
-        )
+        self.summary.compressed_bytes = progress.compressed_bytes
+        self.summary.shards_read = progress.shards_opened
+        self.summary.split_exhausted = progress.exhausted and self.summary.documents < self.config.num_samples
         if self.source_error is not None:
             raise self.source_error
 
-    async def _read(self) -> None:
+    async def _read(self, documents: AsyncGenerator[Batch, None]) -> None:
         """Producer: batches of documents in order; a source failure ends the stream early."""
-        documents = read_documents(
-            self.hub,
-            self.shards,
-            self.commit,
-            self.config.num_samples,
-            streaming=self.config.streaming,
-            progress=self.progress,
-        )
         try:
             async with aclosing(documents):
                 async for batch in documents:
@@ -211,9 +194,9 @@ def _leaves(group: BaseExceptionGroup[Exception]) -> list[Exception]:
     return found
 
 
-def _prepare_output_dir(directory: Path) -> bool:
-    """Create the output folder if needed and check it is writable; True if this run created it."""
-    created = not directory.is_dir()
+def _prepare_output_dir(directory: Path) -> list[Path]:
+    """Create the output folder if needed and check it is writable; returns the folders this created."""
+    created = [folder for folder in (directory, *directory.parents) if not folder.exists()]
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
@@ -225,6 +208,10 @@ def _prepare_output_dir(directory: Path) -> bool:
     return created
 
 
-def _remove_if_empty(directory: Path) -> None:
-    with contextlib.suppress(OSError):  # not empty: other files, or a part that failed to upload
-        directory.rmdir()
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Remove the folders a run created, deepest first, as long as they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty: other files, or a part that failed to upload
+            return
