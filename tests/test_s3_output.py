@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from aioc4.naming import part_names
 from scripts.s3_fault_proxy import S3FaultProxyProcess
-from scripts.s3_server import MotoServerProcess
+from scripts.s3_server import MotoServerProcess, s3_client
 
 from .conftest import (
     DOCS_PER_VALIDATION_SHARD,
@@ -41,16 +43,6 @@ def test_parts_are_uploaded_and_local_copies_cleaned_up(
     assert "Local files:" not in result.stdout
 
 
-def test_no_cleanup_keeps_local_parts(
-    aioc4: Aioc4, s3: MotoServerProcess, bucket: str, source_lines: Lines
-) -> None:
-    result = aioc4("--num-samples", "10000", "--s3-path", f"s3://{bucket}/c4-data/", "--no-cleanup")
-    assert result.returncode == 0, result.stderr
-    expected = {"c4_train_10000.jsonl": jsonl(source_lines("train")[:10000])}
-    assert objects(s3, bucket) == keyed("c4-data", expected)
-    assert parts_in(aioc4.cwd / "data" / "c4_subset") == expected
-
-
 def test_cleanup_local_flag_deletes_but_keeps_a_folder_it_did_not_create(
     aioc4: Aioc4, s3: MotoServerProcess, bucket: str, source_lines: Lines
 ) -> None:
@@ -73,6 +65,15 @@ def test_large_part_goes_up_as_multipart_and_none_is_left_open(
     assert result.returncode == 0, result.stderr
     assert objects(s3, bucket) == {"big/c4_train_9000.jsonl": jsonl(source_lines("train")[:9000])}
     assert open_multipart_uploads(s3, bucket) == []
+    assert re.fullmatch(r'"[0-9a-f]{32}-3"', etag(s3, bucket, "big/c4_train_9000.jsonl"))  # 3 chunks of 8 MiB
+
+
+def etag(s3: MotoServerProcess, bucket: str, key: str) -> str:
+    async def head() -> str:
+        async with s3_client(s3.endpoint) as client:
+            return str((await client.head_object(Bucket=bucket, Key=key))["ETag"])
+
+    return asyncio.run(head())
 
 
 def test_endpoint_url_flag_instead_of_environment(
