@@ -80,9 +80,7 @@ class HubSource:
     async def resolve_commit(self, revision: str) -> str:
         """The commit sha `revision` points at now; every shard is then read at that sha."""
         info = await self._call_hub(lambda: self._api.dataset_info(self.repo_id, revision=revision), revision)
-        if not info.sha:
-            raise SourceError(f"the Hub did not say which commit {self.repo_id}@{revision} is")
-        return info.sha
+        return info.sha or revision  # a Hub that does not name the commit: read at the revision itself
 
     async def list_shards(self, commit: str, config_name: str, split: str) -> list[Shard]:
         """The split's shards in shard-number order."""
