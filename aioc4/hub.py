@@ -36,6 +36,7 @@ __all__ = ["CHUNK_BYTES", "HubSource", "Shard", "chunks_of", "shard_pattern"]
 
 CHUNK_BYTES = 1 << 20
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_MAX_REDIRECTS = 5
 _T = TypeVar("_T")
 
 
@@ -90,11 +91,12 @@ class HubSource:
             entries = self._api.list_repo_tree(
                 self.repo_id, path_in_repo=config_name, repo_type="dataset", revision=commit
             )
-            shards = []
-            for entry in entries:
-                match = pattern.match(entry.path) if isinstance(entry, RepoFile) else None
-                if match and isinstance(entry, RepoFile):
-                    shards.append(Shard(path=entry.path, index=int(match.group(1)), size=entry.size))
+            files = [entry for entry in entries if isinstance(entry, RepoFile)]
+            shards = [
+                Shard(path=file.path, index=int(match.group(1)), size=file.size)
+                for file in files
+                if (match := pattern.match(file.path))
+            ]
             return sorted(shards, key=lambda shard: shard.index)
 
         shards = await self._call_hub(listing, commit, folder=config_name)
@@ -135,14 +137,7 @@ class HubSource:
 
     async def stream(self, shard: Shard, commit: str) -> AsyncGenerator[bytes, None]:
         """The shard's compressed bytes as they arrive; stop iterating to stop the transfer."""
-        session = self._require_session()
-        url = hf_hub_url(self.repo_id, shard.path, repo_type="dataset", revision=commit)
-        response = await self._get(session, url, self._hub_headers, shard, allow_redirects=False)
-        if response.status in _REDIRECTS:
-            location = urljoin(url, response.headers.get("Location", ""))
-            response.release()
-            headers = self._hub_headers if _same_origin(location, url) else _without_auth(self._hub_headers)
-            response = await self._get(session, location, headers, shard, allow_redirects=True)
+        response = await self._open_body(shard, commit)
         try:
             async for chunk in response.content.iter_chunked(CHUNK_BYTES):
                 yield chunk
@@ -151,17 +146,27 @@ class HubSource:
         finally:
             response.close()  # drops the connection if the body was not read to the end
 
+    async def _open_body(self, shard: Shard, commit: str) -> aiohttp.ClientResponse:
+        """GET the shard through `resolve`, following redirects by hand: the Hub's headers (with the
+        token) go to the Hub origin only, never to the storage host it redirects to."""
+        session = self._require_session()
+        url = hf_hub_url(self.repo_id, shard.path, repo_type="dataset", revision=commit)
+        for _ in range(_MAX_REDIRECTS):
+            headers = (
+                self._hub_headers if _same_origin(url, self.endpoint) else _without_auth(self._hub_headers)
+            )
+            response = await self._get(session, url, headers, shard)
+            if response.status not in _REDIRECTS:
+                return response
+            url = urljoin(url, response.headers.get("Location", ""))
+            response.release()
+        raise SourceError(f"{shard.path}: more than {_MAX_REDIRECTS} redirects")
+
     async def _get(
-        self,
-        session: aiohttp.ClientSession,
-        url: str,
-        headers: dict[str, str],
-        shard: Shard,
-        *,
-        allow_redirects: bool,
+        self, session: aiohttp.ClientSession, url: str, headers: dict[str, str], shard: Shard
     ) -> aiohttp.ClientResponse:
         try:
-            response = await session.get(url, headers=headers, allow_redirects=allow_redirects)
+            response = await session.get(url, headers=headers, allow_redirects=False)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise SourceError(
                 f"{shard.path}: cannot reach {_origin(url)} ({exc or type(exc).__name__})"
