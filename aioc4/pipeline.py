@@ -53,7 +53,6 @@ async def run(config: RunConfig) -> RunSummary:
             split=config.split,
             requested=config.num_samples,
             max_lines_per_file=config.max_lines_per_file,
-            output_dir=config.output_dir,
         )
         progress = SourceProgress()
         documents = read_documents(

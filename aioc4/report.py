@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from .destination import Delivery
 
@@ -20,7 +19,6 @@ class RunSummary:
     split: str
     requested: int
     max_lines_per_file: int | None
-    output_dir: Path
     documents: int = 0
     text_chars: int = 0
     first_text: str | None = None

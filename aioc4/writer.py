@@ -21,7 +21,6 @@ __all__ = ["FinishedPart", "PartWriter"]
 class FinishedPart:
     """A complete part on local disk."""
 
-    index: int
     name: str
     path: Path
     lines: int
@@ -89,8 +88,7 @@ class PartWriter:
         """fsync, then rename to the final name. Until the rename, `abort` can still remove the temp file."""
         assert self._file is not None
         temp = self._temp_path
-        index = len(self.finished) + 1
-        name = part_name(self.split, total, index, part_count(total, self.max_lines))
+        name = part_name(self.split, total, len(self.finished) + 1, part_count(total, self.max_lines))
         try:
             await self._file.flush()
             await asyncio.to_thread(os.fsync, self._file.fileno())  # durable before it gets its final name
@@ -100,9 +98,7 @@ class PartWriter:
             await self.abort()
             raise DestinationError(f"cannot finish {self.directory / name}: {exc.strerror or exc}") from None
         self._file = None  # no await between the rename and here: a cancelled run never loses a finished part
-        part = FinishedPart(
-            index=index, name=name, path=self.directory / name, lines=self._lines, size=self._size
-        )
+        part = FinishedPart(name=name, path=self.directory / name, lines=self._lines, size=self._size)
         self.finished.append(part)
         self._lines = 0
         self._size = 0

@@ -53,9 +53,7 @@ class SlowCleaningDestination:
 
 
 def summary_for(config: RunConfig) -> RunSummary:
-    return RunSummary(
-        "r", "c" * 40, "en", config.split, config.num_samples, config.max_lines_per_file, Path(".")
-    )
+    return RunSummary("r", "c" * 40, "en", config.split, config.num_samples, config.max_lines_per_file)
 
 
 @pytest.mark.parametrize("workers", [1, 3])
