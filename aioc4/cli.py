@@ -85,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--upload-workers", type=_positive_int, default=4, help="parallel part uploads (default: %(default)s)"
     )
+    add(
+        "--retry-budget",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="total time the run may spend waiting between Hub retries (default: %(default)s)",
+    )
     add("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
     add("--version", action="version", version=f"aioc4 {__version__}")
     return parser
@@ -108,6 +115,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         revision=args.revision,
         endpoint_url=args.endpoint_url,
         upload_workers=args.upload_workers,
+        retry_budget_s=args.retry_budget,
     )
 
 

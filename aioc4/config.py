@@ -61,6 +61,7 @@ class RunConfig:
     config_name: str = "en"
     endpoint_url: str | None = None
     upload_workers: int = 4
+    retry_budget_s: float = 600.0
 
     def __post_init__(self) -> None:
         if self.num_samples <= 0:
@@ -73,5 +74,7 @@ class RunConfig:
             )
         if self.upload_workers <= 0:
             raise UsageError(f"--upload-workers must be a positive integer, got {self.upload_workers}")
+        if self.retry_budget_s < 0:
+            raise UsageError(f"--retry-budget must be zero or more seconds, got {self.retry_budget_s}")
         if self.cleanup_local and self.s3 is None:
             raise UsageError("--cleanup-local deletes parts after their upload, so it needs --s3-path")

@@ -8,6 +8,7 @@ redirects to. The Hub's `Authorization` header is sent to the Hub origin only, n
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from huggingface_hub.errors import (
     EntryNotFoundError,
     GatedRepoError,
     HfHubHTTPError,
+    LocalEntryNotFoundError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
@@ -31,6 +33,7 @@ from huggingface_hub.utils._headers import build_hf_headers
 
 from . import __version__
 from .errors import SourceError
+from .retry import RETRYABLE_STATUSES, RetryBudget, retry_after_seconds
 
 __all__ = ["CHUNK_BYTES", "HubSource", "Shard", "chunks_of", "shard_pattern"]
 
@@ -38,6 +41,8 @@ CHUNK_BYTES = 1 << 20
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 5
 _T = TypeVar("_T")
+
+log = logging.getLogger("aioc4")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,19 +59,38 @@ def shard_pattern(config_name: str, split: str) -> re.Pattern[str]:
     return re.compile(rf"^{re.escape(config_name)}/c4-{re.escape(split)}\.(\d+)-of-\d+\.json\.gz$")
 
 
-class HubSource:
-    """Reads one dataset repo at one commit. Use as an async context manager."""
+class _Retryable(Exception):
+    """A failure worth another try (throttling, 5xx, dropped connection, expired signed URL)."""
 
-    def __init__(self, repo_id: str, *, cache_dir: Path | None = None) -> None:
+    def __init__(self, reason: str, retry_after_s: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+
+
+class HubSource:
+    """Reads one dataset repo at one commit. Use as an async context manager.
+
+    Every Hub call and every shard transfer is retried under one `RetryBudget`; a transfer that
+    drops resumes with `Range` from the byte already received, so the decompressor downstream
+    sees each byte exactly once. A signed storage URL is kept per shard (one `resolve` per shard)
+    and resolved again if storage refuses it (expired links answer 403 or 410).
+    """
+
+    def __init__(
+        self, repo_id: str, *, cache_dir: Path | None = None, budget: RetryBudget | None = None
+    ) -> None:
         self.repo_id = repo_id
         self.endpoint = constants.ENDPOINT.rstrip("/")
         self.cache_dir = cache_dir
+        self.budget = budget or RetryBudget()
         self._api = HfApi(library_name="aioc4", library_version=__version__)
         self._hub_headers = build_hf_headers(library_name="aioc4", library_version=__version__)
+        self._storage_urls: dict[str, str] = {}
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> HubSource:
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=60)
         self._session = aiohttp.ClientSession(timeout=timeout, auto_decompress=False)
         return self
 
@@ -105,16 +129,36 @@ class HubSource:
         return shards
 
     async def _call_hub(self, call: Callable[[], _T], revision: str, folder: str | None = None) -> _T:
-        try:
-            return await asyncio.to_thread(call)
-        except HfHubHTTPError as exc:
-            raise self._describe(exc, revision, folder) from None
-        except EntryNotFoundError as exc:  # local cache misses (e.g. offline mode), not HTTP answers
+        """Run a blocking huggingface_hub call in a thread, retrying what is worth retrying."""
+        attempt = 0
+        while True:
+            try:
+                return await asyncio.to_thread(call)
+            except HfHubHTTPError as exc:
+                status = exc.response.status_code if exc.response is not None else None
+                if status not in RETRYABLE_STATUSES:
+                    raise self._describe(exc, revision, folder) from None
+                failure = _Retryable(f"the Hub answered HTTP {status}", _retry_after(exc))
+            except LocalEntryNotFoundError as exc:  # hf_hub_download could not reach the Hub
+                failure = _Retryable(f"cannot reach the Hub at {self.endpoint}: {_first_line(str(exc))}")
+            except EntryNotFoundError as exc:
+                raise SourceError(
+                    f"cannot fetch from the Hub at {self.endpoint}: {_first_line(str(exc))}"
+                ) from None
+            except Exception as exc:  # transport errors of huggingface_hub's HTTP stack (httpx) or the OS
+                failure = _Retryable(f"cannot reach the Hub at {self.endpoint}: {_first_line(str(exc))}")
+            attempt += 1
+            await self._wait_or_give_up(attempt, failure, what=f"{self.repo_id}@{revision}")
+
+    async def _wait_or_give_up(self, attempt: int, failure: _Retryable, *, what: str) -> None:
+        delay = self.budget.next_delay(attempt, failure.retry_after_s)
+        if delay is None:
             raise SourceError(
-                f"cannot fetch from the Hub at {self.endpoint}: {_first_line(str(exc))}"
-            ) from None
-        except Exception as exc:  # transport errors of huggingface_hub's HTTP stack (httpx) or the OS
-            raise SourceError(f"cannot reach the Hub at {self.endpoint}: {_first_line(str(exc))}") from None
+                f"{failure.reason} ({what}: gave up after {attempt} attempt(s), "
+                f"{self.budget.waited_s:.1f} s of retry waits in this run)"
+            )
+        log.warning("%s: %s; retry %d in %.1f s", what, failure.reason, attempt, delay)
+        await asyncio.sleep(delay)
 
     def _describe(self, exc: HfHubHTTPError, revision: str, folder: str | None) -> SourceError:
         repo = f"dataset {self.repo_id!r}"
@@ -136,46 +180,71 @@ class HubSource:
     # -- bodies -----------------------------------------------------------------------------------
 
     async def stream(self, shard: Shard, commit: str) -> AsyncGenerator[bytes, None]:
-        """The shard's compressed bytes as they arrive; stop iterating to stop the transfer."""
-        response = await self._open_body(shard, commit)
-        try:
-            async for chunk in response.content.iter_chunked(CHUNK_BYTES):
-                yield chunk
-        except aiohttp.ClientError as exc:
-            raise SourceError(f"{shard.path}: connection lost while reading ({exc})") from None
-        finally:
-            response.close()  # drops the connection if the body was not read to the end
+        """The shard's compressed bytes, each exactly once, resuming after drops; stop iterating to stop."""
+        received = 0
+        attempt = 0
+        while True:
+            response: aiohttp.ClientResponse | None = None
+            try:
+                response = await self._open_at(shard, commit, received)
+                skip = received if response.status == 200 else 0  # a server that ignored Range
+                async for chunk in response.content.iter_chunked(CHUNK_BYTES):
+                    if skip:
+                        chunk, skip = chunk[skip:], max(0, skip - len(chunk))
+                        if not chunk:
+                            continue
+                    received += len(chunk)
+                    attempt = 0  # progress: the next failure starts a fresh count
+                    yield chunk
+                if received >= shard.size:
+                    return
+                failure = _Retryable(f"body ended at byte {received:,} of {shard.size:,}")
+            except _Retryable as exc:
+                failure = exc
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                failure = _Retryable(f"connection lost at byte {received:,} ({exc or type(exc).__name__})")
+            finally:
+                if response is not None:
+                    response.close()  # drops the connection if the body was not read to the end
+            attempt += 1
+            await self._wait_or_give_up(attempt, failure, what=shard.path)
 
-    async def _open_body(self, shard: Shard, commit: str) -> aiohttp.ClientResponse:
-        """GET the shard through `resolve`, following redirects by hand: the Hub's headers (with the
-        token) go to the Hub origin only, never to the storage host it redirects to."""
+    async def _open_at(self, shard: Shard, commit: str, offset: int) -> aiohttp.ClientResponse:
+        """A response whose body continues the shard at `offset` (206), or holds all of it (200).
+
+        Redirects are followed by hand: the Hub's headers (with the token) go to the Hub origin
+        only, never to the storage host it redirects to.
+        """
         session = self._require_session()
-        url = hf_hub_url(self.repo_id, shard.path, repo_type="dataset", revision=commit)
+        url = self._storage_urls.get(shard.path) or hf_hub_url(
+            self.repo_id, shard.path, repo_type="dataset", revision=commit
+        )
         for _ in range(_MAX_REDIRECTS):
-            headers = (
-                self._hub_headers if _same_origin(url, self.endpoint) else _without_auth(self._hub_headers)
-            )
-            response = await self._get(session, url, headers, shard)
-            if response.status not in _REDIRECTS:
-                return response
-            url = urljoin(url, response.headers.get("Location", ""))
-            response.release()
-        raise SourceError(f"{shard.path}: more than {_MAX_REDIRECTS} redirects")
-
-    async def _get(
-        self, session: aiohttp.ClientSession, url: str, headers: dict[str, str], shard: Shard
-    ) -> aiohttp.ClientResponse:
-        try:
+            on_hub = _same_origin(url, self.endpoint)
+            headers = dict(self._hub_headers if on_hub else _without_auth(self._hub_headers))
+            if offset:
+                headers["Range"] = f"bytes={offset}-"
             response = await session.get(url, headers=headers, allow_redirects=False)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise SourceError(
-                f"{shard.path}: cannot reach {_origin(url)} ({exc or type(exc).__name__})"
-            ) from None
-        if response.status == 200 or response.status in _REDIRECTS:
-            return response
-        error_code = response.headers.get("X-Error-Code", "")
-        response.release()
-        raise SourceError(_http_failure(response.status, error_code, f"{self.repo_id}/{shard.path}"))
+            if response.status in (200, 206):
+                return response
+            response.release()
+            if response.status in _REDIRECTS:
+                url = urljoin(url, response.headers.get("Location", ""))
+                if not _same_origin(url, self.endpoint):
+                    self._storage_urls[shard.path] = url
+                continue
+            if not on_hub and response.status in (401, 403, 410) and shard.path in self._storage_urls:
+                del self._storage_urls[shard.path]  # an expired or revoked signed URL: resolve again
+                raise _Retryable(
+                    f"storage refused the signed URL (HTTP {response.status}); resolving again", 0
+                )
+            if response.status in RETRYABLE_STATUSES:
+                raise _Retryable(
+                    f"HTTP {response.status} from {_origin(url)}", retry_after_seconds(response.headers)
+                )
+            error_code = response.headers.get("X-Error-Code", "")
+            raise SourceError(_http_failure(response.status, error_code, f"{self.repo_id}/{shard.path}"))
+        raise SourceError(f"{shard.path}: more than {_MAX_REDIRECTS} redirects")
 
     async def download(self, shard: Shard, commit: str) -> Path:
         """The whole shard in the Hub cache (`--cache-dir` or the standard one); cached files are reused."""
@@ -258,3 +327,7 @@ def _without_auth(headers: dict[str, str]) -> dict[str, str]:
 
 def _first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else text
+
+
+def _retry_after(exc: HfHubHTTPError) -> float | None:
+    return retry_after_seconds(exc.response.headers) if exc.response is not None else None

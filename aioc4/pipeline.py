@@ -24,6 +24,7 @@ from .errors import Aioc4Error, DestinationError
 from .hub import HubSource
 from .naming import renames_for_short_split
 from .report import RunSummary
+from .retry import RetryBudget, RetryPolicy
 from .source import SourceProgress, read_documents
 from .uploader import S3Destination
 from .writer import FinishedPart, PartWriter
@@ -40,7 +41,10 @@ async def run(config: RunConfig) -> RunSummary:
     started = time.monotonic()
     async with AsyncExitStack() as stack:
         destination = await _open_destination(config, stack)
-        hub = await stack.enter_async_context(HubSource(config.repo_id, cache_dir=config.cache_dir))
+        budget = RetryBudget(RetryPolicy(total_wait_s=config.retry_budget_s))
+        hub = await stack.enter_async_context(
+            HubSource(config.repo_id, cache_dir=config.cache_dir, budget=budget)
+        )
         await destination.check()
         commit = await hub.resolve_commit(config.revision)
         shards = await hub.list_shards(commit, config.config_name, config.split)

@@ -29,10 +29,12 @@ def hub_requests(hub: HubServerProcess) -> Callable[[], int]:
     return count
 
 
-def assert_one_line_error(result: Result, code: int, starts_with: str) -> None:
+def assert_one_line_error(result: Result, code: int, starts_with: str, *, alone: bool = True) -> None:
+    """Exactly one `aioc4: error:` line; with `alone`, nothing else on stderr (no progress, no retries)."""
     assert result.returncode == code, result.stderr
     assert "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines() == result.error_lines, result.stderr
+    if alone:
+        assert result.stderr.strip().splitlines() == result.error_lines, result.stderr
     assert len(result.error_lines) == 1, result.stderr
     assert result.error_lines[0].startswith(f"aioc4: error: {starts_with}"), result.stderr
 
@@ -78,8 +80,9 @@ def test_unknown_revision(aioc4: Aioc4) -> None:
 
 
 def test_unreachable_hub(aioc4: Aioc4) -> None:
-    result = aioc4(env={"HF_ENDPOINT": "http://127.0.0.1:9"})
-    assert_one_line_error(result, 1, "cannot reach the Hub at http://127.0.0.1:9")
+    result = aioc4("--retry-budget", "2", env={"HF_ENDPOINT": "http://127.0.0.1:9"})
+    assert_one_line_error(result, 1, "cannot reach the Hub at http://127.0.0.1:9", alone=False)
+    assert "gave up after" in result.error_lines[0]
 
 
 @pytest.fixture(scope="module")
