@@ -13,17 +13,18 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import NoReturn
 
 from . import __version__
 from .config import DEFAULT_OUTPUT_DIR, SPLITS, RunConfig, parse_s3_path
-from .errors import Aioc4Error, UsageError
+from .errors import Aioc4Error, DestinationError, UsageError
 from .report import RunSummary, format_summary
 
 __all__ = ["build_parser", "config_from_args", "main"]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
 log = logging.getLogger("aioc4")
 
@@ -92,6 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="total time the run may spend waiting between Hub retries (default: %(default)s)",
     )
+    add(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier, different job with the same manifest name (its parts are deleted)",
+    )
+    add(
+        "--s3-checksum",
+        choices=("crc32", "md5"),
+        default="crc32",
+        help="checksum S3 verifies on every upload: crc32 (default) or md5 for S3-compatible stores "
+        "that reject botocore's newer checksums (some MinIO and R2 versions)",
+    )
     add("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
     add("--version", action="version", version=f"aioc4 {__version__}")
     return parser
@@ -116,6 +129,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         endpoint_url=args.endpoint_url,
         upload_workers=args.upload_workers,
         retry_budget_s=args.retry_budget,
+        overwrite=args.overwrite,
+        s3_checksum=args.s3_checksum,
     )
 
 
@@ -124,9 +139,12 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
 
 
 def run_cli(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["verify"]:
+        return _run_verify(arguments[1:])
     redact = _redactor()
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser().parse_args(arguments)
         config = config_from_args(args)
     except Aioc4Error as exc:
         _fail(redact(str(exc)))
@@ -137,51 +155,111 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
     except Aioc4Error as exc:
         _fail(redact(str(exc)))
         return exc.exit_code
-    except _Terminated:
-        _fail("terminated (SIGTERM); finished parts are kept")
-        return EXIT_TERMINATED
-    except KeyboardInterrupt:
-        _fail("interrupted; finished parts are kept")
+    except KeyboardInterrupt:  # pragma: no cover - SIGINT is handled by the loop; this is a fallback
+        _fail("interrupted; finished parts are kept; run the same command again to resume")
         return EXIT_INTERRUPTED
     print(format_summary(summary), flush=True)
     if summary.failed:
-        names = ", ".join(delivery.name for delivery in summary.failed)
+        names = ", ".join(Path(path).name for path in summary.failed)
         _fail(f"{len(summary.failed)} part(s) did not reach S3 and are kept locally: {names}")
         return EXIT_FAILED
     return EXIT_OK
 
 
-class _Terminated(Exception):
-    """SIGTERM arrived; the run was cancelled."""
-
-
 def _execute(config: RunConfig) -> RunSummary:
     from huggingface_hub.utils.tqdm import disable_progress_bars
 
-    from .pipeline import run
+    from .pipeline import StopRequest, run
 
     disable_progress_bars()  # aioc4 reports its own progress
 
     async def main_task() -> RunSummary:
         task = asyncio.current_task()
         assert task is not None
-        terminated = False
+        stop = StopRequest()
 
-        def on_sigterm() -> None:
-            nonlocal terminated
-            terminated = True
-            task.cancel()
+        def on_signal(signum: int) -> None:
+            """First signal: a graceful stop (uploads finish, manifest saved). Second, or before the
+            pipeline runs (nothing to save): stop at once."""
+            if stop.event.is_set() or not stop.pipeline_running:
+                stop.signum = stop.signum or signum
+                task.cancel()
+            else:
+                stop.request(signum)
 
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, on_signal, signum)
         try:
-            return await run(config)
+            return await run(config, stop)
         except asyncio.CancelledError:
-            if terminated:
-                raise _Terminated() from None
+            if stop.signum:
+                raise stop.error(kept=None) from None
             raise
 
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         return runner.run(main_task())
+
+
+def _verify_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="aioc4 verify",
+        description="Check every part listed in the manifests at a folder or S3 prefix: present, size, "
+        "SHA-256 and line count. Exits 1 on any mismatch.",
+    )
+    parser.add_argument("target", help="a local folder or s3://bucket/prefix")
+    parser.add_argument("--endpoint-url", help="S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 / AWS)")
+    return parser
+
+
+def _run_verify(argv: Sequence[str]) -> int:
+    redact = _redactor()
+    try:
+        args = _verify_parser().parse_args(argv)
+        if not args.target.startswith("s3://") and not Path(args.target).is_dir():
+            raise UsageError(f"{args.target} is neither a folder nor an s3:// URL")
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            text, ok = runner.run(_verify(args.target, args.endpoint_url))
+    except Aioc4Error as exc:
+        _fail(redact(str(exc)))
+        return exc.exit_code
+    print(text, flush=True)
+    if not ok:
+        _fail(f"{args.target} does not match its manifest(s)")
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+async def _verify(target: str, endpoint_url: str | None) -> tuple[str, bool]:
+    from .destination import Destination, LocalDestination
+    from .manifest import Manifest
+    from .uploader import S3Destination
+    from .verify import format_report, verify_manifest
+
+    async with AsyncExitStack() as stack:
+        destination: Destination
+        if target.startswith("s3://"):
+            s3 = S3Destination(
+                parse_s3_path(target),
+                Path("."),
+                job_prefix="",
+                endpoint_url=endpoint_url,
+                workers=4,
+                cleanup_local=False,
+            )
+            destination = await stack.enter_async_context(s3)
+        else:
+            destination = LocalDestination(Path(target))
+        names = await destination.list_manifests()
+        if not names:
+            raise DestinationError(f"no aioc4 manifest (*.manifest.json) in {target}")
+        reports = []
+        for name in names:
+            data = await destination.load_manifest(name)
+            if data is None:
+                raise DestinationError(f"{destination.location(name)} disappeared while verifying")
+            manifest = Manifest.from_json(data, where=destination.location(name))
+            reports.append(await verify_manifest(name, manifest, destination.inspect))
+    return format_report(target.rstrip("/"), reports), all(not report.problems for report in reports)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -62,6 +62,8 @@ class RunConfig:
     endpoint_url: str | None = None
     upload_workers: int = 4
     retry_budget_s: float = 600.0
+    overwrite: bool = False
+    s3_checksum: str = "crc32"
 
     def __post_init__(self) -> None:
         if self.num_samples <= 0:
@@ -76,5 +78,7 @@ class RunConfig:
             raise UsageError(f"--upload-workers must be a positive integer, got {self.upload_workers}")
         if self.retry_budget_s < 0:
             raise UsageError(f"--retry-budget must be zero or more seconds, got {self.retry_budget_s}")
+        if self.s3_checksum not in ("crc32", "md5"):
+            raise UsageError(f"--s3-checksum must be crc32 or md5, got {self.s3_checksum!r}")
         if self.cleanup_local and self.s3 is None:
             raise UsageError("--cleanup-local deletes parts after their upload, so it needs --s3-path")

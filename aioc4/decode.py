@@ -20,20 +20,33 @@ _GZIP_WBITS = 16 + zlib.MAX_WBITS
 
 @dataclass(slots=True)
 class Batch:
-    """Consecutive documents of one shard: their source lines (no newline) and text sizes."""
+    """Consecutive documents of one shard: source lines (no newline), where they start, text sizes."""
 
+    shard: str
+    first_line: int
     lines: list[bytes] = field(default_factory=list)
-    text_chars: int = 0
+    text_lengths: list[int] = field(default_factory=list)
     first_text: str | None = None
 
     def __len__(self) -> int:
         return len(self.lines)
 
-    def head(self, count: int) -> Batch:
-        """The first `count` documents (text sizes recomputed only when cut)."""
-        if count >= len(self.lines):
+    @property
+    def text_chars(self) -> int:
+        return sum(self.text_lengths)
+
+    def slice(self, start: int, stop: int) -> Batch:
+        """Documents `start` to `stop` (0-based, end excluded) as a batch of their own."""
+        if start == 0 and stop >= len(self.lines):
             return self
-        return parse_lines(self.lines[:count], shard="(cut)", first_line_number=1)
+        first_text = self.first_text if start == 0 else None
+        return Batch(
+            self.shard,
+            self.first_line + start,
+            self.lines[start:stop],
+            self.text_lengths[start:stop],
+            first_text,
+        )
 
 
 class GzipLineDecoder:
@@ -75,8 +88,8 @@ class GzipLineDecoder:
 
 def parse_lines(lines: list[bytes], *, shard: str, first_line_number: int) -> Batch:
     """Check every line is a JSON object with a string `text`; keep the source bytes as they are."""
-    batch = Batch(lines=lines)
-    text_chars = 0
+    batch = Batch(shard, first_line_number, lines)
+    text_lengths = batch.text_lengths
     for offset, line in enumerate(lines):
         try:
             record = orjson.loads(line)
@@ -88,8 +101,7 @@ def parse_lines(lines: list[bytes], *, shard: str, first_line_number: int) -> Ba
             raise CorruptShardError(
                 f"{shard}: line {first_line_number + offset} is not a JSON object with a 'text' string"
             )
-        text_chars += len(record["text"])
-        if batch.first_text is None:
-            batch.first_text = record["text"]
-    batch.text_chars = text_chars
+        text_lengths.append(len(record["text"]))
+    if lines:
+        batch.first_text = orjson.loads(lines[0])["text"]
     return batch

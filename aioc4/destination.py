@@ -1,19 +1,31 @@
 """Where finished parts go. The pipeline hands every part to a `Destination` and does not care which.
 
-`LocalDestination` keeps parts where the writer put them; `aioc4.uploader.S3Destination` uploads
-them and, with cleanup, deletes the local copy once S3 has confirmed it.
+`LocalDestination` keeps parts in the output folder; `aioc4.uploader.S3Destination` uploads them
+and, with cleanup, deletes the local copy once S3 has confirmed it. Both keep the job's manifest
+next to the parts, and can tell whether a part recorded in it is still intact.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from .manifest import PartRecord, write_atomically
+from .verify import PartFacts, facts_of_file
 from .writer import FinishedPart
 
-__all__ = ["Delivery", "Destination", "LocalDestination"]
+__all__ = [
+    "Delivery",
+    "Destination",
+    "LocalDestination",
+    "file_digest",
+    "local_part_intact",
+    "read_if_exists",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,20 +33,45 @@ class Delivery:
     """What became of one part."""
 
     name: str
-    local_path: Path | None  # None once deleted after upload
-    url: str | None  # s3:// URL once uploaded
+    uploaded: bool
     error: str | None = None
 
 
 class Destination(Protocol):
+    directory: Path
+
     async def check(self) -> None:
         """Fail early (before any download) if parts could not be delivered."""
 
     async def deliver(self, part: FinishedPart) -> Delivery:
         """Deliver one finished part; never raises for a failure that leaves the part on disk."""
 
-    async def rename(self, delivery: Delivery, new_name: str) -> Delivery:
+    async def already_delivered(self, part: FinishedPart) -> Delivery:
+        """An identical part is already at the destination (recorded and verified): tidy up, send nothing."""
+
+    async def is_intact(self, record: PartRecord) -> bool:
+        """Whether the part recorded in the manifest is there, whole and unchanged."""
+
+    async def rename(self, old: str, new: str) -> None:
         """Give a delivered part a new name (used when the split was shorter than asked)."""
+
+    async def remove(self, name: str) -> None:
+        """Delete a part of an earlier job (`--overwrite`)."""
+
+    async def save_manifest(self, name: str, data: bytes, *, final: bool) -> None:
+        """Store the manifest next to the parts, atomically."""
+
+    async def load_manifest(self, name: str) -> bytes | None:
+        """The manifest of an earlier run of this job, if there is one."""
+
+    def location(self, name: str) -> str:
+        """Where a delivered part can be found (a path or an s3:// URL), for the summary."""
+
+    async def list_manifests(self) -> list[str]:
+        """Names of the manifests at the destination (for `aioc4 verify`)."""
+
+    async def inspect(self, name: str) -> PartFacts | None:
+        """Size, SHA-256 and line count of a part as it is at the destination; None if missing."""
 
 
 class LocalDestination:
@@ -47,16 +84,56 @@ class LocalDestination:
         return None
 
     async def deliver(self, part: FinishedPart) -> Delivery:
-        return Delivery(name=part.name, local_path=part.path, url=None)
+        return Delivery(name=part.name, uploaded=False)
 
-    async def rename(self, delivery: Delivery, new_name: str) -> Delivery:
-        return Delivery(name=new_name, local_path=rename_local(delivery.local_path, new_name), url=None)
+    async def already_delivered(self, part: FinishedPart) -> Delivery:
+        return Delivery(name=part.name, uploaded=False)
+
+    async def is_intact(self, record: PartRecord) -> bool:
+        return await local_part_intact(self.directory / record.name, record)
+
+    async def rename(self, old: str, new: str) -> None:
+        await asyncio.to_thread(os.replace, self.directory / old, self.directory / new)
+
+    async def remove(self, name: str) -> None:
+        await asyncio.to_thread((self.directory / name).unlink, missing_ok=True)
+
+    async def save_manifest(self, name: str, data: bytes, *, final: bool) -> None:
+        await asyncio.to_thread(write_atomically, self.directory / name, data)
+
+    async def load_manifest(self, name: str) -> bytes | None:
+        return await asyncio.to_thread(read_if_exists, self.directory / name)
+
+    def location(self, name: str) -> str:
+        return str(self.directory / name)
+
+    async def list_manifests(self) -> list[str]:
+        return await asyncio.to_thread(
+            lambda: sorted(path.name for path in self.directory.glob("*.manifest.json"))
+        )
+
+    async def inspect(self, name: str) -> PartFacts | None:
+        return await asyncio.to_thread(facts_of_file, self.directory / name)
 
 
-def rename_local(path: Path | None, new_name: str) -> Path | None:
-    """Rename a local part in place (atomic); None stays None."""
-    if path is None:
+async def local_part_intact(path: Path, record: PartRecord) -> bool:
+    """Size and SHA-256 match the record (the whole file is read, in a worker thread)."""
+    return await asyncio.to_thread(_file_matches, path, record)
+
+
+def _file_matches(path: Path, record: PartRecord) -> bool:
+    if not path.is_file() or path.stat().st_size != record.size:
+        return False
+    return file_digest(path) == record.sha256
+
+
+def read_if_exists(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
         return None
-    target = path.with_name(new_name)
-    os.replace(path, target)
-    return target
+
+
+def file_digest(path: Path) -> str:
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()

@@ -2,6 +2,7 @@
 
     Aioc4Error                 (exit 1 unless stated)
     ├── UsageError             bad flags or arguments (exit 2)
+    ├── Interrupted            SIGINT / SIGTERM: state saved, resumable (exit 130 / 143)
     ├── SourceError            the Hub: repo, revision, auth, network
     │   └── CorruptShardError  a shard that is not gzip'd JSON Lines of objects
     └── DestinationError       local disk or S3
@@ -16,6 +17,7 @@ __all__ = [
     "Aioc4Error",
     "CorruptShardError",
     "DestinationError",
+    "Interrupted",
     "SourceError",
     "UploadError",
     "UsageError",
@@ -32,6 +34,14 @@ class UsageError(Aioc4Error):
     """The command line asks for something impossible or malformed."""
 
     exit_code = 2
+
+
+class Interrupted(Aioc4Error):
+    """The run was stopped by a signal after saving what it finished; rerunning resumes it."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class SourceError(Aioc4Error):

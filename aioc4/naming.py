@@ -7,13 +7,16 @@
 from __future__ import annotations
 
 import math
+import re
 
 __all__ = [
     "part_count",
+    "part_index",
     "part_name",
     "part_names",
     "part_sizes",
     "renames_for_short_split",
+    "temp_part_glob",
     "temp_part_name",
 ]
 
@@ -32,6 +35,12 @@ def part_name(split: str, total: int, index: int, count: int) -> str:
     return f"c4_{split}_{total}_part{index:03d}.jsonl"
 
 
+def part_index(name: str) -> int:
+    """The 1-based number of a part from its name (a single-file name is part 1)."""
+    match = re.search(r"_part(\d+)\.jsonl$", name)
+    return int(match.group(1)) if match else 1
+
+
 def part_names(split: str, total: int, max_lines: int | None) -> list[str]:
     count = part_count(total, max_lines)
     return [part_name(split, total, index, count) for index in range(1, count + 1)]
@@ -45,9 +54,14 @@ def part_sizes(total: int, max_lines: int | None) -> list[int]:
     return [max_lines] * full + ([rest] if rest else [])
 
 
-def temp_part_name(split: str, index: int) -> str:
-    """Name a part has while it is being written; hidden, and never a final name."""
-    return f".c4_{split}_part{index:03d}.jsonl.tmp"
+def temp_part_name(split: str, requested: int, index: int) -> str:
+    """Name a part has while it is being written: hidden, never a final name, and tied to its job so
+    a rerun can sweep what a killed run left behind (`temp_part_glob`)."""
+    return f".c4_{split}_{requested}_part{index:03d}.jsonl.tmp"
+
+
+def temp_part_glob(split: str, requested: int) -> str:
+    return f".c4_{split}_{requested}_part*.jsonl.tmp"
 
 
 def renames_for_short_split(

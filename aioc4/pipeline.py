@@ -2,9 +2,11 @@
 
 Every queue between stages is bounded: the reader waits when the writer is behind, and the
 writer waits when `upload_workers` finished parts are already queued, so local disk holds at
-most about `2 * upload_workers + 1` parts. If the source fails, parts already finished are
-still delivered before the error is reported; on cancellation everything stops at once and
-the part being written is removed (finished parts stay).
+most about `2 * upload_workers + 1` parts. The manifest is saved after every delivered part, so
+a run killed at any point can be resumed by running the same command again. If the source
+fails, parts already finished are still delivered before the error is reported. On SIGINT or
+SIGTERM reading stops, finished parts get `grace_s` seconds to finish uploading, the part being
+written is removed, and the manifest is saved; a second signal stops everything at once.
 """
 
 from __future__ import annotations
@@ -12,64 +14,138 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import AsyncExitStack, aclosing
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .config import RunConfig
 from .decode import Batch
 from .destination import Destination, LocalDestination
-from .errors import Aioc4Error, DestinationError
-from .hub import HubSource
+from .errors import Aioc4Error, DestinationError, Interrupted, UsageError
+from .hub import HubSource, Shard
+from .manifest import Manifest, PartRecord, RequestInfo, ResumePoint, manifest_name, resume_point
 from .naming import renames_for_short_split
-from .report import RunSummary
+from .report import RunSummary, preview
 from .retry import RetryBudget, RetryPolicy
 from .source import SourceProgress, read_documents
 from .uploader import S3Destination
 from .writer import FinishedPart, PartWriter
 
-__all__ = ["PartPipeline", "run"]
+__all__ = ["PartPipeline", "StopRequest", "run"]
 
 log = logging.getLogger("aioc4")
 
 _BATCHES_AHEAD = 8
+_CHECKS_IN_FLIGHT = 8
 
 
-async def run(config: RunConfig) -> RunSummary:
-    """Download the first `config.num_samples` documents into parts and deliver them."""
+@dataclass(slots=True)
+class StopRequest:
+    """Set by a signal handler: stop reading, let finished parts upload for `grace_s`, save state."""
+
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+    signum: int = 0
+    grace_s: float = 10.0
+    pipeline_running: bool = False
+
+    def request(self, signum: int) -> None:
+        self.signum = signum
+        self.event.set()
+
+    def error(self, kept: int | None) -> Interrupted:
+        """Exit 130 for SIGINT, 143 for SIGTERM, as shells report them."""
+        name = signal.Signals(self.signum).name
+        what = (
+            f"{kept} finished part(s) kept and recorded in the manifest"
+            if kept is not None
+            else "finished parts kept"
+        )
+        return Interrupted(
+            f"interrupted by {name}: {what}; run the same command again to resume",
+            exit_code=128 + self.signum,
+        )
+
+
+async def run(config: RunConfig, stop: StopRequest | None = None) -> RunSummary:
+    """Download the first `config.num_samples` documents into parts and deliver them (or resume that)."""
+    stop = stop or StopRequest()
     started = time.monotonic()
     async with AsyncExitStack() as stack:
         destination = await _open_destination(config, stack)
+        await destination.check()
+        request = RequestInfo(
+            config.repo_id,
+            config.revision,
+            config.config_name,
+            config.split,
+            config.num_samples,
+            config.max_lines_per_file,
+        )
+        manifest = await _previous_job(destination, request, overwrite=config.overwrite)
+        if manifest is not None and manifest.complete and await _all_intact(destination, manifest.parts):
+            log.info("%s is already complete: nothing to do", manifest_name(config.split, config.num_samples))
+            return _summary(manifest, destination, already_complete=True)
         budget = RetryBudget(RetryPolicy(total_wait_s=config.retry_budget_s))
         hub = await stack.enter_async_context(
             HubSource(config.repo_id, cache_dir=config.cache_dir, budget=budget)
         )
-        await destination.check()
-        commit = await hub.resolve_commit(config.revision)
+        if manifest is None:
+            commit = await hub.resolve_commit(config.revision)
+            manifest = Manifest(request=replace(request, commit=commit))
+        else:
+            manifest.complete = False
+            manifest.parts = await _intact(destination, manifest.parts)
+        commit = manifest.request.commit
         shards = await hub.list_shards(commit, config.config_name, config.split)
         log.info("%s@%s: %d %s shard(s) available", config.repo_id, commit[:12], len(shards), config.split)
         created_dirs = _prepare_output_dir(config.output_dir)  # last check: nothing is created on bad input
-        summary = RunSummary(
-            repo_id=config.repo_id,
-            commit=commit,
-            config_name=config.config_name,
-            split=config.split,
-            requested=config.num_samples,
-            max_lines_per_file=config.max_lines_per_file,
-        )
-        progress = SourceProgress()
-        documents = read_documents(
-            hub, shards, commit, config.num_samples, streaming=config.streaming, progress=progress
-        )
-        pipeline = PartPipeline(config, destination, summary)
-        await pipeline.execute(documents, progress)
-        if summary.split_exhausted:
-            await pipeline.rename_for_real_count()
+        summary = await _produce(config, hub, shards, destination, manifest, stop)
         summary.elapsed_seconds = time.monotonic() - started
         if config.s3 is not None and config.cleanup_local:
             _remove_if_empty(created_dirs)
         return summary
+
+
+async def _produce(
+    config: RunConfig,
+    hub: HubSource,
+    shards: list[Shard],
+    destination: Destination,
+    manifest: Manifest,
+    stop: StopRequest,
+) -> RunSummary:
+    point = resume_point(manifest.parts)
+    if point.documents:
+        log.info(
+            "resuming after %d part(s) (%d documents) already in place", point.next_index - 1, point.documents
+        )
+    progress = SourceProgress()
+    documents = read_documents(
+        hub,
+        shards,
+        manifest.request.commit,
+        config.num_samples - point.documents,
+        streaming=config.streaming,
+        progress=progress,
+        start=point.start,
+    )
+    pipeline = PartPipeline(config, destination, manifest, point)
+    if swept := await asyncio.to_thread(pipeline.writer.sweep):
+        log.info("removed %d unfinished part file(s) left by an earlier run", swept)
+    await pipeline.execute(documents, progress, stop)
+    if manifest.split_exhausted:
+        await pipeline.rename_for_real_count()
+    manifest.complete = not pipeline.failed
+    await pipeline.save_manifest(final=True)
+    summary = _summary(manifest, destination)
+    summary.failed = {str(destination.directory / name): error for name, error in pipeline.failed.items()}
+    summary.compressed_bytes = progress.compressed_bytes
+    summary.shards_read = progress.shards_opened
+    summary.documents_read = progress.documents
+    return summary
 
 
 async def _open_destination(config: RunConfig, stack: AsyncExitStack) -> Destination:
@@ -77,69 +153,169 @@ async def _open_destination(config: RunConfig, stack: AsyncExitStack) -> Destina
         return LocalDestination(config.output_dir)
     s3 = S3Destination(
         config.s3,
+        config.output_dir,
+        job_prefix=f"c4_{config.split}_{config.num_samples}",
         endpoint_url=config.endpoint_url,
         workers=config.upload_workers,
         cleanup_local=config.cleanup_local,
+        checksum=config.s3_checksum,
     )
     return await stack.enter_async_context(s3)
+
+
+async def _previous_job(
+    destination: Destination, request: RequestInfo, *, overwrite: bool
+) -> Manifest | None:
+    """The manifest of an earlier run of the same job; a different job under the same name is refused
+    (or, with --overwrite, its parts are deleted)."""
+    name = manifest_name(request.split, request.num_samples)
+    data = await destination.load_manifest(name)
+    if data is None:
+        return None
+    manifest = Manifest.from_json(data, where=destination.location(name))
+    differences = manifest.request.differences(request)
+    if not differences:
+        return manifest
+    if not overwrite:
+        raise UsageError(
+            f"{destination.location(name)} records a different job ({'; '.join(differences)}); "
+            "rerun with the same arguments to resume it, or pass --overwrite to replace it"
+        )
+    log.warning("--overwrite: deleting the %d part(s) of the earlier job", len(manifest.parts))
+    for part in manifest.parts:
+        await destination.remove(part.name)
+    return None
+
+
+async def _intact(destination: Destination, parts: Sequence[PartRecord]) -> list[PartRecord]:
+    """The recorded parts that are still whole at the destination (checked a few at a time)."""
+    limit = asyncio.Semaphore(_CHECKS_IN_FLIGHT)
+
+    async def check(part: PartRecord) -> bool:
+        async with limit:
+            return await destination.is_intact(part)
+
+    verdicts = await asyncio.gather(*(check(part) for part in parts))
+    return [part for part, intact in zip(parts, verdicts, strict=True) if intact]
+
+
+async def _all_intact(destination: Destination, parts: Sequence[PartRecord]) -> bool:
+    return len(await _intact(destination, parts)) == len(parts)
+
+
+def _summary(manifest: Manifest, destination: Destination, *, already_complete: bool = False) -> RunSummary:
+    locations = []
+    for part in manifest.parts:
+        if part.uploaded:
+            locations.append(destination.location(part.name))
+        local = destination.directory / part.name
+        if local.exists():
+            locations.append(str(local))
+    return RunSummary(manifest=manifest, locations=locations, already_complete=already_complete)
 
 
 class PartPipeline:
     """Documents in, delivered parts out: owns the queues and the tasks that pass parts along."""
 
-    def __init__(self, config: RunConfig, destination: Destination, summary: RunSummary) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        destination: Destination,
+        manifest: Manifest,
+        point: ResumePoint | None = None,
+    ) -> None:
+        point = point or ResumePoint()
         self.config = config
         self.destination = destination
-        self.summary = summary
+        self.manifest = manifest
         self.batches: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=_BATCHES_AHEAD)
         self.finished: asyncio.Queue[FinishedPart | None] = asyncio.Queue(maxsize=config.upload_workers)
         self.writer = PartWriter(
-            config.output_dir, config.split, config.num_samples, config.max_lines_per_file
+            config.output_dir,
+            config.split,
+            config.num_samples,
+            config.max_lines_per_file,
+            first_index=point.next_index,
+            documents=point.documents,
         )
+        self.failed: dict[str, str] = {}
         self.source_error: Aioc4Error | None = None
+        self._already_there = {part.name: part.sha256 for part in manifest.parts}
+        self._manifest_lock = asyncio.Lock()
+        self._stopping = False
 
-    async def execute(self, documents: AsyncGenerator[Batch, None], progress: SourceProgress) -> None:
+    async def execute(
+        self,
+        documents: AsyncGenerator[Batch, None],
+        progress: SourceProgress,
+        stop: StopRequest | None = None,
+    ) -> None:
         """Write `documents` into parts and deliver them; a source error is raised after delivery."""
+        stop = stop or StopRequest()
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(self._read(documents))
-                group.create_task(self._write())
-                for _ in range(self.config.upload_workers):
-                    group.create_task(self._deliver())
+                reader = group.create_task(self._read(documents))
+                writer = group.create_task(self._write())
+                deliverers = [group.create_task(self._deliver()) for _ in range(self.config.upload_workers)]
+                work = [reader, writer, *deliverers]
+                watcher = group.create_task(self._stop_on(stop, reader, [writer, *deliverers]))
+                group.create_task(_cancel_when_done(watcher, work))
+                stop.pipeline_running = True
         except ExceptionGroup as failures:
             raise _most_telling(failures) from None
-        self.summary.deliveries.sort(key=lambda delivery: delivery.name)
-        self.summary.compressed_bytes = progress.compressed_bytes
-        self.summary.shards_read = progress.shards_opened
-        self.summary.split_exhausted = progress.exhausted and self.summary.documents < self.config.num_samples
+        finally:
+            stop.pipeline_running = False
+        self.manifest.split_exhausted = progress.exhausted and self.writer.documents < self.config.num_samples
+        if self._stopping:
+            await self.save_manifest(final=False)
+            raise stop.error(kept=len(self.manifest.parts))
         if self.source_error is not None:
+            await self.save_manifest(final=False)
             raise self.source_error
 
+    async def _stop_on(
+        self, stop: StopRequest, reader: asyncio.Task[None], rest: list[asyncio.Task[None]]
+    ) -> None:
+        """On a signal: stop reading now; cancel uploads still running after the grace period."""
+        await stop.event.wait()
+        log.warning(
+            "stopping: finishing the uploads in flight (up to %.0f s), then saving the manifest", stop.grace_s
+        )
+        self._stopping = True
+        reader.cancel()
+        await asyncio.sleep(stop.grace_s)
+        for task in rest:
+            task.cancel()
+
     async def _read(self, documents: AsyncGenerator[Batch, None]) -> None:
-        """Producer: batches of documents in order; a source failure ends the stream early."""
+        """Producer: batches of documents in order; a source failure or a stop ends the stream early."""
         try:
             async with aclosing(documents):
                 async for batch in documents:
-                    self._count(batch)
+                    if (
+                        self.writer.documents == 0
+                        and self.manifest.first_text_preview is None
+                        and batch.first_text
+                    ):
+                        self.manifest.first_text_preview = preview(batch.first_text)
                     await self.batches.put(batch)
         except Aioc4Error as exc:
             self.source_error = exc
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()  # a soft stop: the writer still needs the end-of-stream marker
         await self.batches.put(None)
-
-    def _count(self, batch: Batch) -> None:
-        summary = self.summary
-        summary.documents += len(batch)
-        summary.text_chars += batch.text_chars
-        if summary.first_text is None:
-            summary.first_text = batch.first_text
 
     async def _write(self) -> None:
         """Writer: parts in order; hands each finished part to the deliverers."""
         try:
             while (batch := await self.batches.get()) is not None:
-                for part in await self.writer.write(batch.lines):
+                for part in await self.writer.write(batch):
                     await self._hand_over(part)
-            if self.source_error is None:
+            if self.source_error is None and not self._stopping:
                 last = await self.writer.close()
                 if last is not None:
                     await self._hand_over(last)
@@ -152,36 +328,61 @@ class PartPipeline:
             await self.finished.put(None)
 
     async def _hand_over(self, part: FinishedPart) -> None:
-        log.info("finished %s (%d lines, %d bytes)", part.name, part.lines, part.size)
-        self.summary.bytes_written += part.size
+        log.info("finished %s (%d lines, %d bytes)", part.name, part.record.lines, part.size)
         await self.finished.put(part)
 
     async def _deliver(self) -> None:
         while (part := await self.finished.get()) is not None:
-            delivery = await self.destination.deliver(part)
+            if self._already_there.get(part.name) == part.record.sha256:
+                log.info("%s is already in place", part.name)
+                delivery = await self.destination.already_delivered(part)
+            else:
+                delivery = await self.destination.deliver(part)
             if delivery.error is not None:
                 log.error("%s did not reach S3: %s (kept at %s)", part.name, delivery.error, part.path)
-            elif delivery.url is not None:
-                log.info("uploaded %s", delivery.url)
-            self.summary.deliveries.append(delivery)
+                self.failed[part.name] = delivery.error
+            elif delivery.uploaded:
+                log.info("uploaded %s", self.destination.location(part.name))
+            part.record.uploaded = delivery.uploaded
+            async with self._manifest_lock:
+                self.manifest.record(part.record)
+                await self._save(final=False)
+
+    async def save_manifest(self, *, final: bool) -> None:
+        async with self._manifest_lock:
+            await self._save(final=final)
+
+    async def _save(self, *, final: bool) -> None:
+        name = manifest_name(self.config.split, self.config.num_samples)
+        await self.destination.save_manifest(name, self.manifest.to_json(), final=final)
 
     async def rename_for_real_count(self) -> None:
         """The split ended before N: give parts named after N their real-count names."""
-        config, summary = self.config, self.summary
+        config, manifest = self.config, self.manifest
+        documents = manifest.documents
         log.warning(
-            "the %s split holds only %d documents (%d requested)",
-            config.split,
-            summary.documents,
-            config.num_samples,
+            "the %s split holds only %d documents (%d requested)", config.split, documents, config.num_samples
         )
-        closed_early = len(summary.deliveries) - 1  # the last part was named knowing the real count
-        by_name = {delivery.name: delivery for delivery in summary.deliveries}
-        pairs = renames_for_short_split(
-            config.split, config.num_samples, summary.documents, config.max_lines_per_file, closed_early
+        pairs = dict(
+            renames_for_short_split(
+                config.split,
+                config.num_samples,
+                documents,
+                config.max_lines_per_file,
+                len(manifest.parts) - 1,
+            )
         )
-        for old, new in pairs:
-            by_name[new] = await self.destination.rename(by_name.pop(old), new)
-        summary.deliveries = sorted(by_name.values(), key=lambda delivery: delivery.name)
+        for part in manifest.parts:
+            if part.name in pairs:
+                await self.destination.rename(part.name, pairs[part.name])
+                part.name = pairs[part.name]
+        await self.save_manifest(final=False)
+
+
+async def _cancel_when_done(watcher: asyncio.Task[None], work: list[asyncio.Task[None]]) -> None:
+    """The stop watcher only lives as long as the work it watches."""
+    await asyncio.wait(work)
+    watcher.cancel()
 
 
 def _most_telling(failures: ExceptionGroup[Exception]) -> Exception:

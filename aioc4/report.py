@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .destination import Delivery
+from .manifest import Manifest
 
 __all__ = ["PREVIEW_CHARS", "RunSummary", "format_summary"]
 
@@ -13,61 +13,62 @@ PREVIEW_CHARS = 200
 
 @dataclass(slots=True)
 class RunSummary:
-    repo_id: str
-    commit: str
-    config_name: str
-    split: str
-    requested: int
-    max_lines_per_file: int | None
-    documents: int = 0
-    text_chars: int = 0
-    first_text: str | None = None
-    bytes_written: int = 0
+    """The job as its manifest records it, plus what this run did."""
+
+    manifest: Manifest
+    locations: list[str] = field(default_factory=list)  # where each part is: s3:// URLs and/or paths
+    failed: dict[str, str] = field(default_factory=dict)  # local path of a part not uploaded -> why
     compressed_bytes: int = 0
     shards_read: int = 0
+    documents_read: int = 0
     elapsed_seconds: float = 0.0
-    split_exhausted: bool = False
-    deliveries: list[Delivery] = field(default_factory=list)
+    already_complete: bool = False
 
     @property
-    def failed(self) -> list[Delivery]:
-        return [delivery for delivery in self.deliveries if delivery.error is not None]
+    def documents(self) -> int:
+        return self.manifest.documents
+
+    @property
+    def bytes_written(self) -> int:
+        return sum(part.size for part in self.manifest.parts)
 
     @property
     def average_text_chars(self) -> float:
-        return self.text_chars / self.documents if self.documents else 0.0
+        text_chars = sum(part.text_chars for part in self.manifest.parts)
+        return text_chars / self.documents if self.documents else 0.0
 
 
 def format_summary(summary: RunSummary) -> str:
     """The end-of-run report, as plain lines for stdout."""
+    manifest, request = summary.manifest, summary.manifest.request
+    verb = "Already complete:" if summary.already_complete else "Downloaded"
     lines = [
-        f"Downloaded {summary.documents:,} documents of {summary.repo_id} "
-        f"({summary.config_name}/{summary.split}) at commit {summary.commit[:12]}",
+        f"{verb} {summary.documents:,} documents of {request.repo_id} "
+        f"({request.config_name}/{request.split}) at commit {request.commit[:12]}",
     ]
-    if summary.split_exhausted:
+    if manifest.split_exhausted:
         lines.append(
-            f"Note: the {summary.split} split holds only {summary.documents:,} documents "
-            f"({summary.requested:,} were requested); all of them were written."
+            f"Note: the {request.split} split holds only {summary.documents:,} documents "
+            f"({request.num_samples:,} were requested); all of them were written."
         )
-    rate = summary.documents / summary.elapsed_seconds if summary.elapsed_seconds > 0 else 0.0
-    mb_per_s = summary.bytes_written / 1e6 / summary.elapsed_seconds if summary.elapsed_seconds > 0 else 0.0
-    max_lines = f"{summary.max_lines_per_file:,}" if summary.max_lines_per_file else "no limit"
+    seconds = summary.elapsed_seconds
+    rate = summary.documents_read / seconds if seconds > 0 else 0.0
+    max_lines = f"{request.max_lines_per_file:,}" if request.max_lines_per_file else "no limit"
     lines += [
         "Dataset statistics:",
         f"  Total samples:        {summary.documents:,}",
-        f"  Files created:        {len(summary.deliveries)}",
+        f"  Files created:        {len(manifest.parts)}",
         f"  Max lines per file:   {max_lines}",
         f"  Average text length:  {summary.average_text_chars:,.1f} characters",
         f"  Bytes written:        {summary.bytes_written:,}",
         f"  Bytes read:           {summary.compressed_bytes:,} gzip bytes, {summary.shards_read} shard(s)",
-        f"  Elapsed:              {summary.elapsed_seconds:.2f} s ({rate:,.0f} docs/s, {mb_per_s:,.1f} MB/s)",
+        f"  Elapsed:              {seconds:.2f} s ({summary.documents_read:,} documents read now, "
+        f"{rate:,.0f} docs/s)",
     ]
-    if summary.first_text is not None:
-        preview = summary.first_text[:PREVIEW_CHARS].replace("\n", " ")
-        ellipsis = "..." if len(summary.first_text) > PREVIEW_CHARS else ""
-        lines.append(f"  Sample text preview:  {preview}{ellipsis}")
-    uploaded = [delivery.url for delivery in summary.deliveries if delivery.url]
-    local = [str(delivery.local_path) for delivery in summary.deliveries if delivery.local_path]
+    if manifest.first_text_preview is not None:
+        lines.append(f"  Sample text preview:  {manifest.first_text_preview}")
+    uploaded = [location for location in summary.locations if location.startswith("s3://")]
+    local = [location for location in summary.locations if not location.startswith("s3://")]
     if uploaded:
         lines.append("Uploaded to S3:")
         lines += [f"  {url}" for url in uploaded]
@@ -76,5 +77,11 @@ def format_summary(summary: RunSummary) -> str:
         lines += [f"  {path}" for path in local]
     if summary.failed:
         lines.append("Not uploaded (kept locally):")
-        lines += [f"  {delivery.local_path}: {delivery.error}" for delivery in summary.failed]
+        lines += [f"  {path}: {error}" for path, error in summary.failed.items()]
     return "\n".join(lines)
+
+
+def preview(text: str) -> str:
+    """The first characters of a text on one line, as the original tool showed it."""
+    cut = text[:PREVIEW_CHARS].replace("\n", " ")
+    return cut + ("..." if len(text) > PREVIEW_CHARS else "")

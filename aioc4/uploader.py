@@ -2,15 +2,22 @@
 
 The client is configured the standard way (AWS credential chain, `AWS_ENDPOINT_URL_S3` /
 `AWS_ENDPOINT_URL`, `AWS_REGION`), with `--endpoint-url` taking precedence for S3-compatible stores.
-Parts above `MULTIPART_THRESHOLD` go up as multipart uploads whose chunks are sent concurrently.
-botocore adds a CRC32 checksum to every upload request and S3 rejects a body that does not match it;
-after the upload the object's size is checked before the local copy may be deleted.
+Retries use botocore's `standard` mode (5xx, SlowDown/throttling and connection errors, with
+backoff), unless the user picked one with `AWS_RETRY_MODE` / `AWS_MAX_ATTEMPTS`.
+
+Integrity: every upload request carries a checksum S3 verifies before accepting the bytes, CRC32 by
+default (`--s3-checksum crc32`) or Content-MD5 (`--s3-checksum md5`, for S3-compatible stores that
+reject botocore's newer flexible checksums). Each object also carries the part's SHA-256 as
+metadata, which the manifest records, so a rerun can tell an intact object with one HEAD request.
+Parts above `MULTIPART_THRESHOLD` go up as multipart uploads; a failed one is aborted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import math
 import os
 from contextlib import AsyncExitStack
@@ -24,17 +31,21 @@ from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from .config import S3Target
-from .destination import Delivery, rename_local
+from .destination import Delivery, read_if_exists
 from .errors import DestinationError, UploadError
+from .manifest import PartRecord, write_atomically
+from .verify import FactsAccumulator, PartFacts
 from .writer import FinishedPart
 
-__all__ = ["MULTIPART_CHUNK", "MULTIPART_THRESHOLD", "S3Destination", "multipart_chunk_size"]
+__all__ = ["CHECKSUMS", "MULTIPART_CHUNK", "MULTIPART_THRESHOLD", "S3Destination", "multipart_chunk_size"]
 
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
 MULTIPART_CHUNK = 8 * 1024 * 1024
+CHECKSUMS = ("crc32", "md5")
 _MAX_CHUNKS = 10_000  # S3's limit on parts per multipart upload
 _CHUNKS_IN_FLIGHT = 4
 _PROBE_NAME = ".aioc4-write-check"
+_SHA256_METADATA = "sha256"
 
 
 def multipart_chunk_size(size: int) -> int:
@@ -46,17 +57,29 @@ class S3Destination:
     """Uploads finished parts to `s3://bucket/prefix/`; use as an async context manager."""
 
     def __init__(
-        self, target: S3Target, *, endpoint_url: str | None, workers: int, cleanup_local: bool
+        self,
+        target: S3Target,
+        directory: Path,
+        *,
+        job_prefix: str,
+        endpoint_url: str | None,
+        workers: int,
+        cleanup_local: bool,
+        checksum: str = "crc32",
     ) -> None:
         self.target = target
+        self.directory = directory
+        self.job_prefix = job_prefix
         self.endpoint_url = endpoint_url
         self.cleanup_local = cleanup_local
+        self.checksum = checksum
         self._session = get_session()
         self._config = AioConfig(
             max_pool_connections=max(10, workers * _CHUNKS_IN_FLIGHT),
             retries=_retry_policy(),
             connect_timeout=20,
             read_timeout=120,
+            **_checksum_config(checksum),
         )
         self._stack = AsyncExitStack()
         self._client: Any = None
@@ -76,8 +99,13 @@ class S3Destination:
     def where(self) -> str:
         return f"s3://{self.target.bucket}/{self.target.prefix}"
 
+    def location(self, name: str) -> str:
+        return self.target.url_for(name)
+
+    # -- before any download ----------------------------------------------------------------------
+
     async def check(self) -> None:
-        """Credentials exist, the bucket exists, and we may write under the prefix."""
+        """Credentials exist, the bucket exists, we may write under the prefix; old uploads are aborted."""
         if await self._session.get_credentials() is None:
             raise DestinationError(
                 "no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, "
@@ -91,6 +119,7 @@ class S3Destination:
         except (BotoCoreError, OSError) as exc:
             raise DestinationError(f"cannot reach S3 for bucket {bucket!r}: {_reason(exc)}") from None
         await self._check_writable()
+        await self._abort_stale_uploads()
 
     async def _check_writable(self) -> None:
         """Start and abort a multipart upload: proves s3:PutObject under the prefix and leaves no object."""
@@ -105,6 +134,22 @@ class S3Destination:
         except (BotoCoreError, OSError) as exc:
             raise DestinationError(f"cannot reach S3 for {self.where}: {_reason(exc)}") from None
 
+    async def _abort_stale_uploads(self) -> None:
+        """A run killed mid-upload leaves an incomplete multipart upload (billed storage): abort this
+        job's, and only this job's, so concurrent jobs under the same prefix are left alone."""
+        prefix = self.target.key_for(self.job_prefix)
+        try:
+            paginator = self._client.get_paginator("list_multipart_uploads")
+            async for page in paginator.paginate(Bucket=self.target.bucket, Prefix=prefix):
+                for upload in page.get("Uploads", []):
+                    await self._client.abort_multipart_upload(
+                        Bucket=self.target.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
+        except (ClientError, BotoCoreError) as exc:
+            raise DestinationError(
+                f"cannot clean up old uploads under {self.where}: {_reason(exc)}"
+            ) from None
+
     def _bucket_problem(self, exc: ClientError) -> str:
         code = str(exc.response.get("Error", {}).get("Code", ""))
         bucket = self.target.bucket
@@ -116,50 +161,147 @@ class S3Destination:
             return f"S3 rejected the AWS credentials ({code})"
         return f"cannot use S3 bucket {bucket!r}: {_reason(exc)}"
 
+    # -- parts ------------------------------------------------------------------------------------
+
     async def deliver(self, part: FinishedPart) -> Delivery:
         key = self.target.key_for(part.name)
         try:
             await self._upload(part, key)
-            await self._verify(part, key)
+            if not await self._object_matches(key, part.record):
+                raise UploadError(part.name, "the object S3 holds does not match the part (size or SHA-256)")
         except UploadError as exc:
-            return Delivery(name=part.name, local_path=part.path, url=None, error=exc.reason)
+            return Delivery(name=part.name, uploaded=False, error=exc.reason)
         except (ClientError, BotoCoreError, OSError) as exc:
-            return Delivery(name=part.name, local_path=part.path, url=None, error=_reason(exc))
-        local: Path | None = part.path
+            return Delivery(name=part.name, uploaded=False, error=_reason(exc))
         if self.cleanup_local:
-            part.path.unlink()
-            local = None
-        return Delivery(name=part.name, local_path=local, url=self.target.url_for(part.name))
+            await asyncio.to_thread(part.path.unlink)
+        return Delivery(name=part.name, uploaded=True)
 
-    async def rename(self, delivery: Delivery, new_name: str) -> Delivery:
-        local = rename_local(delivery.local_path, new_name)
-        if delivery.url is None:
-            return Delivery(name=new_name, local_path=local, url=None, error=delivery.error)
-        bucket, old_key, new_key = (
-            self.target.bucket,
-            self.target.key_for(delivery.name),
-            self.target.key_for(new_name),
-        )
+    async def already_delivered(self, part: FinishedPart) -> Delivery:
+        if self.cleanup_local:
+            await asyncio.to_thread(part.path.unlink)
+        return Delivery(name=part.name, uploaded=True)
+
+    async def is_intact(self, record: PartRecord) -> bool:
+        try:
+            return await self._object_matches(self.target.key_for(record.name), record)
+        except (ClientError, BotoCoreError) as exc:
+            if _code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise DestinationError(f"cannot check {self.location(record.name)}: {_reason(exc)}") from None
+
+    async def _object_matches(self, key: str, record: PartRecord) -> bool:
+        head = await self._client.head_object(Bucket=self.target.bucket, Key=key)
+        sha256 = head.get("Metadata", {}).get(_SHA256_METADATA)
+        return bool(head["ContentLength"] == record.size and sha256 == record.sha256)
+
+    async def rename(self, old: str, new: str) -> None:
+        local = self.directory / old
+        if await asyncio.to_thread(local.exists):
+            await asyncio.to_thread(os.replace, local, self.directory / new)
+        bucket, old_key, new_key = self.target.bucket, self.target.key_for(old), self.target.key_for(new)
         try:
             await self._client.copy_object(
                 Bucket=bucket, Key=new_key, CopySource={"Bucket": bucket, "Key": old_key}
             )
             await self._client.delete_object(Bucket=bucket, Key=old_key)
         except (ClientError, BotoCoreError) as exc:
-            raise DestinationError(f"cannot rename {delivery.url} to {new_name}: {_reason(exc)}") from None
-        return Delivery(name=new_name, local_path=local, url=self.target.url_for(new_name))
+            if _code(exc) in ("404", "NoSuchKey"):
+                return  # never uploaded: only the local copy had to be renamed
+            raise DestinationError(f"cannot rename {self.location(old)} to {new}: {_reason(exc)}") from None
+
+    async def remove(self, name: str) -> None:
+        await asyncio.to_thread((self.directory / name).unlink, missing_ok=True)
+        try:
+            await self._client.delete_object(Bucket=self.target.bucket, Key=self.target.key_for(name))
+        except (ClientError, BotoCoreError) as exc:
+            raise DestinationError(f"cannot delete {self.location(name)}: {_reason(exc)}") from None
+
+    async def list_manifests(self) -> list[str]:
+        prefix = self.target.key_for("")
+        names = []
+        try:
+            paginator = self._client.get_paginator("list_objects_v2")
+            async for page in paginator.paginate(Bucket=self.target.bucket, Prefix=prefix, Delimiter="/"):
+                names += [item["Key"][len(prefix) :] for item in page.get("Contents", [])]
+        except (ClientError, BotoCoreError) as exc:
+            raise DestinationError(f"cannot list {self.where}: {_reason(exc)}") from None
+        return sorted(name for name in names if name.endswith(".manifest.json"))
+
+    async def inspect(self, name: str) -> PartFacts | None:
+        accumulator = FactsAccumulator()
+        try:
+            answer = await self._client.get_object(Bucket=self.target.bucket, Key=self.target.key_for(name))
+            async with answer["Body"] as body:
+                while chunk := await body.read(1 << 20):
+                    accumulator.feed(chunk)
+        except (ClientError, BotoCoreError) as exc:
+            if _code(exc) in ("404", "NoSuchKey"):
+                return None
+            raise DestinationError(f"cannot read {self.location(name)}: {_reason(exc)}") from None
+        return accumulator.facts()
+
+    # -- manifest ---------------------------------------------------------------------------------
+
+    async def save_manifest(self, name: str, data: bytes, *, final: bool) -> None:
+        """In S3 (so a rerun on another machine resumes) and locally, until a clean finish with cleanup."""
+        path = self.directory / name
+        if final and self.cleanup_local:
+            await asyncio.to_thread(path.unlink, missing_ok=True)
+        else:
+            await asyncio.to_thread(write_atomically, path, data)
+        try:
+            await self._client.put_object(
+                Bucket=self.target.bucket,
+                Key=self.target.key_for(name),
+                Body=data,
+                ContentType="application/json",
+                **self._integrity(data),
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise DestinationError(
+                f"cannot write the manifest {self.location(name)}: {_reason(exc)}"
+            ) from None
+
+    async def load_manifest(self, name: str) -> bytes | None:
+        """S3's copy first (any machine can resume a job), the local one if S3 has none."""
+        try:
+            answer = await self._client.get_object(Bucket=self.target.bucket, Key=self.target.key_for(name))
+            async with answer["Body"] as body:
+                return bytes(await body.read())
+        except (ClientError, BotoCoreError) as exc:
+            if _code(exc) not in ("404", "NoSuchKey"):
+                raise DestinationError(
+                    f"cannot read the manifest {self.location(name)}: {_reason(exc)}"
+                ) from None
+        return await asyncio.to_thread(read_if_exists, self.directory / name)
+
+    # -- uploads ----------------------------------------------------------------------------------
+
+    def _integrity(self, body: bytes) -> dict[str, str]:
+        """The checksum S3 verifies before storing `body`."""
+        if self.checksum == "md5":
+            return {"ContentMD5": base64.b64encode(hashlib.md5(body).digest()).decode()}
+        return {"ChecksumAlgorithm": "CRC32"}
 
     async def _upload(self, part: FinishedPart, key: str) -> None:
+        metadata = {_SHA256_METADATA: part.record.sha256}
         if part.size <= MULTIPART_THRESHOLD:
             async with aiofiles.open(part.path, "rb") as file:
                 body = await file.read()
-            await self._client.put_object(Bucket=self.target.bucket, Key=key, Body=body)
+            await self._client.put_object(
+                Bucket=self.target.bucket, Key=key, Body=body, Metadata=metadata, **self._integrity(body)
+            )
         else:
-            await self._upload_multipart(part, key)
+            await self._upload_multipart(part, key, metadata)
 
-    async def _upload_multipart(self, part: FinishedPart, key: str) -> None:
+    async def _upload_multipart(self, part: FinishedPart, key: str, metadata: dict[str, str]) -> None:
         bucket = self.target.bucket
-        upload_id = (await self._client.create_multipart_upload(Bucket=bucket, Key=key))["UploadId"]
+        algorithm = {"ChecksumAlgorithm": "CRC32"} if self.checksum == "crc32" else {}
+        created = await self._client.create_multipart_upload(
+            Bucket=bucket, Key=key, Metadata=metadata, **algorithm
+        )
+        upload_id = created["UploadId"]
         try:
             chunk = multipart_chunk_size(part.size)
             limit = asyncio.Semaphore(_CHUNKS_IN_FLIGHT)
@@ -168,7 +310,12 @@ class S3Destination:
                 async with limit:
                     body = await _read_range(part.path, (number - 1) * chunk, chunk)
                     answer = await self._client.upload_part(
-                        Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
+                        Bucket=bucket,
+                        Key=key,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        Body=body,
+                        **self._integrity(body),
                     )
                     return {"PartNumber": number, "ETag": answer["ETag"], **_checksums(answer)}
 
@@ -191,10 +338,15 @@ class S3Destination:
                 )
             raise
 
-    async def _verify(self, part: FinishedPart, key: str) -> None:
-        head = await self._client.head_object(Bucket=self.target.bucket, Key=key)
-        if head["ContentLength"] != part.size:
-            raise UploadError(part.name, f"S3 holds {head['ContentLength']} bytes, the part has {part.size}")
+
+def _checksum_config(checksum: str) -> dict[str, str]:
+    """With md5, botocore must not add its flexible checksums (the store would reject them)."""
+    if checksum == "md5":
+        return {
+            "request_checksum_calculation": "when_required",
+            "response_checksum_validation": "when_required",
+        }
+    return {}
 
 
 def _retry_policy() -> dict[str, Any] | None:
@@ -218,6 +370,10 @@ def _checksums(answer: dict[str, Any]) -> dict[str, str]:
         for name, value in answer.items()
         if name.startswith("Checksum") and isinstance(value, str)
     }
+
+
+def _code(exc: BaseException) -> str:
+    return str(exc.response.get("Error", {}).get("Code", "")) if isinstance(exc, ClientError) else ""
 
 
 def _reason(exc: BaseException) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,20 +12,28 @@ from pathlib import Path
 import aiofiles
 from aiofiles.threadpool.binary import AsyncBufferedIOBase
 
+from .decode import Batch
 from .errors import DestinationError
-from .naming import part_count, part_name, temp_part_name
+from .manifest import PartRecord, SourcePosition, manifest_name
+from .naming import part_count, part_name, temp_part_glob, temp_part_name
 
 __all__ = ["FinishedPart", "PartWriter"]
 
 
 @dataclass(frozen=True, slots=True)
 class FinishedPart:
-    """A complete part on local disk."""
+    """A complete part on local disk, with what the manifest records of it."""
 
-    name: str
     path: Path
-    lines: int
-    size: int
+    record: PartRecord
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    @property
+    def size(self) -> int:
+        return self.record.size
 
 
 class PartWriter:
@@ -33,42 +42,72 @@ class PartWriter:
     A full part is only closed when the next document arrives (or at the end), so the
     last part is always named knowing the real total. Parts closed before the end carry the
     requested total in their name; `aioc4.naming.renames_for_short_split` fixes them when the
-    split turns out shorter.
+    split turns out shorter. A resumed job starts at part `first_index` with `documents` already
+    written by earlier runs.
     """
 
-    def __init__(self, directory: Path, split: str, requested: int, max_lines: int | None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        split: str,
+        requested: int,
+        max_lines: int | None,
+        *,
+        first_index: int = 1,
+        documents: int = 0,
+    ) -> None:
         self.directory = directory
         self.split = split
         self.requested = requested
         self.max_lines = max_lines
-        self.documents = 0
-        self.finished: list[FinishedPart] = []
+        self.documents = documents
+        self.index = first_index
         self._file: AsyncBufferedIOBase | None = None
         self._lines = 0
         self._size = 0
+        self._text_chars = 0
+        self._hash = hashlib.sha256()
+        self._first: SourcePosition | None = None
+        self._last: SourcePosition | None = None
 
     @property
     def _temp_path(self) -> Path:
-        return self.directory / temp_part_name(self.split, len(self.finished) + 1)
+        return self.directory / temp_part_name(self.split, self.requested, self.index)
 
-    async def write(self, lines: list[bytes]) -> list[FinishedPart]:
-        """Append documents (source lines without newline); returns the parts this completed."""
+    def sweep(self) -> int:
+        """Remove temp files a killed run of this job left behind (blocking; call before writing)."""
+        stale = [*self.directory.glob(temp_part_glob(self.split, self.requested))]
+        stale += self.directory.glob(f".{manifest_name(self.split, self.requested)}.tmp")
+        for path in stale:
+            _remove(path)
+        return len(stale)
+
+    async def write(self, batch: Batch) -> list[FinishedPart]:
+        """Append a batch of documents; returns the parts this completed."""
         done = []
         start = 0
-        while start < len(lines):
+        while start < len(batch):
             if self._file is not None and self.max_lines is not None and self._lines >= self.max_lines:
                 done.append(await self._finish(self.requested))
             if self._file is None:
                 self._file = await self._open(self._temp_path)
-            room = len(lines) - start if self.max_lines is None else self.max_lines - self._lines
-            chunk = lines[start : start + room]
-            data = b"\n".join(chunk) + b"\n"
+            room = len(batch) - start if self.max_lines is None else self.max_lines - self._lines
+            chunk = batch.slice(start, start + room)
+            data = b"\n".join(chunk.lines) + b"\n"
             await self._write(data)
-            self._lines += len(chunk)
-            self._size += len(data)
-            self.documents += len(chunk)
+            self._account(chunk, data)
             start += len(chunk)
         return done
+
+    def _account(self, chunk: Batch, data: bytes) -> None:
+        if self._first is None:
+            self._first = SourcePosition(chunk.shard, chunk.first_line)
+        self._last = SourcePosition(chunk.shard, chunk.first_line + len(chunk) - 1)
+        self._hash.update(data)
+        self._lines += len(chunk)
+        self._size += len(data)
+        self._text_chars += chunk.text_chars
+        self.documents += len(chunk)
 
     async def close(self) -> FinishedPart | None:
         """Finish the last part, named after the number of documents actually written."""
@@ -87,8 +126,10 @@ class PartWriter:
     async def _finish(self, total: int) -> FinishedPart:
         """fsync, then rename to the final name. Until the rename, `abort` can still remove the temp file."""
         assert self._file is not None
+        assert self._first is not None
+        assert self._last is not None
         temp = self._temp_path
-        name = part_name(self.split, total, len(self.finished) + 1, part_count(total, self.max_lines))
+        name = part_name(self.split, total, self.index, part_count(total, self.max_lines))
         try:
             await self._file.flush()
             await asyncio.to_thread(os.fsync, self._file.fileno())  # durable before it gets its final name
@@ -98,11 +139,20 @@ class PartWriter:
             await self.abort()
             raise DestinationError(f"cannot finish {self.directory / name}: {exc.strerror or exc}") from None
         self._file = None  # no await between the rename and here: a cancelled run never loses a finished part
-        part = FinishedPart(name=name, path=self.directory / name, lines=self._lines, size=self._size)
-        self.finished.append(part)
-        self._lines = 0
-        self._size = 0
-        return part
+        record = PartRecord(
+            name=name,
+            lines=self._lines,
+            size=self._size,
+            sha256=self._hash.hexdigest(),
+            text_chars=self._text_chars,
+            first=self._first,
+            last=self._last,
+        )
+        self.index += 1
+        self._lines = self._size = self._text_chars = 0
+        self._hash = hashlib.sha256()
+        self._first = self._last = None
+        return FinishedPart(path=self.directory / name, record=record)
 
     async def _open(self, path: Path) -> AsyncBufferedIOBase:
         """Open in a worker thread; if cancelled meanwhile, wait for the thread and remove what it created."""

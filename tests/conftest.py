@@ -163,7 +163,9 @@ def aioc4(tmp_path: Path, hub: HubServerProcess, s3: MotoServerProcess) -> Aioc4
 
 
 def objects(s3: MotoServerProcess, bucket: str, prefix: str = "") -> dict[str, bytes]:
-    return asyncio.run(list_objects(s3.endpoint, bucket, prefix))
+    """Every object but the job's manifest."""
+    found = asyncio.run(list_objects(s3.endpoint, bucket, prefix))
+    return {key: body for key, body in found.items() if not key.endswith(".manifest.json")}
 
 
 def open_multipart_uploads(s3: MotoServerProcess, bucket: str) -> list[str]:
@@ -171,8 +173,12 @@ def open_multipart_uploads(s3: MotoServerProcess, bucket: str) -> list[str]:
 
 
 def parts_in(directory: Path) -> dict[str, bytes]:
-    """Every file in a folder (hidden temp files included, so leftovers are caught)."""
-    return {path.name: path.read_bytes() for path in sorted(directory.iterdir())}
+    """Every file in a folder but the job's manifest (hidden temp files included, so leftovers are caught)."""
+    return {
+        path.name: path.read_bytes()
+        for path in sorted(directory.iterdir())
+        if not path.name.endswith(".manifest.json")
+    }
 
 
 def jsonl(lines: Sequence[bytes]) -> bytes:

@@ -60,9 +60,14 @@ def test_parse_lines_keeps_source_bytes_and_counts_text_characters() -> None:
     assert batch.lines is LINES
     assert batch.text_chars == sum(len(doc["text"]) for doc in DOCS)
     assert batch.first_text == DOCS[0]["text"]
-    head = batch.head(3)
+    head = batch.slice(0, 3)
     assert head.lines == LINES[:3]
     assert head.text_chars == sum(len(doc["text"]) for doc in DOCS[:3])
+    assert head.first_text == DOCS[0]["text"]
+    middle = batch.slice(5, 9)
+    assert (middle.shard, middle.first_line, middle.lines) == ("s", 6, LINES[5:9])
+    assert middle.text_chars == sum(len(doc["text"]) for doc in DOCS[5:9])
+    assert middle.first_text is None
 
 
 @pytest.mark.parametrize("bad", [b"[1, 2]", b'{"url": "no text"}', b"{not json", b""])

@@ -109,7 +109,7 @@ def test_streaming_stops_reading_once_n_documents_are_out(
 
 
 @pytest.mark.parametrize(
-    ("signum", "code", "word"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
+    ("signum", "code", "word"), [(signal.SIGINT, 130, "SIGINT"), (signal.SIGTERM, 143, "SIGTERM")]
 )
 def test_a_signal_keeps_finished_parts_and_leaves_no_temp_file(
     tmp_path: Path, fake_repo: FakeRepo, source_lines: Lines, signum: signal.Signals, code: int, word: str
@@ -124,7 +124,8 @@ def test_a_signal_keeps_finished_parts_and_leaves_no_temp_file(
         os.kill(process.pid, signum)
         _, stderr = process.communicate(timeout=30)
     assert process.returncode == code, stderr
-    assert f"aioc4: error: {word}" in stderr
+    assert f"aioc4: error: interrupted by {word}: " in stderr
+    assert "run the same command again to resume" in stderr
     assert "Traceback" not in stderr
     parts = parts_in(folder)
     assert len(parts) >= 2

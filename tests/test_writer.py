@@ -3,26 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from pathlib import Path
 
 import pytest
 
-from aioc4.writer import PartWriter
+from aioc4.decode import Batch, parse_lines
+from aioc4.manifest import SourcePosition
+from aioc4.writer import FinishedPart, PartWriter
 
 LINES = [b'{"text":"doc %d"}' % i for i in range(23)]
 
 
-async def write_all(writer: PartWriter, batches: list[list[bytes]]) -> list[str]:
-    names = []
-    for batch in batches:
-        names += [part.name for part in await writer.write(batch)]
+def batch(start: int, stop: int, shard: str = "en/s0.json.gz", first_line: int | None = None) -> Batch:
+    return parse_lines(LINES[start:stop], shard=shard, first_line_number=first_line or start + 1)
+
+
+async def write_all(writer: PartWriter, batches: list[Batch]) -> list[FinishedPart]:
+    parts = []
+    for item in batches:
+        parts += await writer.write(item)
     last = await writer.close()
-    return names + ([last.name] if last else [])
+    return parts + ([last] if last else [])
 
 
 def test_parts_hold_consecutive_lines_and_the_last_part_the_remainder(tmp_path: Path) -> None:
     writer = PartWriter(tmp_path, "train", 23, 5)
-    names = asyncio.run(write_all(writer, [LINES[:7], LINES[7:8], LINES[8:]]))
+    parts = asyncio.run(write_all(writer, [batch(0, 7), batch(7, 8), batch(8, 23)]))
+    names = [part.name for part in parts]
     assert names == [f"c4_train_23_part{i:03d}.jsonl" for i in range(1, 6)]
     contents = [(tmp_path / name).read_bytes() for name in names]
     assert b"".join(contents) == b"".join(line + b"\n" for line in LINES)
@@ -30,26 +38,55 @@ def test_parts_hold_consecutive_lines_and_the_last_part_the_remainder(tmp_path: 
     assert sorted(path.name for path in tmp_path.iterdir()) == names  # no temp files left
 
 
+def test_each_part_records_size_checksum_text_and_source_range(tmp_path: Path) -> None:
+    writer = PartWriter(tmp_path, "train", 10, 4)
+    # documents 1-6 from shard 0 (its lines 1-6), 7-10 from shard 1 (its lines 1-4)
+    batches = [batch(0, 6, "en/a.json.gz", 1), batch(6, 10, "en/b.json.gz", 1)]
+    records = [part.record for part in asyncio.run(write_all(writer, batches))]
+    for record in records:
+        content = (tmp_path / record.name).read_bytes()
+        assert record.size == len(content)
+        assert record.sha256 == hashlib.sha256(content).hexdigest()
+        assert record.lines == content.count(b"\n")
+    assert [(r.first, r.last) for r in records] == [
+        (SourcePosition("en/a.json.gz", 1), SourcePosition("en/a.json.gz", 4)),
+        (SourcePosition("en/a.json.gz", 5), SourcePosition("en/b.json.gz", 2)),
+        (SourcePosition("en/b.json.gz", 3), SourcePosition("en/b.json.gz", 4)),
+    ]
+    assert [r.text_chars for r in records] == [
+        sum(len(f"doc {i}") for i in r) for r in ([0, 1, 2, 3], [4, 5, 6, 7], [8, 9])
+    ]
+
+
+def test_a_resumed_writer_continues_numbering_and_counting(tmp_path: Path) -> None:
+    writer = PartWriter(tmp_path, "train", 23, 5, first_index=3, documents=10)
+    names = [part.name for part in asyncio.run(write_all(writer, [batch(10, 23)]))]
+    assert names == ["c4_train_23_part003.jsonl", "c4_train_23_part004.jsonl", "c4_train_23_part005.jsonl"]
+    assert writer.documents == 23
+
+
 def test_without_limit_everything_goes_to_one_file(tmp_path: Path) -> None:
     writer = PartWriter(tmp_path, "validation", 23, None)
-    assert asyncio.run(write_all(writer, [LINES])) == ["c4_validation_23.jsonl"]
+    assert [part.name for part in asyncio.run(write_all(writer, [batch(0, 23)]))] == [
+        "c4_validation_23.jsonl"
+    ]
 
 
 def test_a_part_is_not_visible_under_its_final_name_until_complete(tmp_path: Path) -> None:
     async def scenario() -> list[str]:
         writer = PartWriter(tmp_path, "train", 23, 10)
-        await writer.write(LINES[:4])
+        await writer.write(batch(0, 4))
         names = await asyncio.to_thread(lambda: sorted(path.name for path in tmp_path.iterdir()))
         await writer.abort()
         return names
 
-    assert asyncio.run(scenario()) == [".c4_train_part001.jsonl.tmp"]
+    assert asyncio.run(scenario()) == [".c4_train_23_part001.jsonl.tmp"]
     assert list(tmp_path.iterdir()) == []
 
 
 def test_the_last_part_is_named_after_the_real_count_when_the_source_ends_early(tmp_path: Path) -> None:
     writer = PartWriter(tmp_path, "validation", 100, 10)
-    names = asyncio.run(write_all(writer, [LINES[:15]]))
+    names = [part.name for part in asyncio.run(write_all(writer, [batch(0, 15)]))]
     # part 1 was closed while more documents were expected; the last knows the real total
     assert names == ["c4_validation_100_part001.jsonl", "c4_validation_15_part002.jsonl"]
 
@@ -58,7 +95,7 @@ def test_the_last_part_is_named_after_the_real_count_when_the_source_ends_early(
 def test_abort_removes_the_part_being_written_and_keeps_finished_ones(tmp_path: Path, written: int) -> None:
     async def scenario() -> None:
         writer = PartWriter(tmp_path, "train", 23, 5)
-        await writer.write(LINES[: 5 + written + 1])
+        await writer.write(batch(0, 5 + written + 1))
         await writer.abort()
 
     asyncio.run(scenario())

@@ -1,0 +1,177 @@
+"""The manifest: what a job asked for, and every part it finished, in a JSON file next to the parts.
+
+It makes a rerun exact: parts recorded as finished (and found intact at the destination) are
+skipped, the commit is pinned to the one the job started with, and each part records the source
+range it came from, so the rerun restarts reading exactly where the finished parts end. Pure:
+parsing, serialising and planning; `write_atomically` is the only I/O.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .errors import Aioc4Error
+from .naming import part_index
+
+__all__ = [
+    "MANIFEST_VERSION",
+    "Manifest",
+    "ManifestError",
+    "PartRecord",
+    "RequestInfo",
+    "ResumePoint",
+    "SourcePosition",
+    "manifest_name",
+    "resume_point",
+    "write_atomically",
+]
+
+MANIFEST_VERSION = 1
+_PART_NAME = re.compile(r"^c4_[a-z]+_\d+(_part\d{3,})?\.jsonl$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ManifestError(Aioc4Error):
+    """A manifest that cannot be read or does not describe this job."""
+
+
+def manifest_name(split: str, requested: int) -> str:
+    """Named after the request (not the real count), so a rerun of the same command finds it."""
+    return f"c4_{split}_{requested}.manifest.json"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestInfo:
+    """What identifies a job; a rerun must ask for exactly this (the commit is pinned, not compared)."""
+
+    repo_id: str
+    revision: str
+    config_name: str
+    split: str
+    num_samples: int
+    max_lines_per_file: int | None
+    commit: str = ""
+
+    def differences(self, other: RequestInfo) -> list[str]:
+        """`field: recorded -> asked` for every field (but the commit) where `other` differs."""
+        return [
+            f"{item.name}: {getattr(self, item.name)!r} -> {getattr(other, item.name)!r}"
+            for item in fields(self)
+            if item.name != "commit" and getattr(self, item.name) != getattr(other, item.name)
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class SourcePosition:
+    """A document's place in the split: shard path and 1-based line number."""
+
+    shard: str
+    line: int
+
+
+@dataclass(slots=True)
+class PartRecord:
+    name: str
+    lines: int
+    size: int
+    sha256: str
+    text_chars: int
+    first: SourcePosition
+    last: SourcePosition
+    uploaded: bool = False
+
+
+@dataclass(slots=True)
+class Manifest:
+    request: RequestInfo
+    parts: list[PartRecord] = field(default_factory=list)
+    complete: bool = False
+    split_exhausted: bool = False
+    first_text_preview: str | None = None
+
+    @property
+    def documents(self) -> int:
+        return sum(part.lines for part in self.parts)
+
+    def record(self, part: PartRecord) -> None:
+        """Add or replace the part with this name, keeping parts in order."""
+        self.parts = sorted([p for p in self.parts if p.name != part.name] + [part], key=_order)
+
+    def to_json(self) -> bytes:
+        document = {"version": MANIFEST_VERSION, **asdict(self)}
+        return orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n"
+
+    @classmethod
+    def from_json(cls, data: bytes, *, where: str) -> Manifest:
+        try:
+            document = orjson.loads(data)
+            if document.get("version") != MANIFEST_VERSION:
+                raise ValueError(f"unsupported version {document.get('version')!r}")
+            manifest = cls(
+                request=RequestInfo(**document["request"]),
+                parts=[_part_from_json(part) for part in document["parts"]],
+                complete=bool(document["complete"]),
+                split_exhausted=bool(document.get("split_exhausted", False)),
+                first_text_preview=document.get("first_text_preview"),
+            )
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise ManifestError(f"{where} is not a valid aioc4 manifest ({exc})") from None
+        return manifest
+
+
+def _part_from_json(raw: dict[str, Any]) -> PartRecord:
+    part = PartRecord(
+        **{key: value for key, value in raw.items() if key not in ("first", "last")},
+        first=SourcePosition(**raw["first"]),
+        last=SourcePosition(**raw["last"]),
+    )
+    if not _PART_NAME.match(part.name):  # names become file paths and S3 keys: only ours are accepted
+        raise ValueError(f"unexpected part name {part.name!r}")
+    if not _SHA256.match(part.sha256) or part.lines <= 0 or part.size <= 0:
+        raise ValueError(f"part {part.name} has an invalid record")
+    return part
+
+
+def _order(part: PartRecord) -> int:
+    return part_index(part.name)
+
+
+@dataclass(frozen=True, slots=True)
+class ResumePoint:
+    """Where a rerun picks up: the next part's number, documents already in parts, where to read."""
+
+    next_index: int = 1
+    documents: int = 0
+    start: SourcePosition | None = None
+
+
+def resume_point(parts: list[PartRecord]) -> ResumePoint:
+    """After the longest run of intact parts 1, 2, 3, ... (later intact parts are not re-uploaded,
+    but their documents must be read again to produce the missing part before them)."""
+    prefix: list[PartRecord] = []
+    for expected, part in enumerate(sorted(parts, key=_order), start=1):
+        if part_index(part.name) != expected:
+            break
+        prefix.append(part)
+    if not prefix:
+        return ResumePoint()
+    last = prefix[-1].last
+    return ResumePoint(
+        len(prefix) + 1, sum(part.lines for part in prefix), SourcePosition(last.shard, last.line + 1)
+    )
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write to a temp name, fsync, rename: readers see the old file or the new one, never half."""
+    temp = path.with_name(f".{path.name}.tmp")
+    with open(temp, "wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temp, path)

@@ -1,0 +1,111 @@
+"""`aioc4 verify <folder | s3://bucket/prefix>`: check every part a manifest lists against what is there."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .manifest import Manifest, PartRecord
+
+__all__ = [
+    "FactsAccumulator",
+    "PartFacts",
+    "VerifyReport",
+    "facts_of_file",
+    "format_report",
+    "problems_with",
+    "verify_manifest",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class PartFacts:
+    """What a part's bytes really are."""
+
+    size: int
+    sha256: str
+    lines: int
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    manifest: str
+    parts: int
+    documents: int
+    problems: list[str]
+
+
+class FactsAccumulator:
+    """SHA-256, size and line count of bytes fed in chunks."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self._size = 0
+        self._lines = 0
+
+    def feed(self, chunk: bytes) -> None:
+        self._hash.update(chunk)
+        self._size += len(chunk)
+        self._lines += chunk.count(b"\n")
+
+    def facts(self) -> PartFacts:
+        return PartFacts(self._size, self._hash.hexdigest(), self._lines)
+
+
+def facts_of_file(path: Path) -> PartFacts | None:
+    """Blocking: read a local part once."""
+    accumulator = FactsAccumulator()
+    try:
+        with open(path, "rb") as file:
+            while chunk := file.read(1 << 20):
+                accumulator.feed(chunk)
+    except FileNotFoundError:
+        return None
+    return accumulator.facts()
+
+
+def problems_with(record: PartRecord, facts: PartFacts | None) -> list[str]:
+    """Each way the part differs from its record (pure)."""
+    if facts is None:
+        return [f"{record.name}: missing"]
+    found = []
+    if facts.size != record.size:
+        found.append(f"{record.name}: {facts.size:,} bytes, the manifest says {record.size:,}")
+    if facts.lines != record.lines:
+        found.append(f"{record.name}: {facts.lines:,} lines, the manifest says {record.lines:,}")
+    if facts.sha256 != record.sha256:
+        found.append(
+            f"{record.name}: SHA-256 {facts.sha256[:16]}..., the manifest says {record.sha256[:16]}..."
+        )
+    return found
+
+
+async def verify_manifest(
+    name: str, manifest: Manifest, inspect: Callable[[str], Awaitable[PartFacts | None]]
+) -> VerifyReport:
+    """Check every part of one manifest, a few at a time."""
+    limit = asyncio.Semaphore(4)
+
+    async def check(record: PartRecord) -> list[str]:
+        async with limit:
+            return problems_with(record, await inspect(record.name))
+
+    found = await asyncio.gather(*(check(record) for record in manifest.parts))
+    problems = [problem for part_problems in found for problem in part_problems]
+    if not manifest.complete:
+        problems.append(f"the job is not complete ({len(manifest.parts)} part(s) so far): rerun it to finish")
+    return VerifyReport(name, len(manifest.parts), manifest.documents, problems)
+
+
+def format_report(location: str, reports: Sequence[VerifyReport]) -> str:
+    lines = []
+    for report in reports:
+        verdict = "OK" if not report.problems else f"{len(report.problems)} problem(s)"
+        lines.append(
+            f"{location}/{report.manifest}: {report.parts} part(s), {report.documents:,} documents: {verdict}"
+        )
+        lines += [f"  {problem}" for problem in report.problems]
+    return "\n".join(lines)

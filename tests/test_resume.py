@@ -1,0 +1,188 @@
+"""The manifest and exact resume: reruns finish the job, byte-identical, and never redo finished work."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from aioc4.naming import part_names
+from scripts.hub_server import HubServerProcess
+from scripts.s3_server import MotoServerProcess
+from scripts.shards import FakeRepo
+
+from .conftest import (
+    DOCS_PER_TRAIN_SHARD,
+    Aioc4,
+    clean_env,
+    objects,
+    open_multipart_uploads,
+    parts_in,
+    split_expected,
+)
+
+Lines = Callable[[str], list[bytes]]
+
+
+def read_manifest(path: Path) -> dict[str, object]:
+    data: dict[str, object] = json.loads(path.read_bytes())
+    return data
+
+
+def test_manifest_records_the_request_and_every_part(
+    aioc4: Aioc4, hub: HubServerProcess, source_lines: Lines
+) -> None:
+    count = DOCS_PER_TRAIN_SHARD + 500
+    result = aioc4("--num-samples", str(count), "--max-lines-per-file", "5000", "--output-dir", "o")
+    assert result.returncode == 0, result.stderr
+    folder = aioc4.cwd / "o"
+    manifest = json.loads((folder / f"c4_train_{count}.manifest.json").read_bytes())
+    assert manifest["request"] == {
+        "repo_id": "allenai/c4",
+        "revision": "main",
+        "config_name": "en",
+        "split": "train",
+        "num_samples": count,
+        "max_lines_per_file": 5000,
+        "commit": hub.commit,
+    }
+    assert manifest["complete"] is True
+    names = part_names("train", count, 5000)
+    assert [part["name"] for part in manifest["parts"]] == names
+    for part in manifest["parts"]:
+        content = (folder / part["name"]).read_bytes()
+        assert part["size"] == len(content)
+        assert part["lines"] == content.count(b"\n")
+        assert part["sha256"] == hashlib.sha256(content).hexdigest()
+        assert part["uploaded"] is False
+    shard0, shard1 = "en/c4-train.00000-of-00003.json.gz", "en/c4-train.00001-of-00003.json.gz"
+    ranges = [(p["first"], p["last"]) for p in manifest["parts"]]
+    assert ranges[0] == ({"shard": shard0, "line": 1}, {"shard": shard0, "line": 5000})
+    assert ranges[2] == ({"shard": shard0, "line": 10001}, {"shard": shard1, "line": 500})  # 2,000 + 500
+
+
+def test_rerunning_a_finished_job_transfers_nothing(aioc4: Aioc4, hub: HubServerProcess) -> None:
+    args = ["--num-samples", "3000", "--max-lines-per-file", "1000", "--output-dir", "o"]
+    assert aioc4(*args).returncode == 0
+    before = parts_in(aioc4.cwd / "o")
+    hub.reset_stats()
+    again = aioc4(*args)
+    assert again.returncode == 0, again.stderr
+    assert "Already complete: 3,000 documents" in again.stdout
+    stats = hub.stats()
+    assert (
+        stats["api_requests"],
+        stats["storage_get_requests"],
+        sum(stats["resolve_requests"].values()),
+    ) == (0, 0, 0)
+    assert parts_in(aioc4.cwd / "o") == before
+
+
+def test_a_rerun_restores_damaged_and_missing_parts_only(
+    aioc4: Aioc4, hub: HubServerProcess, source_lines: Lines
+) -> None:
+    args = ["--num-samples", "6000", "--max-lines-per-file", "1000", "--output-dir", "o"]
+    assert aioc4(*args).returncode == 0
+    folder = aioc4.cwd / "o"
+    names = part_names("train", 6000, 1000)
+    (folder / names[3]).unlink()
+    damaged = bytearray((folder / names[4]).read_bytes())
+    damaged[100] ^= 0x01
+    (folder / names[4]).write_bytes(bytes(damaged))
+    hub.reset_stats()
+    rerun = aioc4(*args)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resuming after 3 part(s) (3000 documents)" in rerun.stderr
+    assert parts_in(folder) == split_expected(source_lines("train"), names, 1000)
+    assert hub.stats()["storage_get_requests"] == 1  # one shard, read from its start to document 6,000
+
+
+def test_a_different_job_in_the_same_place_is_refused_unless_overwrite(
+    aioc4: Aioc4, source_lines: Lines
+) -> None:
+    assert aioc4("--num-samples", "2000", "--max-lines-per-file", "1000", "--output-dir", "o").returncode == 0
+    refused = aioc4("--num-samples", "2000", "--max-lines-per-file", "500", "--output-dir", "o")
+    assert refused.returncode == 2
+    assert refused.error_lines == [
+        f"aioc4: error: {Path('o') / 'c4_train_2000.manifest.json'} records a different job "
+        "(max_lines_per_file: 1000 -> 500); rerun with the same arguments to resume it, "
+        "or pass --overwrite to replace it"
+    ]
+    replaced = aioc4(
+        "--num-samples", "2000", "--max-lines-per-file", "500", "--output-dir", "o", "--overwrite"
+    )
+    assert replaced.returncode == 0, replaced.stderr
+    names = part_names("train", 2000, 500)
+    assert parts_in(aioc4.cwd / "o") == split_expected(source_lines("train"), names, 500)
+
+
+def test_verify_checks_every_part_against_the_manifest(aioc4: Aioc4) -> None:
+    assert aioc4("--num-samples", "3000", "--max-lines-per-file", "1000", "--output-dir", "o").returncode == 0
+    good = aioc4("verify", "o")
+    assert good.returncode == 0, good.stderr
+    assert good.stdout.strip() == "o/c4_train_3000.manifest.json: 3 part(s), 3,000 documents: OK"
+    folder = aioc4.cwd / "o"
+    names = part_names("train", 3000, 1000)
+    (folder / names[0]).write_bytes((folder / names[0]).read_bytes() + b'{"text":"extra"}\n')
+    (folder / names[2]).unlink()
+    bad = aioc4("verify", "o")
+    assert bad.returncode == 1
+    assert f"  {names[0]}: " in bad.stdout
+    assert f"  {names[2]}: missing" in bad.stdout
+    assert bad.error_lines == ["aioc4: error: o does not match its manifest(s)"]
+
+
+def test_verify_an_s3_prefix(aioc4: Aioc4, s3: MotoServerProcess, bucket: str) -> None:
+    run = aioc4("--num-samples", "2000", "--max-lines-per-file", "1000", "--s3-path", f"s3://{bucket}/v")
+    assert run.returncode == 0, run.stderr
+    good = aioc4("verify", f"s3://{bucket}/v")
+    assert good.returncode == 0, good.stderr
+    assert "2 part(s), 2,000 documents: OK" in good.stdout
+    empty = aioc4("verify", f"s3://{bucket}/nothing-here")
+    assert empty.returncode == 1
+    assert empty.error_lines == [
+        f"aioc4: error: no aioc4 manifest (*.manifest.json) in s3://{bucket}/nothing-here"
+    ]
+
+
+@pytest.fixture(scope="module")
+def paced_hub(fake_repo: FakeRepo) -> Iterator[HubServerProcess]:
+    """Slow enough (8 MB/s) that a run takes seconds and can be killed at any point of it."""
+    with HubServerProcess(fake_repo.root, pace_bytes_per_s=8e6) as server:
+        yield server
+
+
+def test_kill_9_at_random_points_then_rerun_gives_byte_identical_output(
+    tmp_path: Path, paced_hub: HubServerProcess, s3: MotoServerProcess, bucket: str, source_lines: Lines
+) -> None:
+    env = clean_env(paced_hub.endpoint, s3.env(), tmp_path)
+    aioc4 = Aioc4(cwd=tmp_path, env=env)
+    count, size = 2 * DOCS_PER_TRAIN_SHARD + 1_500, 2_500
+    args = ["--num-samples", str(count), "--max-lines-per-file", str(size), "--s3-path", f"s3://{bucket}/k"]
+    rng = random.Random(20261126)
+    kills = 0
+    for _ in range(4):
+        process = aioc4.popen(*args)
+        time.sleep(rng.uniform(0.8, 3.5))
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+            kills += 1
+        process.communicate(timeout=30)
+    final = aioc4(*args)
+    assert final.returncode == 0, final.stderr
+    assert kills >= 3
+    names = part_names("train", count, size)
+    assert objects(s3, bucket) == {
+        f"k/{n}": b for n, b in split_expected(source_lines("train")[:count], names, size).items()
+    }
+    assert open_multipart_uploads(s3, bucket) == []
+    leftovers = tmp_path / "data" / "c4_subset"  # created by a killed run, so it may stay, but empty
+    assert not leftovers.exists() or list(leftovers.iterdir()) == []
+    assert aioc4("verify", f"s3://{bucket}/k").returncode == 0
