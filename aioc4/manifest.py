@@ -111,8 +111,8 @@ class Manifest:
     def from_json(cls, data: bytes, *, where: str) -> Manifest:
         try:
             document = orjson.loads(data)
-            if document.get("version") != MANIFEST_VERSION:
-                raise ValueError(f"unsupported version {document.get('version')!r}")
+            if not isinstance(document, dict) or document.get("version") != MANIFEST_VERSION:
+                raise ValueError("not a version-1 manifest object")
             manifest = cls(
                 request=RequestInfo(**document["request"]),
                 parts=[_part_from_json(part) for part in document["parts"]],
