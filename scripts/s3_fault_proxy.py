@@ -1,26 +1,54 @@
 """Fault-injecting HTTP reverse proxy to put in front of an S3 endpoint (moto) in tests.
 
 Every request is forwarded unchanged (method, raw path and query, headers including Host and the SigV4
-Authorization, body bytes) unless a rule matches it, in which case the rule's action answers instead.
+Authorization, body bytes) unless a rule acts on it, in which case the rule's action handles it instead.
 Host is kept as the client sent it: botocore signs the host it connects to (the proxy's), so keeping it
 keeps the signature consistent should the upstream ever verify it.
 
-Rules are JSON objects, checked in order; the first matching rule with budget left acts:
+Rules are JSON objects, checked in order; the first rule that matches, has budget left and wins its
+``rate`` draw acts (a rule that loses the draw lets the following rules try):
 
     {"name": "fail-part2",   # optional, default "rule<N>"; key for stats
-     "methods": ["PUT"],     # optional, str or list; default any method
-     "path": "_part002",     # optional regex, re.search on the decoded path (/bucket/key)
-     "query": "partNumber=2",  # optional regex, re.search on the raw query string
-     "action": "status",     # the only action so far
-     "status": 503,          # 500 -> InternalError, 503 -> SlowDown (S3 XML error body)
-     "code": "SlowDown",     # optional, overrides the S3 error code
-     "times": 1}             # optional: act on the first K matches only; default always
+     # --- matching (all optional; all given must match) ---
+     "methods": ["PUT"],     # str or list; default any method
+     "path": "_part002",     # regex, re.search on the decoded path (/bucket/key)
+     "query": "partNumber=2",  # regex, re.search on the raw query string
+     "header": {"x-amz-checksum-crc32": null,  # header present (name is case-insensitive) ...
+                "content-type": "json$"},      # ... and, given a regex, some value of it re.search-matches
+     # --- budget (optional) ---
+     "times": 1,             # act on the first K matches only; default always
+     "rate": 0.5,            # act on this random fraction of matches (0..1), reproducible: see --seed
+     # --- action; each takes only its own options ---
+     "action": "status",     # default; answer an S3 XML error instead of forwarding
+     "status": 503,          #   default 500; default codes: 400 InvalidRequest, 403 AccessDenied,
+                             #   503 SlowDown, others InternalError
+     "code": "SlowDown"}     #   optional, overrides the S3 error code
+    {"action": "reset",      # drop the connection with a TCP RST, never answering
+     "after_bytes": 65536,   #   read only this many body bytes first (default: the whole body)
+     "forward_first": true}  #   forward to the upstream first, then drop its answer (not with after_bytes)
+    {"action": "delay",      # wait, then forward normally (slow S3)
+     "seconds": 2.5}         #   required, >= 0
+
+``after_bytes``: the proxy consumes exactly ``min(after_bytes, body length)`` body bytes from the request
+stream, then resets the connection; it never reads the rest. The client has by then handed its kernel at
+least that many bytes, plus whatever fits in the socket buffers and aiohttp's read-ahead (loopback: a few
+MiB at most), so a body well beyond that is cut off mid-upload: its sender gets ECONNRESET/EPIPE.
+
+A reset costs aiobotocore more than one match: its aiohttp session retries an idempotent request (GET,
+HEAD, PUT, DELETE; not POST) once by itself after a dropped connection, below botocore's retry count, so
+failing one botocore attempt of a PUT takes ``"times": 2``. botocore reports EndpointConnectionError.
+
+The rate draws come from one ``random.Random`` per rule, seeded from the proxy's seed and the rule name,
+so the same rules and the same request sequence fault the same requests, whatever ran before.
 
 Control endpoints on the proxy itself: ``POST /_proxy/rules`` (JSON list, replaces the rules),
-``GET /_proxy/rules``, ``GET /_proxy/stats``, ``POST /_proxy/reset`` (no rules, zero counters).
+``GET /_proxy/rules``, ``GET /_proxy/stats``, ``POST /_proxy/reset`` (no rules, zero counters). In the
+stats, a request counts once: under ``forwarded`` if no rule acted, else under ``injected``, under
+``injected_by_action[action]`` and under its rule's ``injected`` (delay and forward_first requests reach
+the upstream, but count as injected).
 
-``python -m scripts.s3_fault_proxy --upstream URL [--host H] [--port N] [--rules JSON]`` prints one JSON
-line ``{"endpoint": ...}`` once listening and stops on SIGTERM/SIGINT.
+``python -m scripts.s3_fault_proxy --upstream URL [--host H] [--port N] [--rules JSON] [--seed N]`` prints
+one JSON line ``{"endpoint": ...}`` once listening and stops on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -28,8 +56,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import re
 import signal
+import socket
+import struct
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -64,10 +95,16 @@ DROP_RESPONSE_HEADERS = HOP_BY_HOP | {"content-length"}
 # Stop aiohttp's client adding headers the original request did not have.
 SKIP_AUTO_HEADERS = (hdrs.ACCEPT, hdrs.ACCEPT_ENCODING, hdrs.USER_AGENT, hdrs.CONTENT_TYPE)
 S3_ERRORS = {
+    400: ("InvalidRequest", "Invalid Request."),
+    403: ("AccessDenied", "Access Denied."),
     500: ("InternalError", "We encountered an internal error. Please try again."),
     502: ("BadGateway", "The proxy could not reach the upstream S3 endpoint."),
     503: ("SlowDown", "Please reduce your request rate."),
 }
+# Fields every rule may have; each action adds its own options (ACTION_OPTIONS, below the actions).
+COMMON_FIELDS = frozenset({"name", "action", "methods", "path", "query", "header", "times", "rate"})
+# SO_LINGER on, timeout 0: close() sends a RST instead of a FIN.
+LINGER_RESET = struct.pack("ii", 1, 0)
 
 
 @dataclass
@@ -79,45 +116,67 @@ class Rule:
     methods: frozenset[str] | None = None
     path: re.Pattern[str] | None = None
     query: re.Pattern[str] | None = None
+    headers: dict[str, re.Pattern[str] | None] = field(default_factory=dict)
+    times: int | None = None
+    rate: float | None = None
     status: int = 500
     code: str | None = None
-    times: int | None = None
+    after_bytes: int | None = None
+    forward_first: bool = False
+    seconds: float = 0.0
+    rng: random.Random = field(default_factory=random.Random, repr=False)
     matched: int = 0
     injected: int = 0
 
     @classmethod
-    def from_dict(cls, raw: Mapping[str, Any], index: int) -> Rule:
-        unknown = set(raw) - {"name", "action", "methods", "path", "query", "status", "code", "times"}
-        if unknown:
-            raise ValueError(f"rule {index}: unknown fields {sorted(unknown)}")
+    def from_dict(cls, raw: Mapping[str, Any], index: int, seed: int = 0) -> Rule:
+        try:
+            return cls._from_dict(raw, index, seed)
+        except (ValueError, TypeError, re.error) as exc:
+            raise ValueError(f"rule {index}: {exc}") from exc
+
+    @classmethod
+    def _from_dict(cls, raw: Mapping[str, Any], index: int, seed: int) -> Rule:
         action = str(raw.get("action", "status"))
         if action not in ACTIONS:
-            raise ValueError(f"rule {index}: unknown action {action!r}; known: {sorted(ACTIONS)}")
-        times = raw.get("times")
-        if times is not None and (not isinstance(times, int) or times < 0):
-            raise ValueError(f"rule {index}: times must be a non-negative integer")
+            raise ValueError(f"unknown action {action!r}; known: {sorted(ACTIONS)}")
+        unknown = set(raw) - COMMON_FIELDS - ACTION_OPTIONS[action]
+        if unknown:
+            raise ValueError(f"unknown fields for action {action!r}: {sorted(unknown)}")
+        if raw.get("forward_first") and raw.get("after_bytes") is not None:
+            raise ValueError("forward_first needs the whole body; it cannot be combined with after_bytes")
+        name = str(raw.get("name", f"rule{index}"))
         return cls(
-            name=str(raw.get("name", f"rule{index}")),
+            name=name,
             action=action,
             methods=_parse_methods(raw.get("methods")),
             path=_compile(raw.get("path")),
             query=_compile(raw.get("query")),
+            headers=_parse_headers(raw.get("header")),
+            times=_optional_int(raw, "times"),
+            rate=_parse_rate(raw.get("rate")),
             status=int(raw.get("status", 500)),
             code=raw.get("code"),
-            times=times,
+            after_bytes=_optional_int(raw, "after_bytes"),
+            forward_first=_parse_bool(raw, "forward_first"),
+            seconds=_parse_seconds(raw, action),
+            rng=rule_random(seed, name),
         )
 
-    def matches(self, method: str, path: str, query: str) -> bool:
+    def matches(self, request: web.BaseRequest) -> bool:
         return (
-            (self.methods is None or method in self.methods)
-            and (self.path is None or self.path.search(path) is not None)
-            and (self.query is None or self.query.search(query) is not None)
+            (self.methods is None or request.method in self.methods)
+            and (self.path is None or self.path.search(request.path) is not None)
+            and (self.query is None or self.query.search(request.query_string) is not None)
+            and all(_header_matches(request.headers, name, value) for name, value in self.headers.items())
         )
 
     def take(self) -> bool:
-        """Count a match; True if this one should be acted on (budget left)."""
+        """Count a match; True if this one should be acted on (budget left and, with a rate, drawn)."""
         self.matched += 1
         if self.times is not None and self.injected >= self.times:
+            return False
+        if self.rate is not None and self.rng.random() >= self.rate:
             return False
         self.injected += 1
         return True
@@ -127,14 +186,20 @@ class Rule:
             "name": self.name,
             "action": self.action,
             "methods": sorted(self.methods) if self.methods is not None else None,
-            "path": self.path.pattern if self.path is not None else None,
-            "query": self.query.pattern if self.query is not None else None,
-            "status": self.status,
-            "code": self.code,
+            "path": _pattern(self.path),
+            "query": _pattern(self.query),
+            "header": {name: _pattern(value) for name, value in self.headers.items()},
             "times": self.times,
+            "rate": self.rate,
+            **{option: getattr(self, option) for option in sorted(ACTION_OPTIONS[self.action])},
             "matched": self.matched,
             "injected": self.injected,
         }
+
+
+def rule_random(seed: int, name: str) -> random.Random:
+    """The generator behind a rule's ``rate``; str seeds hash the same way in every process."""
+    return random.Random(f"{seed}/{name}")
 
 
 def _parse_methods(value: Any) -> frozenset[str] | None:
@@ -148,38 +213,103 @@ def _compile(value: Any) -> re.Pattern[str] | None:
     return None if value is None else re.compile(str(value))
 
 
-def parse_rules(raw: Any) -> list[Rule]:
+def _pattern(value: re.Pattern[str] | None) -> str | None:
+    return None if value is None else value.pattern
+
+
+def _parse_headers(value: Any) -> dict[str, re.Pattern[str] | None]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError("header must be an object {name: regex or null}")
+    return {str(name).lower(): _compile(pattern) for name, pattern in value.items()}
+
+
+def _header_matches(headers: CIMultiDictProxy[str], name: str, pattern: re.Pattern[str] | None) -> bool:
+    values = headers.getall(name, [])
+    if pattern is None:
+        return bool(values)
+    return any(pattern.search(value) is not None for value in values)
+
+
+def _optional_int(raw: Mapping[str, Any], key: str) -> int | None:
+    value = raw.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise ValueError(f"{key} must be a non-negative integer")
+    return value
+
+
+def _parse_bool(raw: Mapping[str, Any], key: str) -> bool:
+    value = raw.get(key, False)
+    if not isinstance(value, bool):
+        raise ValueError(f"{key} must be true or false")
+    return value
+
+
+def _number(value: Any) -> float | None:
+    """A JSON number as float; None for anything else (bool included)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _parse_rate(value: Any) -> float | None:
+    if value is None:
+        return None
+    rate = _number(value)
+    if rate is None or not 0.0 <= rate <= 1.0:
+        raise ValueError("rate must be a number between 0 and 1")
+    return rate
+
+
+def _parse_seconds(raw: Mapping[str, Any], action: str) -> float:
+    if action != "delay":
+        return 0.0
+    seconds = _number(raw.get("seconds"))
+    if seconds is None or seconds < 0:
+        raise ValueError("delay needs seconds, a non-negative number")
+    return seconds
+
+
+def parse_rules(raw: Any, seed: int = 0) -> list[Rule]:
     if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
         raise ValueError("rules must be a JSON list of objects")
-    try:
-        return [Rule.from_dict(item, index) for index, item in enumerate(raw)]
-    except (re.error, TypeError) as exc:
-        raise ValueError(str(exc)) from exc
+    return [Rule.from_dict(item, index, seed) for index, item in enumerate(raw)]
 
 
 @dataclass
 class ProxyState:
     upstream: str
+    seed: int = 0
     rules: list[Rule] = field(default_factory=list)
     forwarded: int = 0
     injected: int = 0
+    injected_by_action: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ACTIONS, 0))
 
-    def pick(self, request: web.Request) -> Rule | None:
+    def pick(self, request: web.BaseRequest) -> Rule | None:
         """The rule that acts on this request, if any (counting every match along the way)."""
         for rule in self.rules:
-            if rule.matches(request.method, request.path, request.query_string) and rule.take():
+            if rule.matches(request) and rule.take():
+                self.injected += 1
+                self.injected_by_action[rule.action] += 1
                 return rule
+        self.forwarded += 1
         return None
+
+    def set_rules(self, raw: Any) -> None:
+        self.rules = parse_rules(raw, self.seed)
 
     def reset(self) -> None:
         self.rules = []
         self.forwarded = 0
         self.injected = 0
+        self.injected_by_action = dict.fromkeys(ACTIONS, 0)
 
     def stats(self) -> dict[str, Any]:
         return {
             "forwarded": self.forwarded,
             "injected": self.injected,
+            "injected_by_action": dict(self.injected_by_action),
             "rules": {rule.name: {"matched": rule.matched, "injected": rule.injected} for rule in self.rules},
         }
 
@@ -188,7 +318,7 @@ STATE_KEY = web.AppKey("state", ProxyState)
 SESSION_KEY = web.AppKey("session", ClientSession)
 
 
-# --- actions: each answers a matched request instead of the upstream ---------------------------------
+# --- actions: each handles a request a rule acted on, instead of plain forwarding ----------------------
 
 
 def s3_error_response(request: web.Request, status: int, code: str | None = None) -> web.Response:
@@ -209,11 +339,58 @@ def s3_error_response(request: web.Request, status: int, code: str | None = None
 
 
 async def status_action(request: web.Request, rule: Rule) -> web.StreamResponse:
+    await request.read()  # drain the body, so keep-alive works after the injected error
     return s3_error_response(request, rule.status, rule.code)
 
 
+async def delay_action(request: web.Request, rule: Rule) -> web.StreamResponse:
+    body = await request.read()
+    await asyncio.sleep(rule.seconds)
+    return await forward(request, body)
+
+
+async def reset_action(request: web.Request, rule: Rule) -> web.StreamResponse:
+    if rule.forward_first:
+        await forward(request, await request.read())  # the upstream acts; its answer is thrown away
+    else:
+        await read_body_prefix(request, rule.after_bytes)
+    return abort_connection(request)
+
+
+async def read_body_prefix(request: web.Request, limit: int | None) -> int:
+    """Consume up to ``limit`` body bytes (None: all of it) and return how many were read."""
+    if limit is None:
+        return len(await request.read())
+    received = 0
+    while received < limit:
+        chunk = await request.content.read(limit - received)
+        if not chunk:
+            break
+        received += len(chunk)
+    return received
+
+
+def abort_connection(request: web.Request) -> web.StreamResponse:
+    """Reset the client's TCP connection; the returned response can only fail to be written.
+
+    aiohttp takes that write failure (a ConnectionError) for a client that went away and closes quietly.
+    """
+    transport = request.transport
+    if transport is not None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+        transport.abort()
+    return web.Response(status=204)
+
+
 Action = Callable[[web.Request, Rule], Awaitable[web.StreamResponse]]
-ACTIONS: dict[str, Action] = {"status": status_action}
+ACTIONS: dict[str, Action] = {"status": status_action, "reset": reset_action, "delay": delay_action}
+ACTION_OPTIONS: dict[str, frozenset[str]] = {
+    "status": frozenset({"status", "code"}),
+    "reset": frozenset({"after_bytes", "forward_first"}),
+    "delay": frozenset({"seconds"}),
+}
 
 
 # --- forwarding ---------------------------------------------------------------------------------------
@@ -247,14 +424,11 @@ async def forward(request: web.Request, body: bytes) -> web.Response:
 
 
 async def proxy_handler(request: web.Request) -> web.StreamResponse:
-    body = await request.read()  # always drain the body, so keep-alive works after an injected error
-    state = request.app[STATE_KEY]
-    rule = state.pick(request)
+    # Rules match on the request line and headers only, so the body is left to the action to read.
+    rule = request.app[STATE_KEY].pick(request)
     if rule is not None:
-        state.injected += 1
         return await ACTIONS[rule.action](request, rule)
-    state.forwarded += 1
-    return await forward(request, body)
+    return await forward(request, await request.read())
 
 
 # --- control endpoints ----------------------------------------------------------------------------------
@@ -263,7 +437,7 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
 async def set_rules_handler(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
     try:
-        state.rules = parse_rules(await request.json())
+        state.set_rules(await request.json())
     except ValueError as exc:  # includes json.JSONDecodeError
         return web.json_response({"error": str(exc)}, status=400)
     return web.json_response([rule.to_dict() for rule in state.rules])
@@ -293,9 +467,11 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
     await session.close()
 
 
-def make_app(upstream: str, rules: Sequence[Mapping[str, Any]] = ()) -> web.Application:
+def make_app(upstream: str, rules: Sequence[Mapping[str, Any]] = (), seed: int = 0) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY)
-    app[STATE_KEY] = ProxyState(upstream=upstream.rstrip("/"), rules=parse_rules(list(rules)))
+    state = ProxyState(upstream=upstream.rstrip("/"), seed=seed)
+    state.set_rules(list(rules))
+    app[STATE_KEY] = state
     app.cleanup_ctx.append(_client_session)
     app.router.add_post("/_proxy/rules", set_rules_handler)
     app.router.add_get("/_proxy/rules", get_rules_handler)
@@ -305,9 +481,11 @@ def make_app(upstream: str, rules: Sequence[Mapping[str, Any]] = ()) -> web.Appl
     return app
 
 
-async def serve(upstream: str, host: str, port: int, rules: Sequence[Mapping[str, Any]]) -> None:
+async def serve(
+    upstream: str, host: str, port: int, rules: Sequence[Mapping[str, Any]], seed: int = 0
+) -> None:
     """Run until SIGTERM/SIGINT, after printing the endpoint as one JSON line."""
-    runner = web.AppRunner(make_app(upstream, rules))
+    runner = web.AppRunner(make_app(upstream, rules, seed))
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()
@@ -334,12 +512,13 @@ class S3FaultProxyProcess(EndpointProcess):
         port: int = 0,
         host: str = HOST,
         timeout: float = START_TIMEOUT,
+        seed: int = 0,
     ) -> None:
         args = ["--upstream", upstream, "--host", host, "--port", str(port), "--rules", json.dumps(rules)]
-        super().__init__("scripts.s3_fault_proxy", args, timeout)
+        super().__init__("scripts.s3_fault_proxy", [*args, "--seed", str(seed)], timeout)
 
     def set_rules(self, rules: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        """Replace the rules (counters start at zero); returns them as the proxy parsed them."""
+        """Replace the rules (counters and rate draws start afresh); returns them as the proxy parsed them."""
         result: list[dict[str, Any]] = http_json("POST", self.endpoint + "/_proxy/rules", list(rules))
         return result
 
@@ -353,19 +532,24 @@ class S3FaultProxyProcess(EndpointProcess):
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m scripts.s3_fault_proxy", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.s3_fault_proxy",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "--upstream", required=True, help="S3 endpoint to forward to, e.g. http://127.0.0.1:5000"
     )
     parser.add_argument("--host", default=HOST, help="address to bind (default %(default)s)")
     parser.add_argument("--port", type=int, default=0, help="port to bind; 0 = any free port (default)")
     parser.add_argument("--rules", type=json.loads, default=[], help="initial rules as a JSON list")
+    parser.add_argument("--seed", type=int, default=0, help="seed for the rules' rate draws (default 0)")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
-    asyncio.run(serve(args.upstream, args.host, args.port, args.rules))
+    asyncio.run(serve(args.upstream, args.host, args.port, args.rules, args.seed))
     return 0
 
 

@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import itertools
 import json
+import socket
+import time
 import urllib.error
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 
-from scripts.s3_fault_proxy import S3FaultProxyProcess
+from scripts.s3_fault_proxy import S3FaultProxyProcess, rule_random
 from scripts.s3_server import (
+    FAKE_ACCESS_KEY,
+    FAKE_SECRET_KEY,
+    REGION,
     MotoServerProcess,
     ServerProcessError,
     create_bucket,
@@ -24,7 +34,14 @@ from scripts.s3_server import (
 )
 
 MIB = 1024 * 1024
+# What botocore raises for a dropped connection; both kinds are retried (botocore.retries.standard).
+CONNECTION_ERRORS = (ConnectionError, HTTPClientError)
 _bucket_numbers = itertools.count()
+
+
+def by_action(status: int = 0, reset: int = 0, delay: int = 0) -> dict[str, int]:
+    """The stats' injected_by_action, which always lists every action."""
+    return {"status": status, "reset": reset, "delay": delay}
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +164,12 @@ def test_multipart_upload_through_proxy(moto_server: MotoServerProcess, proxy: S
     assert asyncio.run(list_multipart_uploads(moto_server.endpoint, bucket)) == [key]  # the first one
     assert asyncio.run(list_objects(moto_server.endpoint, bucket)) == {key: b"".join(parts)}
     # create bucket, (create + 3 parts), list uploads, (create + 3 parts + complete); the rest went direct
-    assert proxy.stats() == {"forwarded": 1 + 4 + 1 + 5, "injected": 0, "rules": {}}
+    assert proxy.stats() == {
+        "forwarded": 1 + 4 + 1 + 5,
+        "injected": 0,
+        "injected_by_action": by_action(),
+        "rules": {},
+    }
 
 
 def test_rule_fails_only_matching_puts(moto_server: MotoServerProcess, proxy: S3FaultProxyProcess) -> None:
@@ -164,7 +186,12 @@ def test_rule_fails_only_matching_puts(moto_server: MotoServerProcess, proxy: S3
         "c4/en_part001.jsonl": b"one",
         "c4/en_part003.jsonl": b"three",
     }
-    assert proxy.stats() == {"forwarded": 2, "injected": 1, "rules": {"part2": {"matched": 1, "injected": 1}}}
+    assert proxy.stats() == {
+        "forwarded": 2,
+        "injected": 1,
+        "injected_by_action": by_action(status=1),
+        "rules": {"part2": {"matched": 1, "injected": 1}},
+    }
 
 
 def test_botocore_retries_then_gives_up(moto_server: MotoServerProcess, proxy: S3FaultProxyProcess) -> None:
@@ -208,21 +235,81 @@ def test_rules_match_method_and_query(moto_server: MotoServerProcess, proxy: S3F
             return body
 
     assert asyncio.run(get_then_list()) == b"x"
-    assert proxy.stats() == {"forwarded": 1, "injected": 1, "rules": {"lists": {"matched": 1, "injected": 1}}}
+    assert proxy.stats() == {
+        "forwarded": 1,
+        "injected": 1,
+        "injected_by_action": by_action(status=1),
+        "rules": {"lists": {"matched": 1, "injected": 1}},
+    }
 
 
-def test_control_api_rejects_bad_rules_and_resets(proxy: S3FaultProxyProcess) -> None:
-    for bad in ([{"path": "("}], [{"action": "explode"}], [{"times": -1}], {"not": "a list"}):
-        with pytest.raises(urllib.error.HTTPError) as excinfo:
-            proxy.set_rules(bad)  # type: ignore[arg-type]
-        assert excinfo.value.code == 400
-        assert "error" in json.loads(excinfo.value.read())
-    rules = proxy.set_rules([{"methods": ["put"], "path": "x"}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        [{"path": "("}],
+        [{"action": "explode"}],
+        [{"times": -1}],
+        {"not": "a list"},
+        [{"rate": 1.5}],
+        [{"rate": True}],
+        [{"header": ["content-md5"]}],
+        [{"header": {"content-md5": "("}}],
+        [{"action": "delay"}],  # seconds is required
+        [{"action": "delay", "seconds": -1}],
+        [{"action": "reset", "status": 500}],  # another action's option
+        [{"seconds": 1}],
+        [{"action": "reset", "after_bytes": -1}],
+        [{"action": "reset", "forward_first": "yes"}],
+        [{"action": "reset", "after_bytes": 10, "forward_first": True}],
+    ],
+)
+def test_control_api_rejects_bad_rules(proxy: S3FaultProxyProcess, bad: Any) -> None:
+    with pytest.raises(urllib.error.HTTPError) as excinfo:
+        proxy.set_rules(bad)
+    assert excinfo.value.code == 400
+    assert "error" in json.loads(excinfo.value.read())
+
+
+def test_control_api_shows_rules_and_resets(proxy: S3FaultProxyProcess) -> None:
+    rules = proxy.set_rules(
+        [
+            {"methods": ["put"], "path": "x"},
+            {
+                "name": "cut",
+                "action": "reset",
+                "header": {"Content-MD5": None},
+                "after_bytes": 5,
+                "rate": 0.25,
+            },
+            {"action": "delay", "seconds": 0.5, "times": 2},
+        ]
+    )
     assert rules[0]["methods"] == ["PUT"]
+    assert {key: rules[0][key] for key in ("name", "action", "status", "code")} == {
+        "name": "rule0",
+        "action": "status",
+        "status": 500,
+        "code": None,
+    }
+    assert rules[1] == {
+        "name": "cut",
+        "action": "reset",
+        "methods": None,
+        "path": None,
+        "query": None,
+        "header": {"content-md5": None},
+        "times": None,
+        "rate": 0.25,
+        "after_bytes": 5,
+        "forward_first": False,
+        "matched": 0,
+        "injected": 0,
+    }
+    assert (rules[2]["seconds"], rules[2]["times"]) == (0.5, 2)
     assert http_json("GET", proxy.endpoint + "/_proxy/rules") == rules
     proxy.reset()
     assert http_json("GET", proxy.endpoint + "/_proxy/rules") == []
-    assert proxy.stats() == {"forwarded": 0, "injected": 0, "rules": {}}
+    assert proxy.stats() == {"forwarded": 0, "injected": 0, "injected_by_action": by_action(), "rules": {}}
 
 
 def test_initial_rules_from_command_line(moto_server: MotoServerProcess) -> None:
@@ -238,8 +325,230 @@ def test_initial_rules_from_command_line(moto_server: MotoServerProcess) -> None
         assert process.stats() == {
             "forwarded": 0,
             "injected": 1,
+            "injected_by_action": by_action(status=1),
             "rules": {"all": {"matched": 1, "injected": 1}},
         }
+
+
+# --- actions beyond "status", header matching and rates -------------------------------------------------
+
+
+@asynccontextmanager
+async def md5_client(endpoint: str) -> AsyncIterator[Any]:
+    """A client sending Content-MD5 rather than botocore's default flexible checksum (CRC32), no retries."""
+    config = AioConfig(
+        request_checksum_calculation="when_required",
+        retries={"mode": "standard", "total_max_attempts": 1},
+    )
+    async with get_session().create_client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=REGION,
+        aws_access_key_id=FAKE_ACCESS_KEY,
+        aws_secret_access_key=FAKE_SECRET_KEY,
+        config=config,
+    ) as client:
+        yield client
+
+
+async def put_with_md5(endpoint: str, bucket: str, key: str, body: bytes) -> None:
+    md5 = base64.b64encode(hashlib.md5(body).digest()).decode()
+    async with md5_client(endpoint) as client:
+        await client.put_object(Bucket=bucket, Key=key, Body=body, ContentMD5=md5)
+
+
+CUT_PART2 = {"name": "cut", "action": "reset", "methods": "PUT", "path": "_part002"}
+
+
+@pytest.mark.parametrize("options", [{}, {"after_bytes": 0}, {"after_bytes": 64 * 1024}])
+def test_reset_fails_a_call_without_retries(
+    moto_server: MotoServerProcess, proxy: S3FaultProxyProcess, options: dict[str, Any]
+) -> None:
+    """aiohttp itself retries an idempotent request (PUT, GET...) once after a dropped connection, so
+    one botocore attempt costs the proxy two matches: a reset needs times=2 to fail a call."""
+    bucket = new_bucket(moto_server.endpoint)
+    body = b"r" * MIB
+
+    proxy.set_rules([{**CUT_PART2, **options, "times": 2}])
+    with pytest.raises(CONNECTION_ERRORS):
+        asyncio.run(put(proxy.endpoint, bucket, "en_part002.jsonl", body, max_attempts=1))
+    assert proxy.stats()["rules"] == {"cut": {"matched": 2, "injected": 2}}
+    assert asyncio.run(list_objects(moto_server.endpoint, bucket)) == {}
+
+    proxy.set_rules([{**CUT_PART2, **options, "times": 1}])  # aiohttp's own retry is enough
+    asyncio.run(put(proxy.endpoint, bucket, "en_part002.jsonl", body, max_attempts=1))
+    assert proxy.stats() == {
+        "forwarded": 1,
+        "injected": 3,
+        "injected_by_action": by_action(reset=3),
+        "rules": {"cut": {"matched": 2, "injected": 1}},
+    }
+    assert asyncio.run(list_objects(moto_server.endpoint, bucket)) == {"en_part002.jsonl": body}
+
+
+def test_reset_ridden_over_by_botocore_retries(
+    moto_server: MotoServerProcess, proxy: S3FaultProxyProcess
+) -> None:
+    bucket = new_bucket(moto_server.endpoint)
+    proxy.set_rules([{**CUT_PART2, "times": 2}])
+
+    asyncio.run(put(proxy.endpoint, bucket, "en_part002.jsonl", b"retried", max_attempts=2))
+
+    assert proxy.stats()["rules"] == {"cut": {"matched": 3, "injected": 2}}
+    assert asyncio.run(list_objects(moto_server.endpoint, bucket)) == {"en_part002.jsonl": b"retried"}
+
+
+def send_body(sock: socket.socket, total: int) -> int:
+    """Send up to ``total`` bytes; how many the kernel took before the connection broke."""
+    chunk = b"u" * (64 * 1024)
+    sent = 0
+    try:
+        while sent < total:
+            sock.sendall(chunk)
+            sent += len(chunk)
+    except (ConnectionResetError, BrokenPipeError):
+        pass
+    return sent
+
+
+def test_reset_after_bytes_cuts_the_upload_midway(proxy: S3FaultProxyProcess) -> None:
+    """The proxy stops reading at after_bytes: a sender of a large body gets reset long before its end."""
+    total, after = 64 * MIB, MIB
+    proxy.set_rules([{"action": "reset", "methods": "PUT", "after_bytes": after}])
+    host, port = proxy.endpoint.removeprefix("http://").rsplit(":", 1)
+    head = f"PUT /bucket/key HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: {total}\r\n\r\n"
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head.encode())
+        sent = send_body(sock, total)
+    assert after <= sent < total / 2
+    assert proxy.stats()["injected_by_action"] == by_action(reset=1)
+
+
+def test_forward_first_stores_but_the_client_never_hears(
+    moto_server: MotoServerProcess, proxy: S3FaultProxyProcess
+) -> None:
+    """Each dropped answer hides a PUT that happened: versioning shows every upload that reached moto."""
+    bucket = new_bucket(moto_server.endpoint)
+
+    async def enable_versioning() -> None:
+        async with s3_client(moto_server.endpoint) as client:
+            await client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+
+    async def etags(key: str) -> list[str]:
+        async with s3_client(moto_server.endpoint) as client:
+            listed = await client.list_object_versions(Bucket=bucket, Prefix=key)
+            return [version["ETag"] for version in listed.get("Versions", [])]
+
+    asyncio.run(enable_versioning())
+    # times=2: one botocore attempt is two tries (aiohttp retries a PUT once by itself).
+    rule = {"name": "lost-answer", "action": "reset", "forward_first": True, "methods": "PUT", "times": 2}
+
+    proxy.set_rules([rule])  # without botocore retries the call fails, yet the object is there
+    with pytest.raises(CONNECTION_ERRORS):
+        asyncio.run(put(proxy.endpoint, bucket, "a_part001.jsonl", b"one", max_attempts=1))
+    proxy.set_rules([rule])  # with them, botocore uploads it again and succeeds
+    asyncio.run(put(proxy.endpoint, bucket, "a_part002.jsonl", b"two", max_attempts=3))
+
+    assert asyncio.run(list_objects(moto_server.endpoint, bucket)) == {
+        "a_part001.jsonl": b"one",
+        "a_part002.jsonl": b"two",
+    }
+    assert len(set(asyncio.run(etags("a_part001.jsonl")))) == 1
+    uploads = asyncio.run(etags("a_part002.jsonl"))
+    assert len(uploads) == 3  # two dropped answers, then the one the client saw; all the same bytes
+    assert len(set(uploads)) == 1
+    assert proxy.stats()["rules"] == {"lost-answer": {"matched": 3, "injected": 2}}
+
+
+def test_delay_slows_the_call_then_forwards(
+    moto_server: MotoServerProcess, proxy: S3FaultProxyProcess
+) -> None:
+    bucket = new_bucket(moto_server.endpoint)
+    proxy.set_rules([{"action": "delay", "seconds": 0.6, "methods": "PUT"}])
+
+    started = time.monotonic()
+    asyncio.run(put(proxy.endpoint, bucket, "slow.jsonl", b"late", max_attempts=1))
+    elapsed = time.monotonic() - started
+
+    assert elapsed >= 0.6
+    assert asyncio.run(list_objects(moto_server.endpoint, bucket)) == {"slow.jsonl": b"late"}
+    assert proxy.stats()["injected_by_action"] == by_action(delay=1)
+
+
+def test_header_rules_tell_checksum_styles_apart(
+    moto_server: MotoServerProcess, proxy: S3FaultProxyProcess
+) -> None:
+    """A store rejecting botocore's default CRC32 header, then one insisting on it (no Content-MD5)."""
+    bucket = new_bucket(moto_server.endpoint)
+    reject = {"status": 400, "code": "InvalidRequest"}
+
+    proxy.set_rules([{"name": "no-crc", "header": {"x-amz-checksum-crc32": None}, **reject}])
+    with pytest.raises(ClientError, match="InvalidRequest") as excinfo:
+        asyncio.run(put(proxy.endpoint, bucket, "crc.jsonl", b"crc", max_attempts=1))
+    assert excinfo.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    asyncio.run(put_with_md5(proxy.endpoint, bucket, "md5.jsonl", b"md5"))
+    assert proxy.stats()["rules"] == {"no-crc": {"matched": 1, "injected": 1}}
+
+    proxy.set_rules([{"name": "no-md5", "header": {"CONTENT-MD5": None}, **reject}])
+    with pytest.raises(ClientError, match="InvalidRequest"):
+        asyncio.run(put_with_md5(proxy.endpoint, bucket, "md5-2.jsonl", b"md5"))
+    asyncio.run(put(proxy.endpoint, bucket, "crc-2.jsonl", b"crc", max_attempts=1))
+
+    # A value regex narrows the match: CRC32 of b"crc" is not all zeros, so this rule never fires.
+    proxy.set_rules([{"name": "zero-crc", "header": {"x-amz-checksum-crc32": "^AAAAAA==$"}, **reject}])
+    asyncio.run(put(proxy.endpoint, bucket, "crc-3.jsonl", b"crc", max_attempts=1))
+
+    assert sorted(asyncio.run(list_objects(moto_server.endpoint, bucket))) == [
+        "crc-2.jsonl",
+        "crc-3.jsonl",
+        "md5.jsonl",
+    ]
+    assert proxy.stats()["rules"] == {"zero-crc": {"matched": 0, "injected": 0}}
+
+
+def faulted_puts(endpoint: str, bucket: str, count: int) -> list[bool]:
+    """Put ``count`` objects without retries; True for each one the proxy failed (with SlowDown)."""
+
+    async def scenario() -> list[str | None]:
+        codes: list[str | None] = []
+        async with s3_client(endpoint, max_attempts=1) as client:
+            for number in range(count):
+                try:
+                    await client.put_object(Bucket=bucket, Key=f"k{number}", Body=b"x")
+                except ClientError as exc:
+                    codes.append(exc.response["Error"]["Code"])
+                else:
+                    codes.append(None)
+        return codes
+
+    codes = asyncio.run(scenario())
+    assert set(codes) <= {"SlowDown", None}
+    return [code is not None for code in codes]
+
+
+def expected_faults(seed: int, name: str, rate: float, count: int) -> list[bool]:
+    rng = rule_random(seed, name)
+    return [rng.random() < rate for _ in range(count)]
+
+
+def test_rate_faults_a_reproducible_fraction(
+    moto_server: MotoServerProcess, proxy: S3FaultProxyProcess
+) -> None:
+    bucket = new_bucket(moto_server.endpoint)
+    rule = {"name": "coin", "methods": "PUT", "rate": 0.5, "status": 503}
+    count = 30
+
+    proxy.set_rules([rule])
+    first = faulted_puts(proxy.endpoint, bucket, count)
+    proxy.set_rules([rule])  # new rules draw afresh: the same requests fail again
+    second = faulted_puts(proxy.endpoint, bucket, count)
+    with S3FaultProxyProcess(moto_server.endpoint, rules=[rule], seed=1) as reseeded:
+        other_seed = faulted_puts(reseeded.endpoint, bucket, count)
+
+    assert first == second == expected_faults(0, "coin", 0.5, count)
+    assert other_seed == expected_faults(1, "coin", 0.5, count) != first
+    assert 0 < sum(first) < count
+    assert proxy.stats()["rules"] == {"coin": {"matched": count, "injected": sum(first)}}
 
 
 def test_reset_empties_moto(moto_server: MotoServerProcess) -> None:
