@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from .errors import DestinationError
 from .manifest import PartRecord, write_atomically
 from .verify import PartFacts, facts_of_file
 from .writer import FinishedPart
@@ -25,6 +26,7 @@ __all__ = [
     "file_digest",
     "local_part_intact",
     "read_if_exists",
+    "save_local_manifest",
 ]
 
 
@@ -99,7 +101,7 @@ class LocalDestination:
         await asyncio.to_thread((self.directory / name).unlink, missing_ok=True)
 
     async def save_manifest(self, name: str, data: bytes, *, final: bool) -> None:
-        await asyncio.to_thread(write_atomically, self.directory / name, data)
+        await save_local_manifest(self.directory / name, data)
 
     async def load_manifest(self, name: str) -> bytes | None:
         return await asyncio.to_thread(read_if_exists, self.directory / name)
@@ -125,6 +127,13 @@ def _file_matches(path: Path, record: PartRecord) -> bool:
     if not path.is_file() or path.stat().st_size != record.size:
         return False
     return file_digest(path) == record.sha256
+
+
+async def save_local_manifest(path: Path, data: bytes) -> None:
+    try:
+        await asyncio.to_thread(write_atomically, path, data)
+    except OSError as exc:
+        raise DestinationError(f"cannot write the manifest {path}: {exc.strerror or exc}") from None
 
 
 def read_if_exists(path: Path) -> bytes | None:

@@ -18,6 +18,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import logging
 import math
 import os
 from contextlib import AsyncExitStack
@@ -31,9 +32,9 @@ from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from .config import S3Target
-from .destination import Delivery, read_if_exists
+from .destination import Delivery, read_if_exists, save_local_manifest
 from .errors import DestinationError, UploadError
-from .manifest import PartRecord, write_atomically
+from .manifest import PartRecord
 from .verify import FactsAccumulator, PartFacts
 from .writer import FinishedPart
 
@@ -46,6 +47,8 @@ _MAX_CHUNKS = 10_000  # S3's limit on parts per multipart upload
 _CHUNKS_IN_FLIGHT = 4
 _PROBE_NAME = ".aioc4-write-check"
 _SHA256_METADATA = "sha256"
+
+log = logging.getLogger("aioc4")
 
 
 def multipart_chunk_size(size: int) -> int:
@@ -122,17 +125,31 @@ class S3Destination:
         await self._abort_stale_uploads()
 
     async def _check_writable(self) -> None:
-        """Start and abort a multipart upload: proves s3:PutObject under the prefix and leaves no object."""
-        key = self.target.key_for(_PROBE_NAME)
+        """Start a multipart upload, send one tiny chunk with our checksum, abort: proves s3:PutObject
+        under the prefix and that the store accepts the checksum, and leaves no object behind."""
+        bucket, key = self.target.bucket, self.target.key_for(_PROBE_NAME)
         try:
-            upload = await self._client.create_multipart_upload(Bucket=self.target.bucket, Key=key)
-            await self._client.abort_multipart_upload(
-                Bucket=self.target.bucket, Key=key, UploadId=upload["UploadId"]
-            )
+            upload = await self._client.create_multipart_upload(Bucket=bucket, Key=key, **self._algorithm())
         except ClientError as exc:
             raise DestinationError(f"cannot write to {self.where}: {_reason(exc)}") from None
         except (BotoCoreError, OSError) as exc:
             raise DestinationError(f"cannot reach S3 for {self.where}: {_reason(exc)}") from None
+        upload_id = upload["UploadId"]
+        try:
+            body = b"aioc4 write check\n"
+            await self._client.upload_part(
+                Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=body, **self._integrity(body)
+            )
+        except ClientError as exc:
+            hint = " (an S3-compatible store that rejects these checksums? try --s3-checksum md5)"
+            raise DestinationError(
+                f"cannot upload to {self.where}: {_reason(exc)}{hint if self.checksum == 'crc32' else ''}"
+            ) from None
+        except (BotoCoreError, OSError) as exc:
+            raise DestinationError(f"cannot reach S3 for {self.where}: {_reason(exc)}") from None
+        finally:
+            with contextlib.suppress(ClientError, BotoCoreError):
+                await self._client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
 
     async def _abort_stale_uploads(self) -> None:
         """A run killed mid-upload leaves an incomplete multipart upload (billed storage): abort this
@@ -244,12 +261,15 @@ class S3Destination:
     # -- manifest ---------------------------------------------------------------------------------
 
     async def save_manifest(self, name: str, data: bytes, *, final: bool) -> None:
-        """In S3 (so a rerun on another machine resumes) and locally, until a clean finish with cleanup."""
+        """In S3 (so a rerun on another machine resumes) and locally, until a clean finish with cleanup.
+
+        A failed S3 update during the run is only a warning (the local copy is current and the next
+        part updates S3 again); at the end it is an error, and the local copy is kept.
+        """
         path = self.directory / name
-        if final and self.cleanup_local:
-            await asyncio.to_thread(path.unlink, missing_ok=True)
-        else:
-            await asyncio.to_thread(write_atomically, path, data)
+        drop_local = final and self.cleanup_local
+        if not drop_local:
+            await save_local_manifest(path, data)
         try:
             await self._client.put_object(
                 Bucket=self.target.bucket,
@@ -259,9 +279,20 @@ class S3Destination:
                 **self._integrity(data),
             )
         except (ClientError, BotoCoreError) as exc:
+            if not final:
+                log.warning(
+                    "could not update %s (%s); will retry after the next part",
+                    self.location(name),
+                    _reason(exc),
+                )
+                return
+            if drop_local:
+                await save_local_manifest(path, data)
             raise DestinationError(
                 f"cannot write the manifest {self.location(name)}: {_reason(exc)}"
             ) from None
+        if drop_local:
+            await asyncio.to_thread(path.unlink, missing_ok=True)
 
     async def load_manifest(self, name: str) -> bytes | None:
         """S3's copy first (any machine can resume a job), the local one if S3 has none."""
@@ -277,6 +308,10 @@ class S3Destination:
         return await asyncio.to_thread(read_if_exists, self.directory / name)
 
     # -- uploads ----------------------------------------------------------------------------------
+
+    def _algorithm(self) -> dict[str, str]:
+        """For a multipart upload, the checksum its parts will carry."""
+        return {"ChecksumAlgorithm": "CRC32"} if self.checksum == "crc32" else {}
 
     def _integrity(self, body: bytes) -> dict[str, str]:
         """The checksum S3 verifies before storing `body`."""
@@ -297,9 +332,8 @@ class S3Destination:
 
     async def _upload_multipart(self, part: FinishedPart, key: str, metadata: dict[str, str]) -> None:
         bucket = self.target.bucket
-        algorithm = {"ChecksumAlgorithm": "CRC32"} if self.checksum == "crc32" else {}
         created = await self._client.create_multipart_upload(
-            Bucket=bucket, Key=key, Metadata=metadata, **algorithm
+            Bucket=bucket, Key=key, Metadata=metadata, **self._algorithm()
         )
         upload_id = created["UploadId"]
         try:
