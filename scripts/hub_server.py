@@ -6,6 +6,12 @@ short-lived signed URLs with `Range` support. The real `huggingface_hub` client 
 `HF_ENDPOINT` or an explicit `endpoint=`. `GET /_stats` and `POST /_stats/reset` on the Hub origin expose
 what was transferred, so tests can assert on traffic.
 
+Faults (see `Faults`) make it misbehave like the real thing on a bad day: rate limits and 5xx on the Hub,
+5xx, dropped connections, ignored `Range` and expired URLs on storage. They are set at launch (flags, or
+`HubServerProcess` keyword arguments of the same names) and changed at runtime with `POST /_faults` (a JSON
+object of the knobs to change); `GET /_faults` shows them. Every random choice comes from one
+`random.Random(fault_seed)`, so the same seed and the same sequence of requests give the same faults.
+
 Run: `python -m scripts.hub_server --root DIR`; it prints one JSON line with its URLs, then serves until
 SIGTERM/SIGINT. Tests use `HubServerProcess`.
 """
@@ -15,10 +21,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import hmac
 import json
 import os
+import random
 import re
 import select
 import signal
@@ -26,14 +34,17 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from http import HTTPStatus
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
 from urllib.parse import quote, unquote
+from xml.sax.saxutils import escape
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -51,6 +62,17 @@ LAST_MODIFIED = "2024-01-09T19:14:03.000Z"
 CREATED_AT = "2022-03-02T23:29:22.000Z"
 COMMIT_TITLE = "Upload fake C4"
 INVALID_CREDENTIALS = "Invalid credentials in Authorization header"
+RATE_LIMIT_POLICY = '"fixed window";"resolvers";q=3000;w=300'
+"""What the real Hub announces on a 429: anonymous resolves, 3000 per 5-minute window."""
+AUTH_CONFLICT = (
+    "Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter, Signature query string "
+    "parameter or the Authorization header should be specified"
+)
+STORAGE_ERRORS = {
+    500: ("InternalError", "We encountered an internal error. Please try again."),
+    503: ("SlowDown", "Please reduce your request rate."),
+}
+_ERROR_STATUSES = frozenset(status.value for status in HTTPStatus if 400 <= status.value < 600)
 _HASH_BLOCK = 1 << 20
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -178,6 +200,8 @@ class Stats:
     resolve_requests: dict[str, int] = field(default_factory=lambda: {"HEAD": 0, "GET": 0})
     api_requests: int = 0
     storage_auth_headers_seen: int = 0
+    faults_injected: Counter[str] = field(default_factory=Counter)
+    """Kind (`hub_429`, `storage_503`, `reset`, `expired_url`, `ignored_range`, `auth_forbidden`) -> count."""
 
     def as_json(self) -> dict[str, Any]:
         return {name: dict(value) if isinstance(value, dict) else value for name, value in vars(self).items()}
@@ -185,22 +209,155 @@ class Stats:
 
 @dataclass(frozen=True)
 class UrlSigner:
-    """Signs storage URLs with a per-process secret, like the CDN's expiring signed URLs."""
+    """Signs storage URLs with a per-process secret, like the CDN's expiring signed URLs.
+
+    `expires` is in epoch milliseconds, so tests can use sub-second lifetimes.
+    """
 
     secret: bytes = field(default_factory=lambda: os.urandom(32))
-    ttl_s: int = SIGNED_URL_TTL_S
 
     def _signature(self, sha256: str, expires: str) -> str:
         return hmac.new(self.secret, f"{sha256}:{expires}".encode(), hashlib.sha256).hexdigest()
 
-    def query(self, sha256: str) -> str:
-        expires = str(int(time.time()) + self.ttl_s)
+    def query(self, sha256: str, ttl_s: float) -> str:
+        expires = str(int((time.time() + ttl_s) * 1000))
         return f"expires={expires}&sig={self._signature(sha256, expires)}"
 
-    def is_valid(self, sha256: str, expires: str, signature: str) -> bool:
-        if not expires.isdigit() or int(expires) < time.time():
-            return False
-        return hmac.compare_digest(self._signature(sha256, expires), signature)
+    def is_authentic(self, sha256: str, expires: str, signature: str) -> bool:
+        return expires.isdigit() and hmac.compare_digest(self._signature(sha256, expires), signature)
+
+    @staticmethod
+    def has_expired(expires: str) -> bool:
+        """Checked when a request arrives, so a download that started in time runs to its end."""
+        return int(expires) < time.time() * 1000
+
+
+def _knob(default: Any, help_text: str) -> Any:
+    return field(default=default, metadata={"help": help_text})
+
+
+@dataclass(frozen=True)
+class Faults:
+    """The fault knobs; the defaults make a healthy server.
+
+    Each name is also a flag (`--hub-error-rate`), a `HubServerProcess` keyword argument and a `/_faults` key.
+    """
+
+    fault_seed: int = _knob(0, "seed of the one RNG behind every fault; setting it at runtime re-seeds")
+    hub_error_rate: float = _knob(0.0, "share of resolve and /api/ requests answered with an error status")
+    hub_error_statuses: tuple[int, ...] = _knob((429, 500), "statuses the Hub errors are drawn from")
+    retry_after_s: int = _knob(1, "Retry-After (and RateLimit t=) on 429 and 503 answers")
+    storage_error_rate: float = _knob(0.0, "share of storage GETs answered with an error status")
+    storage_error_statuses: tuple[int, ...] = _knob((500, 503), "statuses the storage errors are drawn from")
+    reset_after_bytes: int = _knob(
+        0, "drop a storage connection after this many body bytes of the response; 0 = never"
+    )
+    reset_rate: float = _knob(1.0, "share of storage GETs longer than --reset-after-bytes that are cut")
+    ignore_range: bool = _knob(False, "storage ignores Range and answers 200 with the whole file")
+    url_ttl_s: float = _knob(float(SIGNED_URL_TTL_S), "lifetime of signed storage URLs, in seconds")
+    storage_forbid_auth: bool = _knob(
+        False, "storage answers 400 to any request with an Authorization header"
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("hub_error_rate", "storage_error_rate", "reset_rate"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be between 0 and 1")
+        for name in ("hub_error_statuses", "storage_error_statuses"):
+            statuses = getattr(self, name)
+            if not statuses or not set(statuses) <= _ERROR_STATUSES:
+                raise ValueError(f"{name} must be a non-empty list of HTTP error statuses (4xx, 5xx)")
+        for name in ("retry_after_s", "reset_after_bytes", "url_ttl_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+
+    def updated(self, changes: object) -> Faults:
+        """These faults with `changes` (a mapping from JSON or argparse) applied; ValueError if invalid."""
+        if not isinstance(changes, Mapping):
+            raise ValueError("faults must be a JSON object")
+        defaults = {knob.name: knob.default for knob in fields(self)}
+        unknown = sorted(set(changes) - set(defaults))
+        if unknown:
+            raise ValueError(f"unknown fault knobs: {', '.join(map(str, unknown))}")
+        coerced = {name: _coerce(name, value, defaults[name]) for name, value in changes.items()}
+        return dataclasses.replace(self, **coerced)
+
+    def as_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _coerce(name: str, value: object, default: object) -> Any:
+    """`value` as the type of the knob's `default` (JSON has lists, not tuples, and may write 1 for 1.0)."""
+    if isinstance(default, tuple) and isinstance(value, list | tuple) and all(map(_is_int, value)):
+        return tuple(value)
+    if isinstance(default, bool) and isinstance(value, bool):
+        return value
+    if type(default) is int and _is_int(value):
+        return value
+    if type(default) is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    expected = "a list of integers" if isinstance(default, tuple) else f"of type {type(default).__name__}"
+    raise ValueError(f"{name} must be {expected}")
+
+
+@dataclass
+class FaultInjector:
+    """Decides from one seeded RNG which requests fail and how; the origins count what it injects."""
+
+    settings: Faults
+    rng: random.Random
+
+    @classmethod
+    def seeded(cls, settings: Faults) -> FaultInjector:
+        return cls(settings, random.Random(settings.fault_seed))
+
+    def configure(self, changes: object) -> None:
+        self.settings = self.settings.updated(changes)
+        if isinstance(changes, Mapping) and "fault_seed" in changes:
+            self.rng.seed(self.settings.fault_seed)
+
+    def _happens(self, rate: float) -> bool:
+        """A roll at `rate`; a sure outcome draws nothing, so a knob at 0 or 1 leaves other rolls alone."""
+        return rate >= 1 or (rate > 0 and self.rng.random() < rate)
+
+    def _retry_after(self, status: int) -> dict[str, str]:
+        return {"Retry-After": str(self.settings.retry_after_s)} if status in {429, 503} else {}
+
+    def hub_error(self) -> HubError | None:
+        settings = self.settings
+        if not self._happens(settings.hub_error_rate):
+            return None
+        status = self.rng.choice(settings.hub_error_statuses)
+        headers = self._retry_after(status)
+        if status == 429:
+            headers["RateLimit"] = f'"resolvers";r=0;t={settings.retry_after_s}'
+            headers["RateLimit-Policy"] = RATE_LIMIT_POLICY
+        return HubError(status, None, f"{HTTPStatus(status).phrase} (injected fault)", headers)
+
+    def storage_error(self) -> web.Response | None:
+        settings = self.settings
+        if not self._happens(settings.storage_error_rate):
+            return None
+        status = self.rng.choice(settings.storage_error_statuses)
+        phrase = HTTPStatus(status).phrase
+        code, message = STORAGE_ERRORS.get(status, (phrase.replace(" ", ""), phrase))
+        return xml_error(status, code, message, self._retry_after(status))
+
+    def cut_after(self, length: int) -> int | None:
+        """How many bytes of a `length`-byte body to send before dropping the connection (None: all)."""
+        limit = self.settings.reset_after_bytes
+        return limit if 0 < limit < length and self._happens(self.settings.reset_rate) else None
+
+
+def xml_error(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
+    """An error in the XML form S3 and CloudFront use."""
+    error = f"<Error><Code>{code}</Code><Message>{escape(message)}</Message></Error>"
+    body = f'<?xml version="1.0" encoding="UTF-8"?>\n{error}'
+    return web.Response(status=status, text=body, content_type="application/xml", headers=headers)
 
 
 @dataclass
@@ -209,10 +366,14 @@ class ServerState:
     page_size: int
     token: str | None
     pace_bytes_per_s: float
+    faults: FaultInjector
     signer: UrlSigner = field(default_factory=UrlSigner)
     stats: Stats = field(default_factory=Stats)
     storage_url: str = ""
     """Set once the storage origin is bound."""
+
+    def count_fault(self, kind: str) -> None:
+        self.stats.faults_injected[kind] += 1
 
 
 # ------------------------------------------------------------------------------------------ byte serving
@@ -243,11 +404,16 @@ async def send_file(
     *,
     pace_bytes_per_s: float = 0,
     on_chunk: Callable[[int], None] = lambda n: None,
+    honour_range: bool = True,
+    cut_after: Callable[[int], int | None] = lambda length: None,
 ) -> web.StreamResponse:
-    """Answer 200/206/416 for `path`, streaming the body in chunks until done or the client leaves."""
-    headers = {**headers, "Accept-Ranges": "bytes"}
+    """Answer 200/206/416 for `path`, streaming the body in chunks until done or the client leaves.
+
+    `cut_after(body_length)` may name a byte count after which the connection is dropped mid-body.
+    """
+    headers = {**headers, "Accept-Ranges": "bytes" if honour_range else "none"}
     try:
-        byte_range = parse_range(request.headers.get("Range"), size)
+        byte_range = parse_range(request.headers.get("Range"), size) if honour_range else None
     except RangeNotSatisfiable:
         return web.Response(status=416, headers={**headers, "Content-Range": f"bytes */{size}"})
     start, stop = byte_range or (0, size)
@@ -256,9 +422,29 @@ async def send_file(
         response.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
     response.content_length = stop - start
     await response.prepare(request)
-    if request.method != "HEAD":
-        await _stream_body(response, path, start, stop, pace_bytes_per_s, on_chunk)
+    if request.method == "HEAD":
+        return response
+    cut = cut_after(stop - start)
+    await _stream_body(
+        response, path, start, stop if cut is None else start + cut, pace_bytes_per_s, on_chunk
+    )
+    if cut is not None:
+        await _drop_connection(request)
     return response
+
+
+async def _drop_connection(request: web.Request) -> None:
+    """Close the connection once all that was written has left the process, short of Content-Length.
+
+    Waiting for the write buffer makes the client get exactly the bytes counted as sent; closing under
+    the response leaves no way to mistake the short body for a whole one.
+    """
+    transport = request.transport
+    # Transports signal no "buffer empty" event (only pause/resume around the high-water mark): poll.
+    while transport is not None and not transport.is_closing() and transport.get_write_buffer_size():  # noqa: ASYNC110
+        await asyncio.sleep(0.001)
+    if transport is not None:
+        transport.abort()
 
 
 async def _stream_body(
@@ -310,6 +496,8 @@ class HubOrigin:
         app = web.Application(middlewares=[_hub_errors])
         app.router.add_get("/_stats", self.get_stats)
         app.router.add_post("/_stats/reset", self.reset_stats)
+        app.router.add_get("/_faults", self.get_faults)
+        app.router.add_post("/_faults", self.set_faults)
         app.router.add_get("/api/datasets/{tail:.*}", self.api_get)
         app.router.add_post("/api/datasets/{tail:.*}", self.api_post)
         app.router.add_get("/datasets/{tail:.*}", self.resolve)
@@ -321,6 +509,24 @@ class HubOrigin:
     async def reset_stats(self, request: web.Request) -> web.Response:
         self.state.stats = Stats()
         return web.Response(status=204)
+
+    async def get_faults(self, request: web.Request) -> web.Response:
+        return web.json_response(self.state.faults.settings.as_json())
+
+    async def set_faults(self, request: web.Request) -> web.Response:
+        """Change the knobs named in the JSON body; the others keep their values."""
+        try:
+            self.state.faults.configure(await request.json())
+        except ValueError as error:  # includes malformed JSON
+            raise HubError(400, None, str(error)) from error
+        return await self.get_faults(request)
+
+    def _inject_fault(self) -> None:
+        """Fail like a rate-limited or struggling Hub, before any other check (as the real one does)."""
+        error = self.state.faults.hub_error()
+        if error is not None:
+            self.state.count_fault(f"hub_{error.status}")
+            raise error
 
     # ----- access checks, in the Hub's order: bad token, unknown repo, gated repo, unknown revision
 
@@ -356,6 +562,7 @@ class HubOrigin:
 
     async def api_get(self, request: web.Request) -> web.Response:
         self.state.stats.api_requests += 1
+        self._inject_fault()
         rest = self._repo_segments(request, "/api/datasets/")
         if rest in ([], [""]):
             return self._info(request, "main")
@@ -367,6 +574,7 @@ class HubOrigin:
 
     async def api_post(self, request: web.Request) -> web.Response:
         self.state.stats.api_requests += 1
+        self._inject_fault()
         rest = self._repo_segments(request, "/api/datasets/")
         if len(rest) != 2 or rest[0] != "paths-info":
             raise HubError(404, None, "Not Found")
@@ -452,6 +660,7 @@ class HubOrigin:
 
     async def resolve(self, request: web.Request) -> web.StreamResponse:
         self.state.stats.resolve_requests[request.method] += 1
+        self._inject_fault()
         rest = self._repo_segments(request, "/datasets/")
         if len(rest) < 3 or rest[0] != "resolve":
             raise HubError(404, None, "Not Found")
@@ -468,7 +677,8 @@ class HubOrigin:
 
     def _redirect_to_storage(self, file: RepoFile) -> web.Response:
         name = quote(file.path.rsplit("/", 1)[-1])
-        location = f"{self.state.storage_url}/cdn/{file.sha256}/{name}?{self.state.signer.query(file.sha256)}"
+        query = self.state.signer.query(file.sha256, self.state.faults.settings.url_ttl_s)
+        location = f"{self.state.storage_url}/cdn/{file.sha256}/{name}?{query}"
         headers = {
             "Location": location,
             "X-Repo-Commit": self.repo.commit,
@@ -520,33 +730,59 @@ class StorageOrigin:
         return app
 
     async def blob(self, request: web.Request) -> web.StreamResponse:
-        stats = self.state.stats
-        if "Authorization" in request.headers:
-            stats.storage_auth_headers_seen += 1
-        sha256 = request.match_info["sha256"]
-        query = request.query
-        if not self.state.signer.is_valid(sha256, query.get("expires", ""), query.get("sig", "")):
-            return web.Response(status=403, text="Forbidden: invalid or expired signature")
-        file = self.blobs.get(sha256)
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return refusal
+        file = self.blobs.get(request.match_info["sha256"])
         if file is None:
             return web.Response(status=404, text="Not Found")
+        stats, faults = self.state.stats, self.state.faults
         if request.method == "GET":
             stats.storage_get_requests += 1
             stats.storage_get_requests_by_path[file.path] += 1
+            error = faults.storage_error()
+            if error is not None:
+                self.state.count_fault(f"storage_{error.status}")
+                return error
+        honour_range = not faults.settings.ignore_range
+        if not honour_range and "Range" in request.headers:
+            self.state.count_fault("ignored_range")
 
         def count(n: int) -> None:
             self.state.stats.storage_body_bytes += n
             self.state.stats.storage_body_bytes_by_path[file.path] += n
 
-        headers = {"ETag": f'"{sha256}"', "Content-Type": "application/octet-stream"}
+        def cut_after(length: int) -> int | None:
+            cut = self.state.faults.cut_after(length)
+            if cut is not None:
+                self.state.count_fault("reset")
+            return cut
+
         return await send_file(
             request,
             self.state.repo.root / file.path,
             file.size,
-            headers,
+            {"ETag": f'"{file.sha256}"', "Content-Type": "application/octet-stream"},
             pace_bytes_per_s=self.state.pace_bytes_per_s,
             on_chunk=count,
+            honour_range=honour_range,
+            cut_after=cut_after,
         )
+
+    def _refusal(self, request: web.Request) -> web.Response | None:
+        """The CDN's refusals: an Authorization header (when forbidden), a bad signature, an expired URL."""
+        if "Authorization" in request.headers:
+            self.state.stats.storage_auth_headers_seen += 1
+            if self.state.faults.settings.storage_forbid_auth:
+                self.state.count_fault("auth_forbidden")
+                return xml_error(400, "InvalidArgument", AUTH_CONFLICT)
+        signer, expires = self.state.signer, request.query.get("expires", "")
+        if not signer.is_authentic(request.match_info["sha256"], expires, request.query.get("sig", "")):
+            return xml_error(403, "AccessDenied", "Access denied")
+        if signer.has_expired(expires):
+            self.state.count_fault("expired_url")
+            return xml_error(403, "AccessDenied", "Request has expired")
+        return None
 
 
 # --------------------------------------------------------------------------------------------- process
@@ -562,7 +798,8 @@ async def _start(app: web.Application, host: str, port: int) -> tuple[web.AppRun
 
 async def serve(args: argparse.Namespace) -> None:
     repo = load_repo(args.root, args.repo_id)
-    state = ServerState(repo, args.page_size, args.token, args.pace_bytes_per_s)
+    faults = FaultInjector.seeded(args.faults)
+    state = ServerState(repo, args.page_size, args.token, args.pace_bytes_per_s, faults)
     storage_runner, state.storage_url = await _start(
         StorageOrigin(state).app(), args.storage_host, args.storage_port
     )
@@ -594,12 +831,58 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--page-size", type=int, default=DEFAULT_PAGE_SIZE, help="tree listing page size")
     parser.add_argument("--token", default=None, help="gate the repo behind this bearer token")
     parser.add_argument("--pace-bytes-per-s", type=float, default=0.0, help="storage send rate; 0 = unpaced")
+    _add_fault_flags(parser)
     args = parser.parse_args(argv)
     if not args.root.is_dir():
         parser.error(f"--root {args.root} is not a directory")
     if args.page_size < 1:
         parser.error("--page-size must be at least 1")
+    try:
+        args.faults = Faults().updated({knob.name: getattr(args, knob.name) for knob in fields(Faults)})
+    except ValueError as error:
+        parser.error(str(error))
     return args
+
+
+def _cli_flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _add_fault_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "faults", "injected failures; change them at runtime with POST /_faults"
+    )
+    for knob in fields(Faults):
+        default, help_text = knob.default, knob.metadata["help"]
+        if isinstance(default, bool):
+            group.add_argument(_cli_flag(knob.name), action="store_true", help=help_text)
+        elif isinstance(default, tuple):
+            group.add_argument(
+                _cli_flag(knob.name),
+                type=int,
+                nargs="+",
+                default=list(default),
+                metavar="STATUS",
+                help=help_text,
+            )
+        else:
+            group.add_argument(_cli_flag(knob.name), type=type(default), default=default, help=help_text)
+
+
+def fault_flags(faults: Faults) -> list[str]:
+    """The flags that launch a server with `faults` (only those that differ from the defaults)."""
+    flags: list[str] = []
+    defaults = Faults()
+    for name, value in faults.as_json().items():
+        if value == getattr(defaults, name):
+            continue
+        if isinstance(value, bool):  # a flag that is only ever switched on
+            flags.append(_cli_flag(name))
+        elif isinstance(value, tuple):
+            flags += [_cli_flag(name), *map(str, value)]
+        else:
+            flags += [_cli_flag(name), str(value)]
+    return flags
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -613,10 +896,13 @@ class HubServerProcess:
     """Runs the server in a subprocess for tests and demos.
 
     ```
-    with HubServerProcess(repo.root, page_size=2) as hub:
+    with HubServerProcess(repo.root, page_size=2, hub_error_rate=0.1) as hub:
         HfApi(endpoint=hub.endpoint).list_repo_tree(hub.repo_id, repo_type="dataset")
         hub.stats()["storage_body_bytes"]
+        hub.set_faults(hub_error_rate=0, reset_after_bytes=1_000_000)
     ```
+
+    The fault keyword arguments are the knobs of `Faults`, checked here before anything starts.
     """
 
     def __init__(
@@ -628,11 +914,36 @@ class HubServerProcess:
         token: str | None = None,
         storage_host: str = "127.0.0.1",
         pace_bytes_per_s: float = 0.0,
+        fault_seed: int = Faults.fault_seed,
+        hub_error_rate: float = Faults.hub_error_rate,
+        hub_error_statuses: Sequence[int] = Faults.hub_error_statuses,
+        retry_after_s: int = Faults.retry_after_s,
+        storage_error_rate: float = Faults.storage_error_rate,
+        storage_error_statuses: Sequence[int] = Faults.storage_error_statuses,
+        reset_after_bytes: int = Faults.reset_after_bytes,
+        reset_rate: float = Faults.reset_rate,
+        ignore_range: bool = Faults.ignore_range,
+        url_ttl_s: float = Faults.url_ttl_s,
+        storage_forbid_auth: bool = Faults.storage_forbid_auth,
         startup_timeout_s: float = 20.0,
     ) -> None:
         self.repo_id = repo_id
+        faults = Faults(
+            fault_seed=fault_seed,
+            hub_error_rate=hub_error_rate,
+            hub_error_statuses=tuple(hub_error_statuses),
+            retry_after_s=retry_after_s,
+            storage_error_rate=storage_error_rate,
+            storage_error_statuses=tuple(storage_error_statuses),
+            reset_after_bytes=reset_after_bytes,
+            reset_rate=reset_rate,
+            ignore_range=ignore_range,
+            url_ttl_s=url_ttl_s,
+            storage_forbid_auth=storage_forbid_auth,
+        )
         self._args = ["--root", str(root), "--repo-id", repo_id, "--page-size", str(page_size)]
         self._args += ["--storage-host", storage_host, "--pace-bytes-per-s", str(pace_bytes_per_s)]
+        self._args += fault_flags(faults)
         if token is not None:
             self._args += ["--token", token]
         self._startup_timeout_s = startup_timeout_s
@@ -715,14 +1026,39 @@ class HubServerProcess:
             process.stdout.close()
         return process.returncode
 
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """One control request to the Hub origin; the decoded JSON answer, or None when there is none."""
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(f"{self.endpoint}{path}", data=data, method=method)
+        request.add_header("Content-Type", "application/json")
+        try:
+            with self._opener.open(request, timeout=10) as response:
+                return json.load(response) if response.status != 204 else None
+        except urllib.error.HTTPError as error:
+            if error.code == 400:
+                raise ValueError(json.load(error)["error"]) from error
+            raise
+
     def stats(self) -> dict[str, Any]:
-        with self._opener.open(f"{self.endpoint}/_stats", timeout=10) as response:
-            stats: dict[str, Any] = json.load(response)
+        stats: dict[str, Any] = self._call("GET", "/_stats")
         return stats
 
     def reset_stats(self) -> None:
-        request = urllib.request.Request(f"{self.endpoint}/_stats/reset", method="POST")
-        self._opener.open(request, timeout=10).close()
+        self._call("POST", "/_stats/reset")
+
+    def faults(self) -> dict[str, Any]:
+        """The fault knobs in force, as `GET /_faults` shows them."""
+        faults: dict[str, Any] = self._call("GET", "/_faults")
+        return faults
+
+    def set_faults(self, **changes: Any) -> dict[str, Any]:
+        """Change the named knobs of the running server (ValueError if invalid); returns them all."""
+        faults: dict[str, Any] = self._call("POST", "/_faults", changes)
+        return faults
+
+    def clear_faults(self) -> None:
+        """Back to a healthy server (and the RNG re-seeded with the default seed)."""
+        self.set_faults(**Faults().as_json())
 
 
 if __name__ == "__main__":

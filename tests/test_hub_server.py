@@ -1,11 +1,13 @@
 """The fake C4 generator, and the local Hub server driven by the real `huggingface_hub` client.
 
 The client gets the server through an explicit `endpoint=` (huggingface_hub reads `HF_ENDPOINT` once, at
-import); one test runs it in a subprocess with `HF_ENDPOINT` set instead, as the CLI will be run.
+import); one test runs it in a subprocess with `HF_ENDPOINT` set instead, as the CLI will be run. The fault
+tests talk raw HTTP where the client library would hide what the server did.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import hashlib
 import http.client
@@ -21,6 +23,7 @@ from email.message import Message
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import aiohttp
 import pytest
 from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_download, hf_hub_url
 from huggingface_hub.errors import (
@@ -33,7 +36,7 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.hf_api import RepoFile
 
-from scripts.hub_server import CHUNK_SIZE, HubServerProcess
+from scripts.hub_server import CHUNK_SIZE, Faults, HubServerProcess, fault_flags, parse_args
 from scripts.shards import FakeRepo, build_fake_c4, iter_shard_lines, make_document
 
 REPO_ID = "allenai/c4"
@@ -451,3 +454,232 @@ def test_server_stops_cleanly_on_sigterm(small_repo: FakeRepo) -> None:
 def test_launcher_reports_startup_failures(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="not a directory"):
         HubServerProcess(tmp_path / "missing").start()
+
+
+# ------------------------------------------------------------------------------------------------ faults
+
+RATE_LIMIT_POLICY = '"fixed window";"resolvers";q=3000;w=300'
+
+
+@pytest.fixture(scope="module")
+def fault_server(small_repo: FakeRepo) -> Iterator[HubServerProcess]:
+    with HubServerProcess(small_repo.root) as server:
+        yield server
+
+
+@pytest.fixture
+def faulty_hub(fault_server: HubServerProcess) -> Iterator[HubServerProcess]:
+    """One running server whose faults each test sets at runtime; healthy again afterwards."""
+    fault_server.clear_faults()
+    fault_server.reset_stats()
+    yield fault_server
+    fault_server.clear_faults()
+
+
+def resolve_url(hub: HubServerProcess, path: str = SHARD) -> str:
+    return f"{hub.endpoint}/datasets/{REPO_ID}/resolve/main/{path}"
+
+
+def get_until_closed(url: str, headers: dict[str, str] | None = None) -> tuple[int, Message, bytes, bool]:
+    """A GET on a connection the server is to close: status, headers, body, and whether the body was whole.
+
+    `http.client` reads to the announced Content-Length; a connection that ends before it raises
+    IncompleteRead, which proves the server really dropped it (a stalled one would time out instead).
+    """
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=10)
+    try:
+        connection.request(
+            "GET", f"{parts.path}?{parts.query}", headers={**(headers or {}), "Connection": "close"}
+        )
+        response = connection.getresponse()
+        try:
+            return response.status, response.headers, response.read(), True
+        except http.client.IncompleteRead as short:
+            return response.status, response.headers, short.partial, False
+    finally:
+        connection.close()
+
+
+async def aiohttp_read(url: str) -> bytes:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return await response.read()
+
+
+def test_hub_errors_rate_limit_then_recover(faulty_hub: HubServerProcess) -> None:
+    faulty_hub.set_faults(hub_error_rate=1.0, hub_error_statuses=[429], retry_after_s=7)
+    info_url = f"{faulty_hub.endpoint}/api/datasets/{REPO_ID}"
+    for method, url in [
+        ("HEAD", resolve_url(faulty_hub)),
+        ("GET", resolve_url(faulty_hub)),
+        ("GET", info_url),
+    ]:
+        status, headers, _ = http_request(url, method)
+        assert status == 429, (method, url)
+        assert headers["Retry-After"] == "7"
+        assert headers["RateLimit"] == '"resolvers";r=0;t=7'
+        assert headers["RateLimit-Policy"] == RATE_LIMIT_POLICY
+    with pytest.raises(HfHubHTTPError) as raised:  # the metadata HEAD does not retry
+        get_hf_file_metadata(resolve_url(faulty_hub), token=False)
+    assert raised.value.response.status_code == 429
+
+    faulty_hub.set_faults(hub_error_statuses=[500])  # the control routes are never faulted
+    status, headers, body = http_request(info_url)
+    assert (status, "Retry-After" in headers) == (500, False)
+    assert "injected" in json.loads(body)["error"]
+
+    faulty_hub.set_faults(hub_error_rate=0)
+    assert HfApi(endpoint=faulty_hub.endpoint, token=False).dataset_info(REPO_ID).sha == faulty_hub.commit
+    assert get_hf_file_metadata(resolve_url(faulty_hub), token=False).commit_hash == faulty_hub.commit
+    assert faulty_hub.stats()["faults_injected"] == {"hub_429": 4, "hub_500": 1}
+
+
+def test_storage_errors(faulty_hub: HubServerProcess, small_repo: FakeRepo) -> None:
+    url = storage_url(faulty_hub, SHARD)
+    faulty_hub.set_faults(storage_error_rate=1.0, storage_error_statuses=[503], retry_after_s=0)
+    status, headers, body = http_request(url)
+    assert (status, headers["Retry-After"]) == (503, "0")
+    assert b"<Code>SlowDown</Code>" in body
+    assert http_request(url, "HEAD")[0] == 200  # only GETs fail
+
+    faulty_hub.set_faults(storage_error_statuses=[500])
+    status, headers, body = http_request(url)
+    assert (status, "Retry-After" in headers) == (500, False)
+    assert b"<Code>InternalError</Code>" in body
+
+    faulty_hub.set_faults(storage_error_rate=0.0)
+    assert http_request(url)[::2] == (200, (small_repo.root / SHARD).read_bytes())
+    stats = faulty_hub.stats()
+    assert stats["faults_injected"] == {"storage_503": 1, "storage_500": 1}
+    assert stats["storage_get_requests"] == 3
+
+
+def test_reset_cuts_every_response_and_range_resumes(
+    faulty_hub: HubServerProcess, small_repo: FakeRepo
+) -> None:
+    data = (small_repo.root / SHARD).read_bytes()
+    cut = 100_003  # not a multiple of the server's chunk size
+    assert len(data) > 4 * cut
+    faulty_hub.set_faults(reset_after_bytes=cut)
+    url = storage_url(faulty_hub, SHARD)
+    received, requests = b"", 0
+    while len(received) < len(data):
+        status, headers, body, whole = get_until_closed(url, {"Range": f"bytes={len(received)}-"})
+        requests += 1
+        remaining = len(data) - len(received)
+        assert (status, int(headers["Content-Length"])) == (206, remaining)
+        assert len(body) == min(cut, remaining)
+        assert whole == (remaining <= cut)
+        received += body
+    assert received == data
+
+    with pytest.raises(aiohttp.ClientPayloadError, match="Not enough data"):
+        asyncio.run(aiohttp_read(url))
+    stats = faulty_hub.stats()
+    assert stats["faults_injected"] == {"reset": requests}  # every response but the last, plus aiohttp's
+    assert stats["storage_body_bytes"] == len(data) + cut  # only what was sent
+
+
+def test_ignore_range_sends_the_whole_file(faulty_hub: HubServerProcess, small_repo: FakeRepo) -> None:
+    data = (small_repo.root / SHARD).read_bytes()
+    faulty_hub.set_faults(ignore_range=True)
+    status, headers, body = http_request(storage_url(faulty_hub, SHARD), headers={"Range": "bytes=100-"})
+    assert (status, body, headers["Accept-Ranges"]) == (200, data, "none")
+    assert "Content-Range" not in headers
+    assert faulty_hub.stats()["faults_injected"] == {"ignored_range": 1}
+
+
+def test_storage_can_refuse_authorization(
+    faulty_hub: HubServerProcess, small_repo: FakeRepo, tmp_path: Path
+) -> None:
+    faulty_hub.set_faults(storage_forbid_auth=True)
+    url = storage_url(faulty_hub, SHARD)
+    status, _, body = http_request(url, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert status == 400
+    assert b"<Code>InvalidArgument</Code>" in body
+    # The real client sends the token to the Hub only, so the download still works.
+    path = hf_hub_download(
+        REPO_ID, SHARD, repo_type="dataset", cache_dir=tmp_path, endpoint=faulty_hub.endpoint, token=TOKEN
+    )
+    assert Path(path).read_bytes() == (small_repo.root / SHARD).read_bytes()
+    stats = faulty_hub.stats()
+    assert stats["faults_injected"] == {"auth_forbidden": 1}
+    assert stats["storage_auth_headers_seen"] == 1
+
+
+def test_expired_url_is_refused_but_a_running_download_finishes(small_repo: FakeRepo) -> None:
+    data = (small_repo.root / SHARD).read_bytes()
+    ttl_s, download_s = 0.5, 0.9
+    with HubServerProcess(small_repo.root, pace_bytes_per_s=len(data) / download_s, url_ttl_s=ttl_s) as hub:
+        assert hub.faults()["url_ttl_s"] == ttl_s
+        url = storage_url(hub, SHARD)
+        started = time.monotonic()
+        assert http_request(url)[::2] == (200, data)
+        assert time.monotonic() - started > ttl_s
+        status, headers, body = http_request(url, headers={"Range": "bytes=100-"})
+        assert (status, headers.get_content_type()) == (403, "application/xml")
+        assert b"<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>" in body
+        status, _, body = http_request(storage_url(hub, SHARD), headers={"Range": "bytes=-10"})
+        assert (status, body) == (206, data[-10:])
+        assert hub.stats()["faults_injected"] == {"expired_url": 1}
+
+
+def test_same_seed_same_faults(faulty_hub: HubServerProcess, small_repo: FakeRepo) -> None:
+    location = storage_url(faulty_hub, SHARD)
+
+    def outcomes() -> list[tuple[int, int, int]]:
+        """(resolve status, storage status, body bytes received) for a run of downloads."""
+        runs = []
+        for _ in range(12):
+            status = http_request(resolve_url(faulty_hub), "HEAD")[0]
+            storage_status, _, body, _ = get_until_closed(location)
+            runs.append((status, storage_status, len(body)))
+        return runs
+
+    faulty_hub.set_faults(
+        fault_seed=11, hub_error_rate=0.4, storage_error_rate=0.3, reset_after_bytes=1000, reset_rate=0.5
+    )
+    first = outcomes()
+    # A mix of every kind of outcome, so equal runs mean equal draws.
+    assert {status for status, _, _ in first} == {302, 429, 500}
+    assert {status for _, status, _ in first} > {200}
+    size = (small_repo.root / SHARD).stat().st_size
+    assert {n for _, status, n in first if status == 200} == {1000, size}  # some cut, some whole
+    faulty_hub.set_faults(fault_seed=11)  # re-seeds
+    assert outcomes() == first
+    faulty_hub.set_faults(fault_seed=12)
+    assert outcomes() != first
+
+
+def test_fault_knobs_are_validated(faulty_hub: HubServerProcess, small_repo: FakeRepo) -> None:
+    before = faulty_hub.faults()
+    assert before == json.loads(json.dumps(Faults().as_json()))
+    bad: list[tuple[str, object]] = [
+        ("nope", 1),
+        ("reset_rate", 1.5),
+        ("hub_error_statuses", [200]),
+        ("ignore_range", 1),
+    ]
+    for name, value in bad:
+        with pytest.raises(ValueError, match=name):
+            faulty_hub.set_faults(**{name: value})
+    assert http_request(f"{faulty_hub.endpoint}/_faults", "POST")[0] == 400  # no JSON at all
+    assert faulty_hub.faults() == before
+    with pytest.raises(ValueError, match="url_ttl_s"):
+        HubServerProcess(small_repo.root, url_ttl_s=-1)
+
+
+def test_fault_flags_round_trip(small_repo: FakeRepo) -> None:
+    faults = Faults(
+        fault_seed=3,
+        hub_error_statuses=(503,),
+        retry_after_s=0,
+        reset_after_bytes=10,
+        reset_rate=0.25,
+        ignore_range=True,
+        url_ttl_s=0.5,
+    )
+    assert parse_args(["--root", str(small_repo.root), *fault_flags(faults)]).faults == faults
+    assert parse_args(["--root", str(small_repo.root)]).faults == Faults()
+    with pytest.raises(SystemExit):
+        parse_args(["--root", str(small_repo.root), "--reset-rate", "2"])

@@ -15,6 +15,7 @@ from aioc4.errors import CorruptShardError, SourceError
 from aioc4.manifest import Manifest, PartRecord, RequestInfo
 from aioc4.pipeline import PartPipeline
 from aioc4.source import SourceProgress
+from aioc4.verify import PartFacts
 from aioc4.writer import FinishedPart
 
 LINES = [b'{"text":"document %d","url":"u"}' % i for i in range(200)]
@@ -69,6 +70,12 @@ class SlowCleaningDestination:
 
     def location(self, name: str) -> str:
         return f"s3://b/{name}"
+
+    async def list_manifests(self) -> list[str]:
+        return sorted(self.manifests)
+
+    async def inspect(self, name: str) -> PartFacts | None:
+        raise AssertionError("not expected")
 
 
 def pipeline_for(config: RunConfig, destination: SlowCleaningDestination) -> PartPipeline:
