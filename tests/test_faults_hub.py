@@ -1,0 +1,130 @@
+"""Source faults against the local Hub: throttling, server errors, dropped connections, expired links,
+a storage host that ignores Range. Output must still be exactly the first N documents."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from aioc4.naming import part_names
+from scripts.hub_server import HubServerProcess
+from scripts.shards import FakeRepo
+
+from .conftest import DOCS_PER_TRAIN_SHARD, HUB_TOKEN, Aioc4, clean_env, parts_in, split_expected
+
+Lines = Callable[[str], list[bytes]]
+
+
+@pytest.fixture(scope="module")
+def faulty_hub(fake_repo: FakeRepo) -> Iterator[HubServerProcess]:
+    with HubServerProcess(fake_repo.root) as server:
+        yield server
+
+
+@pytest.fixture
+def hub_with(faulty_hub: HubServerProcess, tmp_path: Path) -> Iterator[tuple[HubServerProcess, Aioc4]]:
+    faulty_hub.clear_faults()
+    faulty_hub.reset_stats()
+    yield faulty_hub, Aioc4(cwd=tmp_path, env=clean_env(faulty_hub.endpoint, {}, tmp_path))
+    faulty_hub.clear_faults()
+
+
+def run_and_check(aioc4: Aioc4, count: int, size: int, lines: list[bytes], *extra: str) -> str:
+    result = aioc4(
+        "--num-samples", str(count), "--max-lines-per-file", str(size), "--output-dir", "o", *extra
+    )
+    assert result.returncode == 0, result.stderr
+    names = part_names("train", count, size)
+    assert parts_in(aioc4.cwd / "o") == split_expected(lines[:count], names, size)
+    return result.stderr
+
+
+def test_throttling_server_errors_and_dropped_connections(
+    hub_with: tuple[HubServerProcess, Aioc4], source_lines: Lines
+) -> None:
+    hub, aioc4 = hub_with
+    hub.set_faults(
+        fault_seed=3,
+        hub_error_rate=0.4,
+        hub_error_statuses=[429, 500],
+        retry_after_s=1,
+        storage_error_rate=0.3,
+        reset_after_bytes=1_000_000,
+        reset_rate=0.8,
+    )
+    run_and_check(aioc4, DOCS_PER_TRAIN_SHARD + 3_000, 4_000, source_lines("train"))
+    injected = hub.stats()["faults_injected"]
+    print(f"Hub faults injected and survived: {injected}")
+    for kind in ("hub_429", "hub_500", "reset"):
+        assert injected.get(kind, 0) > 0, injected
+    assert injected.get("storage_500", 0) + injected.get("storage_503", 0) > 0, injected
+
+
+def test_expired_signed_urls_are_resolved_again(
+    hub_with: tuple[HubServerProcess, Aioc4], source_lines: Lines
+) -> None:
+    hub, aioc4 = hub_with
+    # every response is cut after 1 MB; links live 0.2 s, so each resume finds its link expired
+    hub.set_faults(url_ttl_s=0.2, reset_after_bytes=1_000_000)
+    stderr = run_and_check(aioc4, 6_000, 2_000, source_lines("train"))
+    assert hub.stats()["faults_injected"].get("expired_url", 0) > 0
+    assert "storage refused the signed URL (HTTP 403); resolving again" in stderr
+
+
+def test_a_storage_host_that_ignores_range_is_coped_with(
+    hub_with: tuple[HubServerProcess, Aioc4], source_lines: Lines
+) -> None:
+    hub, aioc4 = hub_with
+    # half the responses are cut; every retry starts again from byte 0 and skips what was already read
+    hub.set_faults(fault_seed=3, ignore_range=True, reset_after_bytes=1_500_000, reset_rate=0.6)
+    run_and_check(aioc4, 8_000, 3_000, source_lines("train"))
+    injected = hub.stats()["faults_injected"]
+    assert injected.get("ignored_range", 0) > 0, injected
+
+
+def test_the_retry_budget_runs_out_with_a_clear_error(hub_with: tuple[HubServerProcess, Aioc4]) -> None:
+    hub, aioc4 = hub_with
+    hub.set_faults(hub_error_rate=1.0, hub_error_statuses=[503], retry_after_s=0)
+    result = aioc4("--retry-budget", "2", "--output-dir", "o")
+    assert result.returncode == 1
+    assert len(result.error_lines) == 1
+    assert result.error_lines[0].startswith(
+        "aioc4: error: the Hub answered HTTP 503 (allenai/c4@main: gave up after"
+    )
+    assert "Traceback" not in result.stderr
+    assert not (aioc4.cwd / "o").exists()
+
+
+@pytest.fixture(scope="module")
+def gated_split_hosts(fake_repo: FakeRepo) -> Iterator[HubServerProcess]:
+    """The token is required by the Hub, and storage lives on another loopback address that rejects
+    (and counts) any request carrying an Authorization header."""
+    with HubServerProcess(
+        fake_repo.root, token=HUB_TOKEN, storage_host="127.0.0.2", storage_forbid_auth=True
+    ) as server:
+        yield server
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_the_token_goes_to_the_hub_only_even_when_resuming(
+    gated_split_hosts: HubServerProcess, tmp_path: Path, source_lines: Lines, streaming: bool
+) -> None:
+    hub = gated_split_hosts
+    # streamed resumes go straight to storage: they must not carry the token either (hf_hub_download,
+    # used without streaming, only resumes at 10 MiB boundaries, so it is not cut here)
+    hub.set_faults(reset_after_bytes=800_000 if streaming else 0)
+    hub.reset_stats()
+    env = clean_env(hub.endpoint, {}, tmp_path)
+    env["HF_TOKEN"] = HUB_TOKEN
+    aioc4 = Aioc4(cwd=tmp_path, env=env)
+    mode = "--streaming" if streaming else "--no-streaming"
+    run_and_check(aioc4, 3_000, 1_000, source_lines("train"), mode)
+    stats = hub.stats()
+    assert hub.storage.startswith("http://127.0.0.2:")
+    assert stats["storage_get_requests"] > 0
+    assert stats["storage_auth_headers_seen"] == 0
+    assert stats["faults_injected"].get("auth_forbidden", 0) == 0
+    if streaming:
+        assert stats["faults_injected"].get("reset", 0) > 0
