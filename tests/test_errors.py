@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from scripts.hub_server import HubServerProcess
-from scripts.s3_server import MotoServerProcess
+from scripts.s3_server import MotoServerProcess, list_objects
 from scripts.shards import FakeRepo
 
 from .conftest import AWS_KEY_ID, AWS_SECRET, HUB_TOKEN, Aioc4, Result, clean_env, jsonl, objects
@@ -100,9 +101,9 @@ def gated(tmp_path: Path, gated_hub: HubServerProcess, s3: MotoServerProcess) ->
     return Aioc4(cwd=work, env=env)
 
 
-def assert_no_secret_anywhere(result: Result) -> None:
-    """Nothing the run printed or wrote holds the token or the AWS keys."""
-    written = b"".join(path.read_bytes() for path in result.cwd.rglob("*") if path.is_file())
+def assert_no_secret_anywhere(result: Result, uploaded: bytes = b"") -> None:
+    """Nothing the run printed, wrote locally or uploaded holds the token or the AWS keys."""
+    written = b"".join(path.read_bytes() for path in result.cwd.rglob("*") if path.is_file()) + uploaded
     for secret in (HUB_TOKEN, AWS_SECRET, AWS_KEY_ID):
         assert secret not in result.stdout
         assert secret not in result.stderr
@@ -141,7 +142,9 @@ def test_token_reaches_the_hub_but_never_storage_and_no_secret_is_shown(
     stats = gated_hub.stats()
     assert stats["storage_get_requests"] == 1
     assert stats["storage_auth_headers_seen"] == 0
-    assert_no_secret_anywhere(result)
+    everything = asyncio.run(list_objects(s3.endpoint, bucket))
+    assert "g/c4_train_200.manifest.json" in everything
+    assert_no_secret_anywhere(result, uploaded=b"".join(everything.values()))
 
 
 def test_secrets_are_not_shown_on_failures(gated: Aioc4) -> None:
