@@ -179,11 +179,17 @@ class MotoServerProcess(EndpointProcess):
 
 
 @asynccontextmanager
-async def s3_client(endpoint: str, *, max_attempts: int | None = None) -> AsyncIterator[Any]:
-    """An aiobotocore S3 client with fake credentials; ``max_attempts=1`` disables retries."""
-    config = None
+async def s3_client(
+    endpoint: str, *, max_attempts: int | None = None, flexible_checksums: bool = True
+) -> AsyncIterator[Any]:
+    """An aiobotocore S3 client with fake credentials; ``max_attempts=1`` disables retries, and
+    ``flexible_checksums=False`` stops botocore adding its CRC32 checksums (as for older stores)."""
+    options: dict[str, Any] = {}
     if max_attempts is not None:
-        config = AioConfig(retries={"mode": "standard", "total_max_attempts": max_attempts})
+        options["retries"] = {"mode": "standard", "total_max_attempts": max_attempts}
+    if not flexible_checksums:
+        options["request_checksum_calculation"] = "when_required"
+    config = AioConfig(**options) if options else None
     session = get_session()
     async with session.create_client(
         "s3",

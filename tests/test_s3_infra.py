@@ -10,20 +10,14 @@ import json
 import socket
 import time
 import urllib.error
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
 from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 
 from scripts.s3_fault_proxy import S3FaultProxyProcess, rule_random
 from scripts.s3_server import (
-    FAKE_ACCESS_KEY,
-    FAKE_SECRET_KEY,
-    REGION,
     MotoServerProcess,
     ServerProcessError,
     create_bucket,
@@ -333,27 +327,9 @@ def test_initial_rules_from_command_line(moto_server: MotoServerProcess) -> None
 # --- actions beyond "status", header matching and rates -------------------------------------------------
 
 
-@asynccontextmanager
-async def md5_client(endpoint: str) -> AsyncIterator[Any]:
-    """A client sending Content-MD5 rather than botocore's default flexible checksum (CRC32), no retries."""
-    config = AioConfig(
-        request_checksum_calculation="when_required",
-        retries={"mode": "standard", "total_max_attempts": 1},
-    )
-    async with get_session().create_client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name=REGION,
-        aws_access_key_id=FAKE_ACCESS_KEY,
-        aws_secret_access_key=FAKE_SECRET_KEY,
-        config=config,
-    ) as client:
-        yield client
-
-
 async def put_with_md5(endpoint: str, bucket: str, key: str, body: bytes) -> None:
     md5 = base64.b64encode(hashlib.md5(body).digest()).decode()
-    async with md5_client(endpoint) as client:
+    async with s3_client(endpoint, max_attempts=1, flexible_checksums=False) as client:
         await client.put_object(Bucket=bucket, Key=key, Body=body, ContentMD5=md5)
 
 
