@@ -84,7 +84,7 @@ def main() -> None:
         served = hub.stats()["storage_body_bytes"]
 
         local_dir = DEMO_DIR / "local"
-        for stale in local_dir.glob("*.jsonl"):
+        for stale in local_dir.glob("c4_*"):  # parts and manifest of an earlier demo: run for real again
             stale.unlink()
         banner("to a local folder")
         local_args = ["--num-samples", str(NUM_SAMPLES), "--max-lines-per-file", str(PART_LINES)]
@@ -96,13 +96,21 @@ def main() -> None:
             show(f"s3://{BUCKET}/{key}", body)
         print(f"  local staging folder left behind: {(Path(home) / 'staging').exists()}")
         banner(f"what landed in {local_dir.relative_to(REPO_ROOT)}/")
-        local = {path.name: path.read_bytes() for path in sorted(local_dir.glob("*.jsonl"))}
+        local = {path.name: path.read_bytes() for path in sorted(local_dir.glob("c4_*"))}
         for name, body in local.items():
             show(name, body)
 
         banner("checks and figures (whole processes, start-up included)")
-        check("S3", {key.rsplit("/", 1)[-1]: body for key, body in landed.items()}, expected)
-        check("local", local, expected)
+        check(
+            "S3",
+            {key.rsplit("/", 1)[-1]: body for key, body in landed.items() if key.endswith(".jsonl")},
+            expected,
+        )
+        check("local", {name: body for name, body in local.items() if name.endswith(".jsonl")}, expected)
+        verified = subprocess.run(
+            [sys.executable, "-m", "aioc4", "verify", f"s3://{BUCKET}/c4"], env=env, check=False
+        )
+        print(f"aioc4 verify s3://{BUCKET}/c4: exit {verified.returncode}")
         rate = NUM_SAMPLES / s3_seconds
         print(f"S3 run:    {s3_seconds:.2f} s, {rate:,.0f} docs/s, {served:,} gzip bytes read from the Hub")
         print(f"local run: {local_seconds:.2f} s, {NUM_SAMPLES / local_seconds:,.0f} docs/s")
