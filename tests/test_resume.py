@@ -177,6 +177,7 @@ def test_kill_9_at_random_points_then_rerun_gives_byte_identical_output(
         process.communicate(timeout=30)
     final = aioc4(*args)
     assert final.returncode == 0, final.stderr
+    print(f"kill -9 rounds survived: {kills}")
     assert kills >= 3
     names = part_names("train", count, size)
     assert objects(s3, bucket) == {
