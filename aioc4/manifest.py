@@ -81,7 +81,8 @@ class PartRecord:
     lines: int
     size: int
     sha256: str
-    text_chars: int
+    sampled_texts: int  # documents whose text length was measured (a sample: see aioc4.decode)
+    sampled_text_chars: int
     first: SourcePosition
     last: SourcePosition
     uploaded: bool = False

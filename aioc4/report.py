@@ -33,9 +33,14 @@ class RunSummary:
         return sum(part.size for part in self.manifest.parts)
 
     @property
+    def sampled_texts(self) -> int:
+        return sum(part.sampled_texts for part in self.manifest.parts)
+
+    @property
     def average_text_chars(self) -> float:
-        text_chars = sum(part.text_chars for part in self.manifest.parts)
-        return text_chars / self.documents if self.documents else 0.0
+        """Mean text length of the measured documents: all of the first 10,000, then an unbiased sample."""
+        chars = sum(part.sampled_text_chars for part in self.manifest.parts)
+        return chars / self.sampled_texts if self.sampled_texts else 0.0
 
 
 def format_summary(summary: RunSummary) -> str:
@@ -59,7 +64,8 @@ def format_summary(summary: RunSummary) -> str:
         f"  Total samples:        {summary.documents:,}",
         f"  Files created:        {len(manifest.parts)}",
         f"  Max lines per file:   {max_lines}",
-        f"  Average text length:  {summary.average_text_chars:,.1f} characters",
+        f"  Average text length:  {summary.average_text_chars:,.1f} characters"
+        f" (measured on {summary.sampled_texts:,} of {summary.documents:,} documents)",
         f"  Bytes written:        {summary.bytes_written:,}",
         f"  Bytes read:           {summary.compressed_bytes:,} gzip bytes, {summary.shards_read} shard(s)",
         f"  Elapsed:              {seconds:.2f} s ({summary.documents_read:,} documents read now, "

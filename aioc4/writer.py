@@ -65,7 +65,8 @@ class PartWriter:
         self._file: AsyncBufferedIOBase | None = None
         self._lines = 0
         self._size = 0
-        self._text_chars = 0
+        self._sampled = 0
+        self._sampled_chars = 0
         self._hash = hashlib.sha256()
         self._first: SourcePosition | None = None
         self._last: SourcePosition | None = None
@@ -93,20 +94,20 @@ class PartWriter:
                 self._file = await self._open(self._temp_path)
             room = len(batch) - start if self.max_lines is None else self.max_lines - self._lines
             chunk = batch.slice(start, start + room)
-            data = b"\n".join(chunk.lines) + b"\n"
-            await self._write(data)
-            self._account(chunk, data)
+            # the write (aiofiles' thread) and the SHA-256 (hashlib releases the GIL) run side by side
+            await asyncio.gather(self._write(chunk.data), asyncio.to_thread(self._hash.update, chunk.data))
+            self._account(chunk)
             start += len(chunk)
         return done
 
-    def _account(self, chunk: Batch, data: bytes) -> None:
+    def _account(self, chunk: Batch) -> None:
         if self._first is None:
             self._first = SourcePosition(chunk.shard, chunk.first_line)
         self._last = SourcePosition(chunk.shard, chunk.first_line + len(chunk) - 1)
-        self._hash.update(data)
         self._lines += len(chunk)
-        self._size += len(data)
-        self._text_chars += chunk.text_chars
+        self._size += len(chunk.data)
+        self._sampled += len(chunk.samples)
+        self._sampled_chars += sum(chars for _, chars in chunk.samples)
         self.documents += len(chunk)
 
     async def close(self) -> FinishedPart | None:
@@ -144,12 +145,13 @@ class PartWriter:
             lines=self._lines,
             size=self._size,
             sha256=self._hash.hexdigest(),
-            text_chars=self._text_chars,
+            sampled_texts=self._sampled,
+            sampled_text_chars=self._sampled_chars,
             first=self._first,
             last=self._last,
         )
         self.index += 1
-        self._lines = self._size = self._text_chars = 0
+        self._lines = self._size = self._sampled = self._sampled_chars = 0
         self._hash = hashlib.sha256()
         self._first = self._last = None
         return FinishedPart(path=self.directory / name, record=record)

@@ -1,51 +1,54 @@
-"""Inflating and splitting shards fed in arbitrary chunks."""
+"""Inflating and checking shards fed in arbitrary chunks; source bytes pass through unchanged."""
 
 from __future__ import annotations
 
 import gzip
 import json
+import random
 
 import pytest
 
-from aioc4.decode import GzipLineDecoder, parse_lines
+from aioc4.decode import SAMPLE_STRIDE, GzipLineDecoder, parse_block
 from aioc4.errors import CorruptShardError
 
 DOCS = [
     {
-        "text": f'Dokument {i} — naïve café\nzweiter Absatz 東京 🙂 "quoted" \\ end',
+        "text": f'Dokument {i} — naïve café\nzweiter Absatz 東京 🙂 "quoted" \\ end ' + "x" * (i % 97) * 30,
         "timestamp": "2019-04-25T12:57:54Z",
         "url": f"https://example.com/{i}",
     }
-    for i in range(200)
+    for i in range(400)
 ]
 LINES = [json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode() for doc in DOCS]
+DATA = b"".join(line + b"\n" for line in LINES)
 
 
-def decode_all(data: bytes, chunk: int) -> list[bytes]:
+def decode_all(data: bytes, chunk: int) -> bytes:
     decoder = GzipLineDecoder("en/test.json.gz")
-    lines: list[bytes] = []
-    for start in range(0, len(data), chunk):
-        lines += decoder.feed(data[start : start + chunk])
-    return lines + decoder.finish()
+    blocks = [decoder.feed(data[start : start + chunk]) for start in range(0, len(data), chunk)]
+    for block in blocks:
+        assert block == b"" or block.endswith(b"\n")  # only whole lines are handed out
+    return b"".join(blocks) + decoder.finish()
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 4096, 1 << 20])
 def test_lines_come_out_whole_and_in_order_whatever_the_chunking(chunk: int) -> None:
-    data = gzip.compress(b"\n".join(LINES) + b"\n")
-    assert decode_all(data, chunk) == LINES
+    assert decode_all(gzip.compress(DATA), chunk) == DATA
 
 
 def test_last_line_without_newline_is_kept() -> None:
-    assert decode_all(gzip.compress(b"\n".join(LINES)), 100) == LINES
+    assert decode_all(gzip.compress(DATA[:-1]), 100) == DATA
 
 
 def test_multi_member_gzip_is_read_to_the_end() -> None:
-    data = gzip.compress(b"\n".join(LINES[:50]) + b"\n") + gzip.compress(b"\n".join(LINES[50:]) + b"\n")
-    assert decode_all(data, 333) == LINES
+    half = len(LINES) // 2
+    data = gzip.compress(b"".join(line + b"\n" for line in LINES[:half]))
+    data += gzip.compress(b"".join(line + b"\n" for line in LINES[half:]))
+    assert decode_all(data, 333) == DATA
 
 
 def test_truncated_gzip_names_the_shard() -> None:
-    data = gzip.compress(b"\n".join(LINES) + b"\n")
+    data = gzip.compress(DATA)
     with pytest.raises(CorruptShardError, match=r"en/test\.json\.gz: gzip stream is truncated"):
         decode_all(data[: len(data) // 2], 1000)
 
@@ -55,22 +58,41 @@ def test_bytes_that_are_not_gzip_name_the_shard() -> None:
         decode_all(b"this is not gzip at all", 10)
 
 
-def test_parse_lines_keeps_source_bytes_and_counts_text_characters() -> None:
-    batch = parse_lines(LINES, shard="s", first_line_number=1)
-    assert batch.lines is LINES
-    assert batch.text_chars == sum(len(doc["text"]) for doc in DOCS)
+def test_a_block_keeps_its_bytes_and_samples_text_lengths_without_bias() -> None:
+    batch = parse_block(DATA, shard="s", first_line_number=1)
+    assert batch.data is DATA
+    assert len(batch) == len(LINES)
     assert batch.first_text == DOCS[0]["text"]
-    head = batch.slice(0, 3)
-    assert head.lines == LINES[:3]
-    assert head.text_chars == sum(len(doc["text"]) for doc in DOCS[:3])
-    assert head.first_text == DOCS[0]["text"]
-    middle = batch.slice(5, 9)
-    assert (middle.shard, middle.first_line, middle.lines) == ("s", 6, LINES[5:9])
-    assert middle.text_chars == sum(len(doc["text"]) for doc in DOCS[5:9])
-    assert middle.first_text is None
+    assert batch.samples[0] == (0, len(DOCS[0]["text"]))
+    lines = [line for line, _ in batch.samples]
+    assert lines == sorted(set(lines))
+    assert len(lines) >= len(DATA) // SAMPLE_STRIDE
+    for line, chars in batch.samples:
+        assert chars == len(DOCS[line]["text"])
 
 
-@pytest.mark.parametrize("bad", [b"[1, 2]", b'{"url": "no text"}', b"{not json", b""])
-def test_a_line_that_is_not_a_document_is_an_error_naming_shard_and_line(bad: bytes) -> None:
+def test_slices_cut_exactly_at_line_boundaries() -> None:
+    batch = parse_block(DATA, shard="s", first_line_number=10)
+    rng = random.Random(1)
+    for _ in range(50):
+        start = rng.randrange(0, len(LINES))
+        stop = rng.randrange(start, len(LINES) + 1)
+        part = batch.slice(start, stop)
+        assert part.data == b"".join(line + b"\n" for line in LINES[start:stop])
+        assert (len(part), part.first_line) == (stop - start, 10 + start)
+        assert all(0 <= line < stop - start for line, _ in part.samples)
+        assert part.first_text == (DOCS[0]["text"] if start == 0 else None)
+
+
+@pytest.mark.parametrize("bad", [b"[1, 2]", b"{not json", b"", b'{"text":"ok"} trailing', b'"text"', b"{}\r"])
+def test_a_line_that_is_not_a_json_object_is_an_error_naming_shard_and_line(bad: bytes) -> None:
+    data = LINES[0] + b"\n" + LINES[1] + b"\n" + bad + b"\n" + LINES[2] + b"\n"
     with pytest.raises(CorruptShardError, match=r"^en/x\.json\.gz: line 12 "):
-        parse_lines([*LINES[:2], bad], shard="en/x.json.gz", first_line_number=10)
+        parse_block(data, shard="en/x.json.gz", first_line_number=10)
+
+
+@pytest.mark.parametrize("bad", [b'{"url": "no text"}', b"{not json}", b'{"text": 5}'])
+def test_sampled_lines_are_parsed_in_full(bad: bytes) -> None:
+    """Braces alone pass the scan; the first line of a block (and every sampled line) is parsed."""
+    with pytest.raises(CorruptShardError, match=r"^en/x\.json\.gz: line 7 "):
+        parse_block(bad + b"\n" + LINES[0] + b"\n", shard="en/x.json.gz", first_line_number=7)

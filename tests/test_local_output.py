@@ -142,7 +142,9 @@ def test_summary_reports_the_original_statistics(aioc4: Aioc4, source_lines: Lin
     assert "Total samples:        300" in result.stdout
     assert "Files created:        3" in result.stdout
     assert "Max lines per file:   100" in result.stdout
-    assert f"Average text length:  {average:,.1f} characters" in result.stdout
+    assert (
+        f"Average text length:  {average:,.1f} characters (measured on 300 of 300 documents)" in result.stdout
+    )
     assert f"Sample text preview:  {texts[0][:200].replace(chr(10), ' ')}..." in result.stdout
     for name in part_names("train", 300, 100):
         assert str(Path("o") / name) in result.stdout

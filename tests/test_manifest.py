@@ -23,7 +23,9 @@ S0, S1 = "en/c4-train.00000-of-00002.json.gz", "en/c4-train.00001-of-00002.json.
 
 
 def part(index: int, first: SourcePosition, last: SourcePosition, lines: int = 1000) -> PartRecord:
-    return PartRecord(f"c4_train_3000_part{index:03d}.jsonl", lines, 5000, f"{index:064x}", 100, first, last)
+    return PartRecord(
+        f"c4_train_3000_part{index:03d}.jsonl", lines, 5000, f"{index:064x}", 40, 92_000, first, last
+    )
 
 
 PARTS = [

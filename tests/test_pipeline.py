@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from aioc4.config import RunConfig
-from aioc4.decode import Batch, parse_lines
+from aioc4.decode import Batch, parse_block
 from aioc4.destination import Delivery
 from aioc4.errors import CorruptShardError, SourceError
 from aioc4.manifest import Manifest, PartRecord, RequestInfo
@@ -27,7 +27,8 @@ async def documents(
     for start in range(0, len(lines), batch):
         if fail_after is not None and start >= fail_after:
             raise CorruptShardError("en/x.json.gz: gzip stream is truncated")
-        yield parse_lines(lines[start : start + batch], shard="en/x.json.gz", first_line_number=start + 1)
+        data = b"".join(line + b"\n" for line in lines[start : start + batch])
+        yield parse_block(data, shard="en/x.json.gz", first_line_number=start + 1)
 
 
 class SlowCleaningDestination:
