@@ -40,11 +40,11 @@ from .writer import FinishedPart
 
 __all__ = ["CHECKSUMS", "MULTIPART_CHUNK", "MULTIPART_THRESHOLD", "S3Destination", "multipart_chunk_size"]
 
-MULTIPART_THRESHOLD = 16 * 1024 * 1024
+MULTIPART_THRESHOLD = 8 * 1024 * 1024
 MULTIPART_CHUNK = 8 * 1024 * 1024
+BODIES_IN_MEMORY = 4  # request bodies (at most one chunk each) held at once, over all workers: ~32 MiB
 CHECKSUMS = ("crc32", "md5")
 _MAX_CHUNKS = 10_000  # S3's limit on parts per multipart upload
-_CHUNKS_IN_FLIGHT = 4
 _PROBE_NAME = ".aioc4-write-check"
 _SHA256_METADATA = "sha256"
 
@@ -78,7 +78,7 @@ class S3Destination:
         self.checksum = checksum
         self._session = get_session()
         self._config = AioConfig(
-            max_pool_connections=max(10, workers * _CHUNKS_IN_FLIGHT),
+            max_pool_connections=max(10, workers + BODIES_IN_MEMORY),
             retries=_retry_policy(),
             connect_timeout=20,
             read_timeout=120,
@@ -86,6 +86,7 @@ class S3Destination:
         )
         self._stack = AsyncExitStack()
         self._client: Any = None
+        self._bodies = asyncio.Semaphore(BODIES_IN_MEMORY)  # bounds memory, whatever the worker count
 
     async def __aenter__(self) -> S3Destination:
         self._client = await self._stack.enter_async_context(
@@ -322,11 +323,11 @@ class S3Destination:
     async def _upload(self, part: FinishedPart, key: str) -> None:
         metadata = {_SHA256_METADATA: part.record.sha256}
         if part.size <= MULTIPART_THRESHOLD:
-            async with aiofiles.open(part.path, "rb") as file:
-                body = await file.read()
-            await self._client.put_object(
-                Bucket=self.target.bucket, Key=key, Body=body, Metadata=metadata, **self._integrity(body)
-            )
+            async with self._bodies:
+                body = await _read_range(part.path, 0, part.size)
+                await self._client.put_object(
+                    Bucket=self.target.bucket, Key=key, Body=body, Metadata=metadata, **self._integrity(body)
+                )
         else:
             await self._upload_multipart(part, key, metadata)
 
@@ -338,10 +339,9 @@ class S3Destination:
         upload_id = created["UploadId"]
         try:
             chunk = multipart_chunk_size(part.size)
-            limit = asyncio.Semaphore(_CHUNKS_IN_FLIGHT)
 
             async def send(number: int) -> dict[str, Any]:
-                async with limit:
+                async with self._bodies:
                     body = await _read_range(part.path, (number - 1) * chunk, chunk)
                     answer = await self._client.upload_part(
                         Bucket=bucket,

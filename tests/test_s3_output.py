@@ -60,7 +60,7 @@ def test_cleanup_local_flag_deletes_but_keeps_a_folder_it_did_not_create(
 def test_large_part_goes_up_as_multipart_and_none_is_left_open(
     aioc4: Aioc4, s3: MotoServerProcess, bucket: str, source_lines: Lines
 ) -> None:
-    # ~2.4 KB a document: 9,000 documents make one part of ~21 MB, above the 16 MiB threshold
+    # ~2.4 KB a document: 9,000 documents make one part of ~21 MB, above the 8 MiB threshold
     result = aioc4("--num-samples", "9000", "--s3-path", f"s3://{bucket}/big", "--upload-workers", "1")
     assert result.returncode == 0, result.stderr
     assert objects(s3, bucket) == {"big/c4_train_9000.jsonl": jsonl(source_lines("train")[:9000])}
