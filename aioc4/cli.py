@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import ctypes
+import ctypes.util
 import logging
 import os
 import signal
@@ -25,6 +28,7 @@ from .report import RunSummary, format_summary
 __all__ = ["build_parser", "config_from_args", "main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 
 log = logging.getLogger("aioc4")
 
@@ -172,6 +176,7 @@ def _execute(config: RunConfig) -> RunSummary:
     from .pipeline import StopRequest, run
 
     disable_progress_bars()  # aioc4 reports its own progress
+    _keep_large_buffers_out_of_the_heap()
 
     async def main_task() -> RunSummary:
         task = asyncio.current_task()
@@ -260,6 +265,16 @@ async def _verify(target: str, endpoint_url: str | None) -> tuple[str, bool]:
             manifest = Manifest.from_json(data, where=destination.location(name))
             reports.append(await verify_manifest(name, manifest, destination.inspect))
     return format_report(target.rstrip("/"), reports), all(not report.problems for report in reports)
+
+
+def _keep_large_buffers_out_of_the_heap() -> None:
+    """glibc raises its mmap threshold after large frees, so the 8 MiB upload bodies aioc4 cycles
+    through end up in per-thread heaps that never shrink (peak RSS of an S3 run: 245 MB instead of
+    145 MB). A fixed 4 MiB threshold maps each such body on its own and returns it when freed, while
+    the ~1.4 MB decoded blocks keep being recycled from the heap (mapping those costs 20% speed)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, 4 * 1024 * 1024)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

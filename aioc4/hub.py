@@ -37,7 +37,7 @@ from .retry import RETRYABLE_STATUSES, RetryBudget, retry_after_seconds
 
 __all__ = ["CHUNK_BYTES", "HubSource", "Shard", "chunks_of", "shard_pattern"]
 
-CHUNK_BYTES = 1 << 20
+CHUNK_BYTES = 1 << 19
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 5
 _T = TypeVar("_T")
