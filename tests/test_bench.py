@@ -1,0 +1,84 @@
+"""The benchmark harness runs end to end in its quick configuration and reports every figure.
+
+No assertion on speed: performance is measured by `make bench`, never by a timed unit test.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scripts.bench import OUTPUTS, QUICK_SHAPE, Scenario, scenarios
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EXPECTED = [s for s in scenarios(QUICK_SHAPE) if not s.big]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    path = tmp_path_factory.mktemp("bench") / "bench.json"
+    completed = subprocess.run(
+        [sys.executable, "-m", "scripts.bench", "--quick", "--rounds", "1", "--json", str(path)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    document: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return document
+
+
+def test_every_run_succeeded(report: dict[str, Any]) -> None:
+    assert report["failed_runs"] == 0
+    assert all(run["ok"] and run["seconds"] > 0 and run["peak_rss_mb"] > 0 for run in report["runs"])
+
+
+def test_every_scenario_with_both_outputs(report: dict[str, Any]) -> None:
+    found = {(entry["name"], entry["output"]) for entry in report["scenarios"]}
+    assert found == {(s.name, output) for s in EXPECTED for output in OUTPUTS}
+
+
+@pytest.mark.parametrize("scenario", EXPECTED, ids=lambda s: s.name)
+def test_rates_are_positive(report: dict[str, Any], scenario: Scenario) -> None:
+    for entry in (e for e in report["scenarios"] if e["name"] == scenario.name):
+        assert set(entry["tools"]) == set(scenario.tools)
+        for figures in entry["tools"].values():
+            assert figures["docs_per_s"] > 0
+            assert figures["mb_per_s"] > 0
+            assert figures["median_peak_rss_mb"] > 0
+
+
+def test_ratios_are_computed_from_the_rates(report: dict[str, Any]) -> None:
+    for entry in report["scenarios"]:
+        tools = entry["tools"]
+        aioc4 = tools["aioc4"]["docs_per_s"]
+        assert math.isclose(entry["ratio_vs_baseline"], aioc4 / tools["baseline"]["docs_per_s"])
+        if "decode" in tools:
+            assert math.isclose(entry["ratio_vs_decode_limit"], aioc4 / tools["decode"]["docs_per_s"])
+        else:
+            assert entry["ratio_vs_decode_limit"] is None
+
+
+def test_hub_bytes_are_counted(report: dict[str, Any]) -> None:
+    for entry in report["scenarios"]:
+        for tool, figures in entry["tools"].items():
+            assert (figures["median_hub_bytes"] is None) == (tool == "decode")
+            if tool != "decode":
+                assert figures["median_hub_bytes"] > 0
+
+
+def test_every_target_is_evaluated(report: dict[str, Any]) -> None:
+    names = {target["name"] for target in report["targets"]}
+    assert {"all-shards-s3-vs-baseline", "startup-local-time", "peak-rss", "hub-bytes"} <= names
+    for target in report["targets"]:
+        assert target["value"] is not None
+        assert target["met"] in (True, False)
+    assert report["config"]["compressed_first_1000"]["gzip"] > 0
