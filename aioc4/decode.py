@@ -38,7 +38,7 @@ _GZIP_WBITS = 16 + zlib.MAX_WBITS
 @dataclass(slots=True)
 class Batch:
     """Consecutive documents of one shard: their source bytes (whole lines, each ending in a newline),
-    where they start, and text lengths of the sampled ones as (line offset in the batch, characters)."""
+    where they start, and text lengths of the sampled ones as (byte offset in `data`, characters)."""
 
     shard: str
     first_line: int
@@ -56,7 +56,7 @@ class Batch:
         if start == 0 and stop == self.count:
             return self
         begin, end = _line_offset(self.data, self.count, start), _line_offset(self.data, self.count, stop)
-        samples = [(line - start, chars) for line, chars in self.samples if start <= line < stop]
+        samples = [(offset - begin, chars) for offset, chars in self.samples if begin <= offset < end]
         return Batch(
             self.shard,
             self.first_line + start,
@@ -132,27 +132,40 @@ def parse_block(
     count = data.count(b"\n") if count is None else count
     if data[:2] != b'{"' or data[-3:] != b'"}\n' or data.count(b'"}\n{"') != count - 1:
         _check_each_line(data, shard, first_line_number)
+    measure = _Measure(data, shard, first_line_number)
     if exact_lines:
-        lines = data.split(b"\n", exact_lines)[:exact_lines]
-        samples = [
-            (i, _text_length(line, shard, first_line_number + i)) for i, line in enumerate(lines) if line
-        ]
+        samples, offset = [], 0
+        for line in data.split(b"\n", exact_lines)[:exact_lines]:
+            if line:
+                samples.append((offset, measure(offset, line)))
+            offset += len(line) + 1
         if exact_lines >= count:
-            return Batch(shard, first_line_number, data, count, samples, _text(lines[0]))
+            return Batch(shard, first_line_number, data, count, samples, _text(data[: data.find(b"\n")]))
     else:
-        samples = [(0, _text_length(data[: data.find(b"\n")], shard, first_line_number))]
-    line, counted_to = 0, 0
-    for offset in range(SAMPLE_STRIDE, len(data), SAMPLE_STRIDE):
-        start = data.find(b"\n", offset) + 1  # the line after the one holding `offset`
+        samples = [(0, measure(0, data[: data.find(b"\n")]))]
+    for stride in range(SAMPLE_STRIDE, len(data), SAMPLE_STRIDE):
+        start = data.find(b"\n", stride) + 1  # the line after the one holding `stride`: no length bias
         if start >= len(data):
             break
-        line += data.count(b"\n", counted_to, start)
-        counted_to = start
-        if line > samples[-1][0]:
-            text = data[start : data.find(b"\n", start)]
-            samples.append((line, _text_length(text, shard, first_line_number + line)))
-    first_text = _text(data[: data.find(b"\n")])
-    return Batch(shard, first_line_number, data, count, samples, first_text)
+        if start > samples[-1][0]:
+            samples.append((start, measure(start, data[start : data.find(b"\n", start)])))
+    return Batch(shard, first_line_number, data, count, samples, _text(data[: data.find(b"\n")]))
+
+
+class _Measure:
+    """Text length of a line of the block; a line that is not a document is named by its number."""
+
+    def __init__(self, data: bytes, shard: str, first_line_number: int) -> None:
+        self._data = data
+        self._shard = shard
+        self._first_line_number = first_line_number
+
+    def __call__(self, offset: int, line: bytes) -> int:
+        try:
+            return _text_length(line, self._shard, 0)
+        except CorruptShardError:  # only now is the line number worth a scan
+            number = self._first_line_number + self._data.count(b"\n", 0, offset)
+            return _text_length(line, self._shard, number)
 
 
 def _text(line: bytes) -> str:

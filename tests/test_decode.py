@@ -64,11 +64,12 @@ def test_a_block_keeps_its_bytes_and_samples_text_lengths_without_bias() -> None
     assert len(batch) == len(LINES)
     assert batch.first_text == DOCS[0]["text"]
     assert batch.samples[0] == (0, len(DOCS[0]["text"]))
-    lines = [line for line, _ in batch.samples]
-    assert lines == sorted(set(lines))
-    assert len(lines) >= len(DATA) // SAMPLE_STRIDE
-    for line, chars in batch.samples:
-        assert chars == len(DOCS[line]["text"])
+    offsets = [offset for offset, _ in batch.samples]
+    assert offsets == sorted(set(offsets))
+    assert len(offsets) >= len(DATA) // SAMPLE_STRIDE
+    for offset, chars in batch.samples:
+        assert offset == 0 or DATA[offset - 1 : offset] == b"\n"  # the start of a line
+        assert chars == len(DOCS[DATA.count(b"\n", 0, offset)]["text"])
 
 
 def test_slices_cut_exactly_at_line_boundaries() -> None:
@@ -80,7 +81,9 @@ def test_slices_cut_exactly_at_line_boundaries() -> None:
         part = batch.slice(start, stop)
         assert part.data == b"".join(line + b"\n" for line in LINES[start:stop])
         assert (len(part), part.first_line) == (stop - start, 10 + start)
-        assert all(0 <= line < stop - start for line, _ in part.samples)
+        for offset, chars in part.samples:
+            assert 0 <= offset < len(part.data)
+            assert chars == len(DOCS[start + part.data.count(b"\n", 0, offset)]["text"])
         assert part.first_text == (DOCS[0]["text"] if start == 0 else None)
 
 
