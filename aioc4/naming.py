@@ -16,8 +16,6 @@ __all__ = [
     "part_names",
     "part_sizes",
     "renames_for_short_split",
-    "spill_glob",
-    "spill_name",
     "temp_part_glob",
     "temp_part_name",
 ]
@@ -64,15 +62,6 @@ def temp_part_name(split: str, requested: int, index: int) -> str:
 
 def temp_part_glob(split: str, requested: int) -> str:
     return f".c4_{split}_{requested}_part*.jsonl.tmp"
-
-
-def spill_name(split: str, requested: int, shard_index: int) -> str:
-    """Where documents of a shard read ahead wait on disk (hidden, swept by a rerun like temp parts)."""
-    return f".c4_{split}_{requested}_shard{shard_index:05d}.spill.tmp"
-
-
-def spill_glob(split: str, requested: int) -> str:
-    return f".c4_{split}_{requested}_shard*.spill.tmp"
 
 
 def renames_for_short_split(

@@ -27,7 +27,7 @@ from .destination import Destination, LocalDestination
 from .errors import Aioc4Error, DestinationError, Interrupted, UsageError
 from .hub import HubSource, Shard
 from .manifest import Manifest, PartRecord, RequestInfo, ResumePoint, manifest_name, resume_point
-from .naming import renames_for_short_split, spill_name
+from .naming import renames_for_short_split
 from .report import RunSummary, preview
 from .retry import RetryBudget, RetryPolicy
 from .source import SourceProgress, read_documents
@@ -131,8 +131,6 @@ async def _produce(
         streaming=config.streaming,
         progress=progress,
         start=point.start,
-        spill_dir=config.output_dir,
-        spill_prefix=lambda index: spill_name(config.split, config.num_samples, index),
     )
     pipeline = PartPipeline(config, destination, manifest, point)
     if swept := await asyncio.to_thread(pipeline.writer.sweep):

@@ -15,7 +15,7 @@ from aiofiles.threadpool.binary import AsyncBufferedIOBase
 from .decode import Batch
 from .errors import DestinationError
 from .manifest import PartRecord, SourcePosition, manifest_name
-from .naming import part_count, part_name, spill_glob, temp_part_glob, temp_part_name
+from .naming import part_count, part_name, temp_part_glob, temp_part_name
 
 __all__ = ["FinishedPart", "PartWriter"]
 
@@ -78,7 +78,6 @@ class PartWriter:
     def sweep(self) -> int:
         """Remove temp files a killed run of this job left behind (blocking; call before writing)."""
         stale = [*self.directory.glob(temp_part_glob(self.split, self.requested))]
-        stale += self.directory.glob(spill_glob(self.split, self.requested))
         stale += self.directory.glob(f".{manifest_name(self.split, self.requested)}.tmp")
         for path in stale:
             _remove(path)
