@@ -171,8 +171,12 @@ def resume_point(parts: list[PartRecord]) -> ResumePoint:
 def write_atomically(path: Path, data: bytes) -> None:
     """Write to a temp name, fsync, rename: readers see the old file or the new one, never half."""
     temp = path.with_name(f".{path.name}.tmp")
-    with open(temp, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temp, path)
+    try:
+        with open(temp, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)  # a full disk must not leave a half-written temp behind
+        raise
