@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from . import __version__
-from .config import DEFAULT_OUTPUT_DIR, SPLITS, RunConfig, parse_s3_path
+from .config import DEFAULT_OUTPUT_DIR, S3_CHECKSUMS, SPLITS, RunConfig, parse_s3_path
 from .errors import Aioc4Error, DestinationError, UsageError
 from .report import RunSummary, format_summary
 
@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add(
         "--s3-checksum",
-        choices=("crc32", "md5"),
+        choices=S3_CHECKSUMS,
         default="crc32",
         help="checksum S3 verifies on every upload: crc32 (default) or md5 for S3-compatible stores "
         "that reject botocore's newer checksums (some MinIO and R2 versions)",

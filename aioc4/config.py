@@ -8,9 +8,10 @@ from pathlib import Path
 
 from .errors import UsageError
 
-__all__ = ["DEFAULT_OUTPUT_DIR", "SPLITS", "RunConfig", "S3Target", "parse_s3_path"]
+__all__ = ["DEFAULT_OUTPUT_DIR", "S3_CHECKSUMS", "SPLITS", "RunConfig", "S3Target", "parse_s3_path"]
 
 SPLITS = ("train", "validation")
+S3_CHECKSUMS = ("crc32", "md5")  # what S3 verifies on every upload (see aioc4.uploader)
 DEFAULT_OUTPUT_DIR = Path("./data/c4_subset")
 
 # https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html (general purpose buckets)
@@ -78,7 +79,9 @@ class RunConfig:
             raise UsageError(f"--upload-workers must be a positive integer, got {self.upload_workers}")
         if self.retry_budget_s < 0:
             raise UsageError(f"--retry-budget must be zero or more seconds, got {self.retry_budget_s}")
-        if self.s3_checksum not in ("crc32", "md5"):
-            raise UsageError(f"--s3-checksum must be crc32 or md5, got {self.s3_checksum!r}")
+        if self.s3_checksum not in S3_CHECKSUMS:
+            raise UsageError(
+                f"--s3-checksum must be one of {', '.join(S3_CHECKSUMS)}, got {self.s3_checksum!r}"
+            )
         if self.cleanup_local and self.s3 is None:
             raise UsageError("--cleanup-local deletes parts after their upload, so it needs --s3-path")

@@ -132,55 +132,52 @@ def parse_block(
     count = data.count(b"\n") if count is None else count
     if data[:2] != b'{"' or data[-3:] != b'"}\n' or data.count(b'"}\n{"') != count - 1:
         _check_each_line(data, shard, first_line_number)
-    measure = _Measure(data, shard, first_line_number)
+    text_of = _TextOf(data, shard, first_line_number)
+    first_text = text_of(0, data[: data.find(b"\n")])
+    samples = [(0, len(first_text))]
     if exact_lines:
-        samples, offset = [], 0
-        for line in data.split(b"\n", exact_lines)[:exact_lines]:
+        offset = len(data[: data.find(b"\n")]) + 1
+        for line in data.split(b"\n", exact_lines)[1:exact_lines]:
             if line:
-                samples.append((offset, measure(offset, line)))
+                samples.append((offset, len(text_of(offset, line))))
             offset += len(line) + 1
         if exact_lines >= count:
-            return Batch(shard, first_line_number, data, count, samples, _text(data[: data.find(b"\n")]))
-    else:
-        samples = [(0, measure(0, data[: data.find(b"\n")]))]
+            return Batch(shard, first_line_number, data, count, samples, first_text)
     for stride in range(SAMPLE_STRIDE, len(data), SAMPLE_STRIDE):
         start = data.find(b"\n", stride) + 1  # the line after the one holding `stride`: no length bias
         if start >= len(data):
             break
         if start > samples[-1][0]:
-            samples.append((start, measure(start, data[start : data.find(b"\n", start)])))
-    return Batch(shard, first_line_number, data, count, samples, _text(data[: data.find(b"\n")]))
+            samples.append((start, len(text_of(start, data[start : data.find(b"\n", start)]))))
+    return Batch(shard, first_line_number, data, count, samples, first_text)
 
 
-class _Measure:
-    """Text length of a line of the block; a line that is not a document is named by its number."""
+class _TextOf:
+    """The `text` of a line of the block; a line that is not a document is named by its number."""
 
     def __init__(self, data: bytes, shard: str, first_line_number: int) -> None:
         self._data = data
         self._shard = shard
         self._first_line_number = first_line_number
 
-    def __call__(self, offset: int, line: bytes) -> int:
+    def __call__(self, offset: int, line: bytes) -> str:
         try:
-            return _text_length(line, self._shard, 0)
-        except CorruptShardError:  # only now is the line number worth a scan
+            return _record_text(line)
+        except ValueError as exc:  # only now is the line number worth a scan
             number = self._first_line_number + self._data.count(b"\n", 0, offset)
-            return _text_length(line, self._shard, number)
+            raise CorruptShardError(f"{self._shard}: line {number} {exc}") from None
 
 
-def _text(line: bytes) -> str:
-    text: str = orjson.loads(line)["text"]
-    return text
-
-
-def _text_length(line: bytes, shard: str, line_number: int) -> int:
+def _record_text(line: bytes) -> str:
+    """The document's text; ValueError saying why the line is not a document."""
     try:
         record = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
-        raise CorruptShardError(f"{shard}: line {line_number} is not valid JSON ({exc})") from None
+        raise ValueError(f"is not valid JSON ({exc})") from None
     if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-        raise CorruptShardError(f"{shard}: line {line_number} is not a JSON object with a 'text' string")
-    return len(record["text"])
+        raise ValueError("is not a JSON object with a 'text' string")
+    text: str = record["text"]
+    return text
 
 
 def _check_each_line(data: bytes, shard: str, first_line_number: int) -> None:
@@ -189,4 +186,7 @@ def _check_each_line(data: bytes, shard: str, first_line_number: int) -> None:
         number = first_line_number + offset
         if line[:1] != b"{" or line[-1:] != b"}":
             raise CorruptShardError(f"{shard}: line {number} is not a JSON object")
-        _text_length(line, shard, number)
+        try:
+            _record_text(line)
+        except ValueError as exc:
+            raise CorruptShardError(f"{shard}: line {number} {exc}") from None

@@ -8,7 +8,6 @@ next to the parts, and can tell whether a part recorded in it is still intact.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,6 @@ __all__ = [
     "Delivery",
     "Destination",
     "LocalDestination",
-    "file_digest",
     "local_part_intact",
     "read_if_exists",
     "save_local_manifest",
@@ -126,7 +124,8 @@ async def local_part_intact(path: Path, record: PartRecord) -> bool:
 def _file_matches(path: Path, record: PartRecord) -> bool:
     if not path.is_file() or path.stat().st_size != record.size:
         return False
-    return file_digest(path) == record.sha256
+    facts = facts_of_file(path)
+    return facts is not None and facts.sha256 == record.sha256
 
 
 async def save_local_manifest(path: Path, data: bytes) -> None:
@@ -141,8 +140,3 @@ def read_if_exists(path: Path) -> bytes | None:
         return path.read_bytes()
     except FileNotFoundError:
         return None
-
-
-def file_digest(path: Path) -> str:
-    with open(path, "rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()

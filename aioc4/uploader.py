@@ -38,12 +38,11 @@ from .manifest import PartRecord
 from .verify import FactsAccumulator, PartFacts
 from .writer import FinishedPart
 
-__all__ = ["CHECKSUMS", "MULTIPART_CHUNK", "MULTIPART_THRESHOLD", "S3Destination", "multipart_chunk_size"]
+__all__ = ["MULTIPART_CHUNK", "MULTIPART_THRESHOLD", "S3Destination", "multipart_chunk_size"]
 
 MULTIPART_THRESHOLD = 8 * 1024 * 1024
 MULTIPART_CHUNK = 8 * 1024 * 1024
 BODIES_IN_MEMORY = 2  # request bodies (at most one chunk each) held at once, over all workers: 16 MiB
-CHECKSUMS = ("crc32", "md5")
 _MAX_CHUNKS = 10_000  # S3's limit on parts per multipart upload
 _PROBE_NAME = ".aioc4-write-check"
 _SHA256_METADATA = "sha256"
