@@ -125,7 +125,7 @@ def _file_matches(path: Path, record: PartRecord) -> bool:
     if not path.is_file() or path.stat().st_size != record.size:
         return False
     facts = facts_of_file(path)
-    return facts is not None and facts.sha256 == record.sha256
+    return facts is not None and facts.crc32 == record.crc32
 
 
 async def save_local_manifest(path: Path, data: bytes) -> None:

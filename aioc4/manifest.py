@@ -32,9 +32,9 @@ __all__ = [
     "write_atomically",
 ]
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: parts carry a CRC-32 instead of a SHA-256
 _PART_NAME = re.compile(r"^c4_[a-z]+_\d+(_part\d{3,})?\.jsonl$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_CRC32 = re.compile(r"^[0-9a-f]{8}$")
 
 
 class ManifestError(Aioc4Error):
@@ -80,7 +80,7 @@ class PartRecord:
     name: str
     lines: int
     size: int
-    sha256: str
+    crc32: str  # of the part's bytes, 8 hex digits (aioc4.checksum)
     sampled_texts: int  # documents whose text length was measured (a sample: see aioc4.decode)
     sampled_text_chars: int
     first: SourcePosition
@@ -113,7 +113,7 @@ class Manifest:
         try:
             document = orjson.loads(data)
             if not isinstance(document, dict) or document.get("version") != MANIFEST_VERSION:
-                raise ValueError("not a version-1 manifest object")
+                raise ValueError(f"not a version-{MANIFEST_VERSION} manifest object")
             manifest = cls(
                 request=RequestInfo(**document["request"]),
                 parts=[_part_from_json(part) for part in document["parts"]],
@@ -134,7 +134,7 @@ def _part_from_json(raw: dict[str, Any]) -> PartRecord:
     )
     if not _PART_NAME.match(part.name):  # names become file paths and S3 keys: only ours are accepted
         raise ValueError(f"unexpected part name {part.name!r}")
-    if not _SHA256.match(part.sha256) or part.lines <= 0 or part.size <= 0:
+    if not _CRC32.match(part.crc32) or part.lines <= 0 or part.size <= 0:
         raise ValueError(f"part {part.name} has an invalid record")
     return part
 

@@ -240,7 +240,7 @@ class PartPipeline:
         )
         self.failed: dict[str, str] = {}
         self.source_error: Aioc4Error | None = None
-        self._already_there = {part.name: part.sha256 for part in manifest.parts}
+        self._already_there = {part.name: part.crc32 for part in manifest.parts}
         self._manifest_lock = asyncio.Lock()
         self._stopping = False
 
@@ -333,7 +333,7 @@ class PartPipeline:
 
     async def _deliver(self) -> None:
         while (part := await self.finished.get()) is not None:
-            if self._already_there.get(part.name) == part.record.sha256:
+            if self._already_there.get(part.name) == part.record.crc32:
                 log.info("%s is already in place", part.name)
                 delivery = await self.destination.already_delivered(part)
             else:

@@ -7,9 +7,16 @@ backoff), unless the user picked one with `AWS_RETRY_MODE` / `AWS_MAX_ATTEMPTS`.
 
 Integrity: every upload request carries a checksum S3 verifies before accepting the bytes, CRC32 by
 default (`--s3-checksum crc32`) or Content-MD5 (`--s3-checksum md5`, for S3-compatible stores that
-reject botocore's newer flexible checksums). Each object also carries the part's SHA-256 as
-metadata, which the manifest records, so a rerun can tell an intact object with one HEAD request.
-Parts above `MULTIPART_THRESHOLD` go up as multipart uploads; a failed one is aborted.
+reject botocore's newer flexible checksums). aioc4 supplies the CRC-32 itself (ISA-L, so botocore does
+not hash the body again): a whole part goes up with the value the writer computed while writing it,
+so bytes that changed on disk since are rejected; multipart chunks carry their own. Each object also
+carries the part's CRC-32 as metadata, which the manifest records, so a rerun can tell an intact
+object with one HEAD request.
+A part up to `MULTIPART_THRESHOLD` goes up in one PUT whose body is streamed from the file (nothing
+held in memory); a larger one as a multipart upload of 8 MiB chunks, of which at most
+`BODIES_IN_MEMORY` are held at once; a failed multipart upload is aborted. One PUT per part costs
+S3 (and moto, measured: 25-35% less CPU per byte) less than multipart, and parts of the usual sizes
+(10,000 documents, ~25 MB) gain nothing from being split.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
+from .checksum import crc32, crc32_base64
 from .config import S3Target
 from .destination import Delivery, read_if_exists, save_local_manifest
 from .errors import DestinationError, UploadError
@@ -40,12 +48,12 @@ from .writer import FinishedPart
 
 __all__ = ["MULTIPART_CHUNK", "MULTIPART_THRESHOLD", "S3Destination", "multipart_chunk_size"]
 
-MULTIPART_THRESHOLD = 8 * 1024 * 1024
+MULTIPART_THRESHOLD = 64 * 1024 * 1024
 MULTIPART_CHUNK = 8 * 1024 * 1024
 BODIES_IN_MEMORY = 2  # request bodies (at most one chunk each) held at once, over all workers: 16 MiB
 _MAX_CHUNKS = 10_000  # S3's limit on parts per multipart upload
 _PROBE_NAME = ".aioc4-write-check"
-_SHA256_METADATA = "sha256"
+_CRC32_METADATA = "crc32"
 
 log = logging.getLogger("aioc4")
 
@@ -185,7 +193,7 @@ class S3Destination:
         try:
             await self._upload(part, key)
             if not await self._object_matches(key, part.record):
-                raise UploadError(part.name, "the object S3 holds does not match the part (size or SHA-256)")
+                raise UploadError(part.name, "the object S3 holds does not match the part (size or CRC-32)")
         except UploadError as exc:
             return Delivery(name=part.name, uploaded=False, error=exc.reason)
         except (ClientError, BotoCoreError, OSError) as exc:
@@ -209,8 +217,8 @@ class S3Destination:
 
     async def _object_matches(self, key: str, record: PartRecord) -> bool:
         head = await self._client.head_object(Bucket=self.target.bucket, Key=key)
-        sha256 = head.get("Metadata", {}).get(_SHA256_METADATA)
-        return bool(head["ContentLength"] == record.size and sha256 == record.sha256)
+        checksum = head.get("Metadata", {}).get(_CRC32_METADATA)
+        return bool(head["ContentLength"] == record.size and checksum == record.crc32)
 
     async def rename(self, old: str, new: str) -> None:
         local = self.directory / old
@@ -317,18 +325,34 @@ class S3Destination:
         """The checksum S3 verifies before storing `body`."""
         if self.checksum == "md5":
             return {"ContentMD5": base64.b64encode(hashlib.md5(body).digest()).decode()}
-        return {"ChecksumAlgorithm": "CRC32"}
+        return {"ChecksumCRC32": crc32_base64(crc32(body, 0))}
 
     async def _upload(self, part: FinishedPart, key: str) -> None:
-        metadata = {_SHA256_METADATA: part.record.sha256}
-        if part.size <= MULTIPART_THRESHOLD:
-            async with self._bodies:
-                body = await _read_range(part.path, 0, part.size)
-                await self._client.put_object(
-                    Bucket=self.target.bucket, Key=key, Body=body, Metadata=metadata, **self._integrity(body)
-                )
-        else:
+        metadata = {_CRC32_METADATA: part.record.crc32}
+        if part.size > MULTIPART_THRESHOLD:
             await self._upload_multipart(part, key, metadata)
+            return
+        file = await asyncio.to_thread(open, part.path, "rb")
+        try:
+            # botocore sends (and on a retry rewinds) the open file; aiohttp reads it in a thread
+            await self._client.put_object(
+                Bucket=self.target.bucket,
+                Key=key,
+                Body=file,
+                ContentLength=part.size,
+                Metadata=metadata,
+                **(await self._whole_part_integrity(part)),
+            )
+        finally:
+            await asyncio.to_thread(file.close)
+
+    async def _whole_part_integrity(self, part: FinishedPart) -> dict[str, str]:
+        """The checksum S3 verifies for a whole part: the CRC-32 the writer computed while writing it,
+        so S3 rejects bytes that changed on disk since (MD5 has to read the file once)."""
+        if self.checksum == "md5":
+            digest = await asyncio.to_thread(_md5_of_file, part.path)
+            return {"ContentMD5": base64.b64encode(digest).decode()}
+        return {"ChecksumCRC32": crc32_base64(int(part.record.crc32, 16))}
 
     async def _upload_multipart(self, part: FinishedPart, key: str, metadata: dict[str, str]) -> None:
         bucket = self.target.bucket
@@ -388,6 +412,14 @@ def _retry_policy() -> dict[str, Any] | None:
     if "AWS_RETRY_MODE" in os.environ or "AWS_MAX_ATTEMPTS" in os.environ:
         return None
     return {"mode": "standard", "max_attempts": 5}
+
+
+def _md5_of_file(path: Path) -> bytes:
+    digest = hashlib.md5()
+    with open(path, "rb") as file:
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+    return digest.digest()
 
 
 async def _read_range(path: Path, offset: int, length: int) -> bytes:

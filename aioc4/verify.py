@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .checksum import crc32, crc32_hex
 from .manifest import Manifest, PartRecord
 
 __all__ = [
@@ -26,7 +26,7 @@ class PartFacts:
     """What a part's bytes really are."""
 
     size: int
-    sha256: str
+    crc32: str
     lines: int
 
 
@@ -39,20 +39,20 @@ class VerifyReport:
 
 
 class FactsAccumulator:
-    """SHA-256, size and line count of bytes fed in chunks."""
+    """CRC-32, size and line count of bytes fed in chunks."""
 
     def __init__(self) -> None:
-        self._hash = hashlib.sha256()
+        self._crc32 = 0
         self._size = 0
         self._lines = 0
 
     def feed(self, chunk: bytes) -> None:
-        self._hash.update(chunk)
+        self._crc32 = crc32(chunk, self._crc32)
         self._size += len(chunk)
         self._lines += chunk.count(b"\n")
 
     def facts(self) -> PartFacts:
-        return PartFacts(self._size, self._hash.hexdigest(), self._lines)
+        return PartFacts(self._size, crc32_hex(self._crc32), self._lines)
 
 
 def facts_of_file(path: Path) -> PartFacts | None:
@@ -76,10 +76,8 @@ def problems_with(record: PartRecord, facts: PartFacts | None) -> list[str]:
         found.append(f"{record.name}: {facts.size:,} bytes, the manifest says {record.size:,}")
     if facts.lines != record.lines:
         found.append(f"{record.name}: {facts.lines:,} lines, the manifest says {record.lines:,}")
-    if facts.sha256 != record.sha256:
-        found.append(
-            f"{record.name}: SHA-256 {facts.sha256[:16]}..., the manifest says {record.sha256[:16]}..."
-        )
+    if facts.crc32 != record.crc32:
+        found.append(f"{record.name}: CRC-32 {facts.crc32}, the manifest says {record.crc32}")
     return found
 
 

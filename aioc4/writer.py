@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import aiofiles
 from aiofiles.threadpool.binary import AsyncBufferedIOBase
 
+from .checksum import crc32, crc32_hex
 from .decode import Batch
 from .errors import DestinationError
 from .manifest import PartRecord, SourcePosition, manifest_name
@@ -67,7 +67,7 @@ class PartWriter:
         self._size = 0
         self._sampled = 0
         self._sampled_chars = 0
-        self._hash = hashlib.sha256()
+        self._crc32 = 0
         self._first: SourcePosition | None = None
         self._last: SourcePosition | None = None
 
@@ -94,8 +94,8 @@ class PartWriter:
                 self._file = await self._open(self._temp_path)
             room = len(batch) - start if self.max_lines is None else self.max_lines - self._lines
             chunk = batch.slice(start, start + room)
-            # the write (aiofiles' thread) and the SHA-256 (hashlib releases the GIL) run side by side
-            await asyncio.gather(self._write(chunk.data), asyncio.to_thread(self._hash.update, chunk.data))
+            await self._write(chunk.data)
+            self._crc32 = crc32(chunk.data, self._crc32)  # ~0.1 ms per MB block: no thread needed
             self._account(chunk)
             start += len(chunk)
         return done
@@ -144,7 +144,7 @@ class PartWriter:
             name=name,
             lines=self._lines,
             size=self._size,
-            sha256=self._hash.hexdigest(),
+            crc32=crc32_hex(self._crc32),
             sampled_texts=self._sampled,
             sampled_text_chars=self._sampled_chars,
             first=self._first,
@@ -152,7 +152,7 @@ class PartWriter:
         )
         self.index += 1
         self._lines = self._size = self._sampled = self._sampled_chars = 0
-        self._hash = hashlib.sha256()
+        self._crc32 = 0
         self._first = self._last = None
         return FinishedPart(path=self.directory / name, record=record)
 

@@ -24,7 +24,7 @@ S0, S1 = "en/c4-train.00000-of-00002.json.gz", "en/c4-train.00001-of-00002.json.
 
 def part(index: int, first: SourcePosition, last: SourcePosition, lines: int = 1000) -> PartRecord:
     return PartRecord(
-        f"c4_train_3000_part{index:03d}.jsonl", lines, 5000, f"{index:064x}", 40, 92_000, first, last
+        f"c4_train_3000_part{index:03d}.jsonl", lines, 5000, f"{index:08x}", 40, 92_000, first, last
     )
 
 
@@ -48,7 +48,7 @@ def test_round_trip() -> None:
         {"name": "../../etc/passwd"},
         {"name": "/abs/c4_train_1.jsonl"},
         {"name": "c4_train_3000_part001.jsonl/../x.jsonl"},
-        {"sha256": "not-a-digest"},
+        {"crc32": "not-a-checksum"},
         {"lines": 0},
     ],
 )

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from aioc4.naming import part_names
+from aioc4.uploader import MULTIPART_CHUNK, MULTIPART_THRESHOLD
 from scripts.s3_fault_proxy import S3FaultProxyProcess
 from scripts.s3_server import MotoServerProcess, s3_client
 
@@ -60,12 +62,24 @@ def test_cleanup_local_flag_deletes_but_keeps_a_folder_it_did_not_create(
 def test_large_part_goes_up_as_multipart_and_none_is_left_open(
     aioc4: Aioc4, s3: MotoServerProcess, bucket: str, source_lines: Lines
 ) -> None:
-    # ~2.4 KB a document: 9,000 documents make one part of ~21 MB, above the 8 MiB threshold
-    result = aioc4("--num-samples", "9000", "--s3-path", f"s3://{bucket}/big", "--upload-workers", "1")
+    # ~2.4 KB a document: 30,000 documents make one part of ~73 MB, above the 64 MiB threshold
+    result = aioc4("--num-samples", "30000", "--s3-path", f"s3://{bucket}/big", "--upload-workers", "1")
     assert result.returncode == 0, result.stderr
-    assert objects(s3, bucket) == {"big/c4_train_9000.jsonl": jsonl(source_lines("train")[:9000])}
+    body = jsonl(source_lines("train")[:30000])
+    assert len(body) > MULTIPART_THRESHOLD
+    assert objects(s3, bucket) == {"big/c4_train_30000.jsonl": body}
     assert open_multipart_uploads(s3, bucket) == []
-    assert re.fullmatch(r'"[0-9a-f]{32}-3"', etag(s3, bucket, "big/c4_train_9000.jsonl"))  # 3 chunks of 8 MiB
+    chunks = math.ceil(len(body) / MULTIPART_CHUNK)  # a multipart ETag ends in the number of chunks
+    assert re.fullmatch(rf'"[0-9a-f]{{32}}-{chunks}"', etag(s3, bucket, "big/c4_train_30000.jsonl"))
+
+
+def test_a_part_below_the_multipart_threshold_goes_up_in_one_put(
+    aioc4: Aioc4, s3: MotoServerProcess, bucket: str, source_lines: Lines
+) -> None:
+    result = aioc4("--num-samples", "9000", "--s3-path", f"s3://{bucket}/one", "--upload-workers", "1")
+    assert result.returncode == 0, result.stderr
+    assert objects(s3, bucket) == {"one/c4_train_9000.jsonl": jsonl(source_lines("train")[:9000])}
+    assert re.fullmatch(r'"[0-9a-f]{32}"', etag(s3, bucket, "one/c4_train_9000.jsonl"))  # a plain PUT
 
 
 def etag(s3: MotoServerProcess, bucket: str, key: str) -> str:

@@ -1,0 +1,31 @@
+"""CRC-32 of part bytes: what the manifest records and what S3 verifies on every upload.
+
+CRC-32 (the gzip/zlib polynomial, which S3 calls CRC32) guards against accidental corruption and
+truncation, which is what a part's checksum is for. ISA-L computes it at over 10 GB/s on one core
+(SHA-256 manages about 1.1 GB/s on the same machine), so it costs almost nothing beside inflating,
+and S3 can check the very value the manifest keeps. zlib's is used when python-isal is missing.
+"""
+
+from __future__ import annotations
+
+import base64
+import zlib
+from collections.abc import Callable
+
+__all__ = ["crc32", "crc32_base64", "crc32_hex"]
+
+crc32: Callable[[bytes, int], int]
+try:
+    from isal.isal_zlib import crc32
+except ImportError:  # pragma: no cover - isal is a dependency
+    crc32 = zlib.crc32
+
+
+def crc32_hex(value: int) -> str:
+    """As the manifest and object metadata write it: 8 lowercase hex digits."""
+    return f"{value:08x}"
+
+
+def crc32_base64(value: int) -> str:
+    """As S3's `x-amz-checksum-crc32` header carries it: the big-endian bytes, base64."""
+    return base64.b64encode(value.to_bytes(4, "big")).decode()
