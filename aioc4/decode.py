@@ -94,10 +94,14 @@ class GzipLineDecoder:
 
     def feed(self, chunk: bytes) -> bytes:
         """The complete lines found so far (newline-terminated); a partial last line waits."""
-        data = self._pending + self._inflate(chunk)
-        end = data.rfind(b"\n") + 1
-        self._pending = data[end:]
-        return data[:end]
+        inflated = self._inflate(chunk)
+        end = inflated.rfind(b"\n") + 1
+        if not end:
+            self._pending += inflated
+            return b""
+        block = b"".join((self._pending, memoryview(inflated)[:end]))  # the block's only copy
+        self._pending = inflated[end:]
+        return block
 
     def finish(self) -> bytes:
         """The last line once the input is over; raises if the gzip stream is truncated."""

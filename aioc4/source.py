@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncGenerator, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass
 
@@ -98,23 +98,26 @@ async def _read_shard(
 ) -> AsyncGenerator[Batch, None]:
     """The shard's documents from line `skip_before` on (earlier lines are inflated, not checked).
 
-    Inflating and checking run on one worker thread per shard (ISA-L and zlib release the GIL),
-    in order, while the event loop receives the next chunks; chunks are only read ahead while
-    the documents they are likely to hold are still `wanted()`, so an early stop stays early.
+    Two worker threads per shard form a pipeline, each taking chunks in order: one inflates
+    (ISA-L and zlib release the GIL), the other checks what the first produced (the scans hold the
+    GIL), so chunk i+1 inflates while chunk i is checked and the event loop receives more. Chunks
+    are only read ahead while the documents they are likely to hold are still `wanted()`, so an
+    early stop stays early.
     """
     decoder = GzipLineDecoder(shard.path)
     position = _Position(shard.path, skip_before, exact_documents)
     loop = asyncio.get_running_loop()
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aioc4-inflate")
+    inflater = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aioc4-inflate")
+    checker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aioc4-check")
     in_flight: deque[tuple[asyncio.Future[Batch | None], int]] = deque()
     try:
         # aclosing: stop the transfer as soon as we stop reading, not when the generator is collected
         async with aclosing(chunks_of(source, shard, commit, streaming=streaming)) as chunks:
             async for chunk in chunks:
                 progress.compressed_bytes += len(chunk)
-                in_flight.append(
-                    (loop.run_in_executor(executor, _decode, decoder, position, chunk), len(chunk))
-                )
+                inflating = inflater.submit(decoder.feed, chunk)
+                checked = asyncio.wrap_future(checker.submit(_check, inflating, position), loop=loop)
+                in_flight.append((checked, len(chunk)))
                 while in_flight and (
                     len(in_flight) > _DECODES_AHEAD or _enough(in_flight, progress, wanted())
                 ):
@@ -123,10 +126,11 @@ async def _read_shard(
         while in_flight:
             if batch := await in_flight.popleft()[0]:
                 yield batch
-        if batch := await loop.run_in_executor(executor, _finish, decoder, position):
+        if batch := await loop.run_in_executor(checker, _finish, decoder, position):
             yield batch
     finally:
-        executor.shutdown(wait=False, cancel_futures=True)
+        inflater.shutdown(wait=False, cancel_futures=True)
+        checker.shutdown(wait=False, cancel_futures=True)
 
 
 def _enough(
@@ -136,8 +140,9 @@ def _enough(
     return bool(progress.documents_per_byte * sum(size for _, size in in_flight) >= wanted)
 
 
-def _decode(decoder: GzipLineDecoder, position: _Position, chunk: bytes) -> Batch | None:
-    return position.take(decoder.feed(chunk))
+def _check(inflating: Future[bytes], position: _Position) -> Batch | None:
+    """On the checker thread: wait for the chunk's lines (submitted in order), then check them."""
+    return position.take(inflating.result())
 
 
 def _finish(decoder: GzipLineDecoder, position: _Position) -> Batch | None:
