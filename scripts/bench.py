@@ -59,6 +59,7 @@ PACE_BYTES_PER_S = 20e6
 UPLOAD_WORKERS = 4
 """aioc4's default `--upload-workers`; parts on local disk should stay within 2 x this + 1."""
 RSS_LIMIT_MB = 150.0
+CORES = os.cpu_count() or 1
 HUB_BYTES_FACTOR = 3.0
 MB = 1e6
 CHUNK = 1 << 18
@@ -280,6 +281,8 @@ class Run:
     peak_rss_mb: float
     exit_code: int
     raw_bytes: int
+    cpu_s: float = 0.0  # the tool's process
+    server_cpu_s: float = 0.0  # the Hub server and (S3 runs) moto during the run: they share the cores
     hub_bytes: int | None = None
     out_bytes: int | None = None
     out_parts: int | None = None
@@ -342,7 +345,8 @@ signal.signal(signal.SIGTERM, lambda *_: os.kill(pid, signal.SIGKILL))
 _, status, usage = os.wait4(pid, 0)
 seconds = time.perf_counter() - started
 with open(sys.argv[1], "w") as report:
-    json.dump({"seconds": seconds, "maxrss_kib": usage.ru_maxrss, "status": status}, report)
+    cpu = usage.ru_utime + usage.ru_stime
+    json.dump({"seconds": seconds, "maxrss_kib": usage.ru_maxrss, "cpu_s": cpu, "status": status}, report)
 """
 """Runs the measured command and reports its wall time and rusage. A child's ru_maxrss starts from the
 high-water RSS of the process it was spawned from (exec keeps the larger of the two), so the command is
@@ -353,6 +357,7 @@ spawned from this ~10 MB interpreter rather than from the benchmark, whose own R
 class ChildResult:
     seconds: float
     peak_rss_mb: float
+    cpu_s: float
     exit_code: int
     stdout: str
     stderr: str
@@ -375,10 +380,18 @@ def run_child(command: Sequence[str], env: dict[str, str], cwd: Path) -> ChildRe
         err.seek(0)
         stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
     if not report.exists():
-        return ChildResult(CHILD_TIMEOUT_S, 0.0, -9, stdout, stderr + "\nkilled: no answer in time")
+        return ChildResult(CHILD_TIMEOUT_S, 0.0, 0.0, -9, stdout, stderr + "\nkilled: no answer in time")
     usage = json.loads(report.read_text(encoding="utf-8"))
     exit_code = os.waitstatus_to_exitcode(usage["status"])
-    return ChildResult(usage["seconds"], usage["maxrss_kib"] * 1024 / MB, exit_code, stdout, stderr)
+    return ChildResult(
+        usage["seconds"], usage["maxrss_kib"] * 1024 / MB, usage["cpu_s"], exit_code, stdout, stderr
+    )
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU a running process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def child_env(hub_endpoint: str, s3_env: dict[str, str], home: Path) -> dict[str, str]:
@@ -502,9 +515,12 @@ class Bench:
             hub.reset_stats()
         env = child_env((hub or self.servers.hub).endpoint, self.servers.s3.env(), folder)
         watcher = DiskWatcher(out_dir) if spec.output == "s3" else None
+        servers = [server.pid for server in (hub, self.servers.s3 if spec.output == "s3" else None) if server]
         if watcher is not None:
             watcher.start()
+        servers_before = sum(map(process_cpu_seconds, servers))
         child = run_child(tool_command(spec, out_dir, self.shards_for(spec)), env, folder)
+        server_cpu_s = sum(map(process_cpu_seconds, servers)) - servers_before
         if watcher is not None:
             watcher.finish()
         run = Run(
@@ -514,6 +530,8 @@ class Bench:
             child.peak_rss_mb,
             child.exit_code,
             raw_bytes=self.sizes.first(self.shards_for(spec), spec.n),
+            cpu_s=child.cpu_s,
+            server_cpu_s=server_cpu_s,
             hub_bytes=None if hub is None else int(hub.stats()["storage_body_bytes"]),
         )
         if watcher is not None:
@@ -590,13 +608,21 @@ class ToolFigures:
     peak_rss_mb: list[float]
     hub_bytes: list[int]
     disk_max_parts: list[int]
+    cpu_us_per_doc_by_round: list[float | None]
     docs_per_s: float | None = None
     mb_per_s: float | None = None
     median_seconds: dict[int, float | None] = field(default_factory=dict)
     median_peak_rss_mb: float | None = None
     median_hub_bytes: float | None = None
+    cpu_us_per_doc: float | None = None
+
+    @property
+    def cpu_ceiling_docs_per_s(self) -> float | None:
+        """The rate if every core of the machine were busy with this work and nothing else."""
+        return None if not self.cpu_us_per_doc else CORES * 1e6 / self.cpu_us_per_doc
 
     def __post_init__(self) -> None:
+        self.cpu_us_per_doc = median(self.cpu_us_per_doc_by_round)
         self.docs_per_s = median(self.docs_per_s_by_round)
         self.mb_per_s = median(self.mb_per_s_by_round)
         self.median_seconds = {n: median(times) for n, times in self.seconds.items()}
@@ -616,6 +642,16 @@ def round_rate(ns: Sequence[int], runs: Sequence[Run]) -> tuple[float | None, fl
     return (ns[1] - ns[0]) / elapsed, (runs[1].raw_bytes - runs[0].raw_bytes) / elapsed / MB
 
 
+def round_cpu_per_doc(ns: Sequence[int], runs: Sequence[Run]) -> float | None:
+    """CPU microseconds per document over all processes (tool, Hub, S3), differenced like the rate."""
+    if not all(run.ok for run in runs):
+        return None
+    spent = [run.cpu_s + run.server_cpu_s for run in runs]
+    if len(runs) == 1:
+        return spent[0] / ns[0] * 1e6
+    return (spent[1] - spent[0]) / (ns[1] - ns[0]) * 1e6 if spent[1] > spent[0] else None
+
+
 def tool_figures(scenario: Scenario, tool: str, output: str, runs: Sequence[Run]) -> ToolFigures:
     by_key = {(run.round, run.spec): run for run in runs}
     rounds = sorted({run.round for run in runs})
@@ -630,6 +666,7 @@ def tool_figures(scenario: Scenario, tool: str, output: str, runs: Sequence[Run]
         [run.peak_rss_mb for run in mine],
         [run.hub_bytes for run in mine if run.hub_bytes is not None and run.spec.n == scenario.ns[-1]],
         [run.disk_max_parts for run in mine if run.disk_max_parts is not None],
+        [round_cpu_per_doc(scenario.ns, row) for row in rows],
     )
 
 
@@ -794,7 +831,10 @@ def _ns_text(ns: Sequence[int]) -> str:
 
 def table(results: Sequence[ScenarioResult], found: Sequence[Target]) -> str:
     """One row per scenario, output and tool (the decode limit once per scenario), then the targets."""
-    head = ("scenario", "output", "what", "N", "docs/s", "MB/s", "RSS MB", "Hub MB", "x base", "x decode")
+    head = (
+        "scenario", "output", "what", "N", "docs/s", "MB/s", "RSS MB", "Hub MB", "CPU us/doc", "CPU cap",
+        "x base", "x decode",
+    )  # fmt: skip
     rows: list[tuple[str, ...]] = []
     for result in results:
         for tool, figures in result.tools.items():
@@ -811,6 +851,8 @@ def table(results: Sequence[ScenarioResult], found: Sequence[Target]) -> str:
                     _num(figures.mb_per_s, 1),
                     _num(figures.median_peak_rss_mb, 0),
                     _num(None if figures.median_hub_bytes is None else figures.median_hub_bytes / MB, 2),
+                    _num(figures.cpu_us_per_doc, 1),
+                    _num(figures.cpu_ceiling_docs_per_s),
                     _num(result.ratio_vs_baseline, 2) if is_aioc4 else "",
                     _num(result.ratio_vs_decode_limit, 2) if is_aioc4 else "",
                     _row_target(result, found) if is_aioc4 else "",
@@ -819,7 +861,28 @@ def table(results: Sequence[ScenarioResult], found: Sequence[Target]) -> str:
     widths = [max(len(row[i]) for row in [(*head, "target"), *rows]) for i in range(len(head) + 1)]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows]
     header = "  ".join(cell.ljust(width) for cell, width in zip((*head, "target"), widths, strict=True))
-    return "\n".join([header, "-" * len(header), *lines, "", "targets:", *map(_target_line, found)])
+    return "\n".join(
+        [header, "-" * len(header), *lines, "", "targets:", *map(_target_line, found), *_ceilings(results)]
+    )
+
+
+def _ceilings(results: Sequence[ScenarioResult]) -> list[str]:
+    """What the machine allows: aioc4's rate if all its cores did nothing but this run's work (its CPU
+    per document summed over aioc4, the Hub server and moto), as the same ratios as the targets."""
+    lines = [f"CPU caps ({CORES} cores; CPU us/doc of aioc4 + Hub server + moto, all on this machine):"]
+    for result in results:
+        cap = result.tools["aioc4"].cpu_ceiling_docs_per_s if "aioc4" in result.tools else None
+        if cap is None:
+            continue
+        versus = [
+            f"{_num(ratio(cap, result.rate(tool)), 2)} x {tool}"
+            for tool in ("baseline", "decode")
+            if result.rate(tool)
+        ]
+        lines.append(
+            f"  {result.scenario.name:<11} {result.output:<6} {cap:>9,.0f} docs/s = {', '.join(versus)}"
+        )
+    return lines
 
 
 def _target_line(target: Target) -> str:

@@ -961,6 +961,12 @@ class HubServerProcess:
         return self._ready["storage"]
 
     @property
+    def pid(self) -> int:
+        if self._process is None:
+            raise RuntimeError("the Hub server is not running")
+        return self._process.pid
+
+    @property
     def commit(self) -> str:
         return self._ready["commit"]
 

@@ -74,6 +74,12 @@ class EndpointProcess:
             raise RuntimeError(f"{type(self).__name__} is not running")
         return self._endpoint
 
+    @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise RuntimeError(f"{type(self).__name__} is not running")
+        return self._proc.pid
+
     def env(self) -> dict[str, str]:
         """Environment a client process needs to use this endpoint as its S3 (standard AWS vars only)."""
         return {
