@@ -39,7 +39,7 @@ def test_selecting_shards_the_split_does_not_have_names_them() -> None:
 
 
 @pytest.mark.parametrize(
-    ("shards", "count", "procs"), itertools.product([0, 1, 7, 64], [1, 2, 3, 5], [1, 2, 4])
+    ("shards", "count", "procs"), list(itertools.product([0, 1, 7, 64], [1, 2, 3, 5], [1, 2, 4]))
 )
 def test_shares_are_disjoint_and_cover_the_selection(shards: int, count: int, procs: int) -> None:
     selection = list(range(100, 100 + shards))
