@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import json
 import logging
 import os
 import signal
@@ -18,12 +19,15 @@ import sys
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
 from .config import DEFAULT_OUTPUT_DIR, S3_CHECKSUMS, SPLITS, RunConfig, parse_s3_path
 from .errors import Aioc4Error, DestinationError, UsageError
-from .report import RunSummary, format_summary
+from .report import RunSummary, failure_to_json, format_step_summary, format_summary, summary_to_json
+
+if TYPE_CHECKING:
+    from .progress import ProgressDisplay
 
 __all__ = ["build_parser", "config_from_args", "main"]
 
@@ -82,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--no-cleanup", action="store_true", help="keep local parts after uploading them")
     add("--max-lines-per-file", type=_positive_int, help="split output into parts of at most this many lines")
+    add(
+        "--config",
+        default="en",
+        metavar="NAME",
+        help="C4 variant: en (default), en.noblocklist, en.noclean, realnewslike, multilingual, or an mC4 "
+        "language (af ... zu, en-multi), as the dataset card declares them",
+    )
     add("--repo-id", default="allenai/c4", help="dataset repo on the Hub (default: %(default)s)")
     add("--revision", default="main", help="branch, tag or commit to read (default: %(default)s)")
     add(
@@ -110,7 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="checksum S3 verifies on every upload: crc32 (default) or md5 for S3-compatible stores "
         "that reject botocore's newer checksums (some MinIO and R2 versions)",
     )
+    add(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (commit, shards, bytes, part names, S3 keys) after the same preflight checks as "
+        "a real run; reads Hub metadata only, transfers no document, writes nothing",
+    )
+    add(
+        "--json", action="store_true", help="print the summary (or the plan, or the error) as one JSON object"
+    )
     add("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
+    add("-v", "--verbose", action="store_true", help="debug logging on stderr")
     add("--version", action="version", version=f"aioc4 {__version__}")
     return parser
 
@@ -118,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     if args.cleanup_local and args.no_cleanup:
         raise UsageError("--cleanup-local and --no-cleanup contradict each other; pass one of them")
+    if args.quiet and args.verbose:
+        raise UsageError("--quiet and --verbose contradict each other; pass one of them")
     s3 = parse_s3_path(args.s3_path) if args.s3_path is not None else None
     cleanup = args.cleanup_local or (s3 is not None and not args.no_cleanup)
     return RunConfig(
@@ -131,6 +154,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         cleanup_local=cleanup,
         repo_id=args.repo_id,
         revision=args.revision,
+        config_name=args.config,
         endpoint_url=args.endpoint_url,
         upload_workers=args.upload_workers,
         retry_budget_s=args.retry_budget,
@@ -148,30 +172,94 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
     if arguments[:1] == ["verify"]:
         return _run_verify(arguments[1:])
     redact = _redactor()
+    as_json = "--json" in arguments  # known before parsing, so that a usage error is JSON too
+    config: RunConfig | None = None
     try:
         args = build_parser().parse_args(arguments)
         config = config_from_args(args)
     except Aioc4Error as exc:
-        _fail(redact(str(exc)))
-        return exc.exit_code
-    _configure_logging(quiet=args.quiet, redact=redact)
+        return _failed(exc.exit_code, str(exc), config, as_json=as_json, redact=redact)
+    _configure_logging(quiet=args.quiet, verbose=args.verbose, redact=redact)
     try:
-        summary = _execute(config)
+        if args.dry_run:
+            return _dry_run(config, as_json=as_json, redact=redact)
+        summary = _execute(config, _display(config, quiet=args.quiet or args.dry_run))
     except Aioc4Error as exc:
-        _fail(redact(str(exc)))
-        return exc.exit_code
+        return _failed(exc.exit_code, str(exc), config, as_json=as_json, redact=redact)
     except KeyboardInterrupt:  # pragma: no cover - SIGINT is handled by the loop; this is a fallback
-        _fail("interrupted; finished parts are kept; run the same command again to resume")
-        return EXIT_INTERRUPTED
-    print(format_summary(summary), flush=True)
+        message = "interrupted; finished parts are kept; run the same command again to resume"
+        return _failed(EXIT_INTERRUPTED, message, config, as_json=as_json, redact=redact)
+    error = None
     if summary.failed:
         names = ", ".join(Path(path).name for path in summary.failed)
-        _fail(f"{len(summary.failed)} part(s) did not reach S3 and are kept locally: {names}")
-        return EXIT_FAILED
+        error = f"{len(summary.failed)} part(s) did not reach S3 and are kept locally: {names}"
+    code = EXIT_FAILED if error else EXIT_OK
+    if as_json:
+        _print_json(summary_to_json(summary, config, exit_code=code, error=error), redact)
+        if not args.quiet:
+            print(format_summary(summary), file=sys.stderr, flush=True)
+    else:
+        print(format_summary(summary), flush=True)
+    _append_step_summary(format_step_summary(summary, config, exit_code=code, error=error), redact)
+    if error:
+        _fail(redact(error))
+    return code
+
+
+def _failed(
+    code: int, message: str, config: RunConfig | None, *, as_json: bool, redact: Callable[[str], str]
+) -> int:
+    """The one error line on stderr; with --json also the failure object on stdout."""
+    if as_json:
+        _print_json(failure_to_json(config, code, message), redact)
+    _append_step_summary(format_step_summary(None, config, exit_code=code, error=message), redact)
+    _fail(redact(message))
+    return code
+
+
+def _print_json(document: dict[str, Any], redact: Callable[[str], str]) -> None:
+    print(redact(json.dumps(document, ensure_ascii=False)), flush=True)
+
+
+def _append_step_summary(markdown: str, redact: Callable[[str], str]) -> None:
+    """GitHub Actions shows what a step appends to $GITHUB_STEP_SUMMARY on the run's page."""
+    path = os.environ.get("GITHUB_STEP_SUMMARY")
+    if not path:
+        return
+    try:
+        with open(path, "a", encoding="utf-8") as file:
+            file.write(redact(markdown))
+    except OSError as exc:
+        log.warning("cannot append to GITHUB_STEP_SUMMARY %s: %s", path, exc.strerror or exc)
+
+
+def _display(config: RunConfig, *, quiet: bool) -> ProgressDisplay | None:
+    """A bar on a terminal, plain lines every few seconds in logs and CI, nothing with -q."""
+    from .progress import ProgressDisplay
+
+    if quiet:
+        return None
+    bar = sys.stderr.isatty()
+    display = ProgressDisplay(
+        config.num_samples, bar=bar, parts_label="uploaded" if config.s3 is not None else "written"
+    )
+    log.debug("progress: %s every %.1f s", "a bar" if bar else "a line", display.interval_s)
+    return display
+
+
+def _dry_run(config: RunConfig, *, as_json: bool, redact: Callable[[str], str]) -> int:
+    from .plan import format_plan, make_plan, plan_to_json
+
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        plan = runner.run(make_plan(config))
+    if as_json:
+        _print_json(plan_to_json(plan), redact)
+    else:
+        print(redact(format_plan(plan)), flush=True)
     return EXIT_OK
 
 
-def _execute(config: RunConfig) -> RunSummary:
+def _execute(config: RunConfig, display: ProgressDisplay | None = None) -> RunSummary:
     from huggingface_hub.utils.tqdm import disable_progress_bars
 
     from .pipeline import StopRequest, run
@@ -197,7 +285,7 @@ def _execute(config: RunConfig) -> RunSummary:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, on_signal, signum)
         try:
-            return await run(config, stop)
+            return await run(config, stop, display=display)
         except asyncio.CancelledError:
             if stop.signum:
                 raise stop.error(kept=None) from None
@@ -327,12 +415,26 @@ class _RedactingFilter(logging.Filter):
         return True
 
 
-def _configure_logging(*, quiet: bool, redact: Callable[[str], str]) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+class _ConsoleHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """stderr; while a progress bar is showing, lines are written around it (tqdm clears and redraws it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm_module = sys.modules.get("tqdm")  # not imported: no bar can be showing
+        if tqdm_module is None or not getattr(tqdm_module.tqdm, "_instances", None):
+            super().emit(record)
+            return
+        try:
+            tqdm_module.tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # pragma: no cover - as logging does for a broken stream
+            self.handleError(record)
+
+
+def _configure_logging(*, quiet: bool, redact: Callable[[str], str], verbose: bool = False) -> None:
+    handler = _ConsoleHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("aioc4: %(message)s"))
     handler.addFilter(_RedactingFilter(redact))
     log.addHandler(handler)
-    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
     log.propagate = False
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UsageError
+from .variants import check_config_name
 
 __all__ = ["DEFAULT_OUTPUT_DIR", "S3_CHECKSUMS", "SPLITS", "RunConfig", "S3Target", "parse_s3_path"]
 
@@ -67,6 +68,7 @@ class RunConfig:
     s3_checksum: str = "crc32"
 
     def __post_init__(self) -> None:
+        check_config_name(self.config_name)  # it becomes part of file names and S3 keys
         if self.num_samples <= 0:
             raise UsageError(f"--num-samples must be a positive integer, got {self.num_samples}")
         if self.split not in SPLITS:

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 import aiofiles
@@ -28,14 +27,15 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from huggingface_hub.hf_api import RepoFile
+from huggingface_hub.hf_api import DatasetInfo, RepoFile
 from huggingface_hub.utils._headers import build_hf_headers
 
 from . import __version__
 from .errors import SourceError
 from .retry import RETRYABLE_STATUSES, RetryBudget, retry_after_seconds
+from .variants import Variant, Variants, glob_folders, pick_variant, shard_pattern, variants_to_use
 
-__all__ = ["CHUNK_BYTES", "HubSource", "Shard", "chunks_of", "shard_pattern"]
+__all__ = ["CHUNK_BYTES", "HubSource", "Shard", "chunks_of"]
 
 CHUNK_BYTES = 1 << 19
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -52,11 +52,6 @@ class Shard:
     path: str
     index: int
     size: int
-
-
-def shard_pattern(config_name: str, split: str) -> re.Pattern[str]:
-    """File names of a split's shards, e.g. `en/c4-train.00000-of-01024.json.gz` (not `en.noclean/...`)."""
-    return re.compile(rf"^{re.escape(config_name)}/c4-{re.escape(split)}\.(\d+)-of-\d+\.json\.gz$")
 
 
 class _Retryable(Exception):
@@ -87,6 +82,7 @@ class HubSource:
         self._api = HfApi(library_name="aioc4", library_version=__version__)
         self._hub_headers = build_hf_headers(library_name="aioc4", library_version=__version__)
         self._storage_urls: dict[str, str] = {}
+        self._cards: dict[str, Mapping[str, Any] | None] = {}
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> HubSource:
@@ -105,28 +101,50 @@ class HubSource:
     async def resolve_commit(self, revision: str) -> str:
         """The commit sha `revision` points at now; every shard is then read at that sha."""
         info = await self._call_hub(lambda: self._api.dataset_info(self.repo_id, revision=revision), revision)
+        if info.sha:
+            self._cards[info.sha] = _card_of(info)  # the card at that commit: no second request for it
         return info.sha or revision  # a Hub that does not name the commit: read at the revision itself
 
+    async def variants(self, commit: str) -> Variants:
+        """The configs the dataset card declares at `commit`, or the built-in table if it declares none."""
+        if commit not in self._cards:
+            info = await self._call_hub(lambda: self._api.dataset_info(self.repo_id, revision=commit), commit)
+            self._cards[commit] = _card_of(info)
+        variants = variants_to_use(self._cards[commit])
+        if not variants.from_card:
+            log.warning("the dataset card declares no usable configs: using aioc4's built-in table")
+        return variants
+
     async def list_shards(self, commit: str, config_name: str, split: str) -> list[Shard]:
-        """The split's shards in shard-number order."""
-        pattern = shard_pattern(config_name, split)
-
-        def listing() -> list[Shard]:
-            entries = self._api.list_repo_tree(
-                self.repo_id, path_in_repo=config_name, repo_type="dataset", revision=commit
-            )
-            files = [entry for entry in entries if isinstance(entry, RepoFile)]
-            shards = [
-                Shard(path=file.path, index=int(match.group(1)), size=file.size)
-                for file in files
-                if (match := pattern.match(file.path))
-            ]
-            return sorted(shards, key=lambda shard: shard.index)
-
-        shards = await self._call_hub(listing, commit, folder=config_name)
+        """The split's shards in reading order; an unknown config is a UsageError (before any download)."""
+        variant = pick_variant(await self.variants(commit), config_name, split)
+        globs = variant.globs(split)
+        folder = glob_folders(globs)[0][0]  # named if it does not exist (C4's configs each have one folder)
+        shards = await self._call_hub(lambda: self._listing(commit, variant, split), commit, folder=folder)
         if not shards:
-            raise SourceError(f"no {split} shards under {config_name}/ in {self.repo_id} at {commit[:12]}")
+            raise SourceError(
+                f"no {split} shards of config {config_name!r} ({', '.join(globs)}) in {self.repo_id} "
+                f"at {commit[:12]}"
+            )
         return shards
+
+    def _listing(self, commit: str, variant: Variant, split: str) -> list[Shard]:
+        """Blocking: list the globs' folders; keep files matching a glob, in (glob, shard number) order."""
+        globs = variant.globs(split)
+        pattern = shard_pattern(globs)
+        found: dict[str, tuple[tuple[int, int], Shard]] = {}
+        for folder, recursive in glob_folders(globs):
+            entries = self._api.list_repo_tree(
+                self.repo_id,
+                path_in_repo=folder or None,
+                recursive=recursive,
+                repo_type="dataset",
+                revision=commit,
+            )
+            for entry in entries:
+                if isinstance(entry, RepoFile) and (key := pattern.key(entry.path)) is not None:
+                    found[entry.path] = (key, Shard(path=entry.path, index=key[1], size=entry.size))
+        return [shard for _, shard in sorted(found.values(), key=lambda item: (item[0], item[1].path))]
 
     async def _call_hub(self, call: Callable[[], _T], revision: str, folder: str | None = None) -> _T:
         """Run a blocking huggingface_hub call in a thread, retrying what is worth retrying."""
@@ -323,6 +341,11 @@ def _same_origin(first: str, second: str) -> bool:
 
 def _without_auth(headers: dict[str, str]) -> dict[str, str]:
     return {name: value for name, value in headers.items() if name.lower() != "authorization"}
+
+
+def _card_of(info: DatasetInfo) -> Mapping[str, Any] | None:
+    """The part of the card aioc4 reads (its YAML header's `configs`)."""
+    return {"configs": info.card_data.get("configs")} if info.card_data is not None else None
 
 
 def _first_line(text: str) -> str:

@@ -17,7 +17,8 @@ from typing import Any
 import orjson
 
 from .errors import Aioc4Error
-from .naming import part_index
+from .naming import PART_NAME, job_stem, part_index
+from .variants import DEFAULT_CONFIG, is_valid_config_name
 
 __all__ = [
     "MANIFEST_VERSION",
@@ -33,7 +34,6 @@ __all__ = [
 ]
 
 MANIFEST_VERSION = 2  # 2: parts carry a CRC-32 instead of a SHA-256
-_PART_NAME = re.compile(r"^c4_[a-z]+_\d+(_part\d{3,})?\.jsonl$")
 _CRC32 = re.compile(r"^[0-9a-f]{8}$")
 
 
@@ -41,9 +41,9 @@ class ManifestError(Aioc4Error):
     """A manifest that cannot be read or does not describe this job."""
 
 
-def manifest_name(split: str, requested: int) -> str:
+def manifest_name(split: str, requested: int, config: str = DEFAULT_CONFIG) -> str:
     """Named after the request (not the real count), so a rerun of the same command finds it."""
-    return f"c4_{split}_{requested}.manifest.json"
+    return f"{job_stem(split, requested, config)}.manifest.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,8 +114,11 @@ class Manifest:
             document = orjson.loads(data)
             if not isinstance(document, dict) or document.get("version") != MANIFEST_VERSION:
                 raise ValueError(f"not a version-{MANIFEST_VERSION} manifest object")
+            request = RequestInfo(**document["request"])
+            if not is_valid_config_name(request.config_name):  # it is part of the job's file names
+                raise ValueError(f"unexpected config name {request.config_name!r}")
             manifest = cls(
-                request=RequestInfo(**document["request"]),
+                request=request,
                 parts=[_part_from_json(part) for part in document["parts"]],
                 complete=bool(document["complete"]),
                 split_exhausted=bool(document.get("split_exhausted", False)),
@@ -132,7 +135,7 @@ def _part_from_json(raw: dict[str, Any]) -> PartRecord:
         first=SourcePosition(**raw["first"]),
         last=SourcePosition(**raw["last"]),
     )
-    if not _PART_NAME.match(part.name):  # names become file paths and S3 keys: only ours are accepted
+    if not PART_NAME.match(part.name):  # names become file paths and S3 keys: only ours are accepted
         raise ValueError(f"unexpected part name {part.name!r}")
     if not _CRC32.match(part.crc32) or part.lines <= 0 or part.size <= 0:
         raise ValueError(f"part {part.name} has an invalid record")

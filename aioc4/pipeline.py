@@ -27,7 +27,8 @@ from .destination import Destination, LocalDestination
 from .errors import Aioc4Error, DestinationError, Interrupted, UsageError
 from .hub import HubSource, Shard
 from .manifest import Manifest, PartRecord, RequestInfo, ResumePoint, manifest_name, resume_point
-from .naming import renames_for_short_split
+from .naming import job_stem, renames_for_short_split
+from .progress import Counters, ProgressDisplay
 from .report import RunSummary, preview
 from .retry import RetryBudget, RetryPolicy
 from .source import SourceProgress, read_documents
@@ -69,7 +70,9 @@ class StopRequest:
         )
 
 
-async def run(config: RunConfig, stop: StopRequest | None = None) -> RunSummary:
+async def run(
+    config: RunConfig, stop: StopRequest | None = None, *, display: ProgressDisplay | None = None
+) -> RunSummary:
     """Download the first `config.num_samples` documents into parts and deliver them (or resume that)."""
     stop = stop or StopRequest()
     started = time.monotonic()
@@ -86,7 +89,8 @@ async def run(config: RunConfig, stop: StopRequest | None = None) -> RunSummary:
         )
         manifest = await _previous_job(destination, request, overwrite=config.overwrite)
         if manifest is not None and manifest.complete and await _all_intact(destination, manifest.parts):
-            log.info("%s is already complete: nothing to do", manifest_name(config.split, config.num_samples))
+            name = manifest_name(config.split, config.num_samples, config.config_name)
+            log.info("%s is already complete: nothing to do", name)
             return _summary(manifest, destination, already_complete=True)
         budget = RetryBudget(RetryPolicy(total_wait_s=config.retry_budget_s))
         hub = await stack.enter_async_context(
@@ -102,7 +106,7 @@ async def run(config: RunConfig, stop: StopRequest | None = None) -> RunSummary:
         shards = await hub.list_shards(commit, config.config_name, config.split)
         log.info("%s@%s: %d %s shard(s) available", config.repo_id, commit[:12], len(shards), config.split)
         created_dirs = _prepare_output_dir(config.output_dir)  # last check: nothing is created on bad input
-        summary = await _produce(config, hub, shards, destination, manifest, stop)
+        summary = await _produce(config, hub, shards, destination, manifest, stop, display)
         summary.elapsed_seconds = time.monotonic() - started
         if config.s3 is not None and config.cleanup_local:
             _remove_if_empty(created_dirs)
@@ -116,6 +120,7 @@ async def _produce(
     destination: Destination,
     manifest: Manifest,
     stop: StopRequest,
+    display: ProgressDisplay | None = None,
 ) -> RunSummary:
     point = resume_point(manifest.parts)
     if point.documents:
@@ -135,7 +140,7 @@ async def _produce(
     pipeline = PartPipeline(config, destination, manifest, point)
     if swept := await asyncio.to_thread(pipeline.writer.sweep):
         log.info("removed %d unfinished part file(s) left by an earlier run", swept)
-    await pipeline.execute(documents, progress, stop)
+    await pipeline.execute(documents, progress, stop, display=display)
     if manifest.split_exhausted:
         await pipeline.rename_for_real_count()
     manifest.complete = not pipeline.failed
@@ -145,6 +150,7 @@ async def _produce(
     summary.compressed_bytes = progress.compressed_bytes
     summary.shards_read = progress.shards_opened
     summary.documents_read = progress.documents
+    summary.bytes_written_now = pipeline.writer.bytes_written
     return summary
 
 
@@ -154,7 +160,7 @@ async def _open_destination(config: RunConfig, stack: AsyncExitStack) -> Destina
     s3 = S3Destination(
         config.s3,
         config.output_dir,
-        job_prefix=f"c4_{config.split}_{config.num_samples}",
+        job_prefix=job_stem(config.split, config.num_samples, config.config_name),
         endpoint_url=config.endpoint_url,
         workers=config.upload_workers,
         cleanup_local=config.cleanup_local,
@@ -168,7 +174,7 @@ async def _previous_job(
 ) -> Manifest | None:
     """The manifest of an earlier run of the same job; a different job under the same name is refused
     (or, with --overwrite, its parts are deleted)."""
-    name = manifest_name(request.split, request.num_samples)
+    name = manifest_name(request.split, request.num_samples, request.config_name)
     data = await destination.load_manifest(name)
     if data is None:
         return None
@@ -237,6 +243,7 @@ class PartPipeline:
             config.max_lines_per_file,
             first_index=point.next_index,
             documents=point.documents,
+            config=config.config_name,
         )
         self.failed: dict[str, str] = {}
         self.source_error: Aioc4Error | None = None
@@ -249,6 +256,8 @@ class PartPipeline:
         documents: AsyncGenerator[Batch, None],
         progress: SourceProgress,
         stop: StopRequest | None = None,
+        *,
+        display: ProgressDisplay | None = None,
     ) -> None:
         """Write `documents` into parts and deliver them; a source error is raised after delivery."""
         stop = stop or StopRequest()
@@ -258,8 +267,10 @@ class PartPipeline:
                 writer = group.create_task(self._write())
                 deliverers = [group.create_task(self._deliver()) for _ in range(self.config.upload_workers)]
                 work = [reader, writer, *deliverers]
-                watcher = group.create_task(self._stop_on(stop, reader, [writer, *deliverers]))
-                group.create_task(_cancel_when_done(watcher, work))
+                helpers = [group.create_task(self._stop_on(stop, reader, [writer, *deliverers]))]
+                if display is not None:
+                    helpers.append(group.create_task(display.run(self._counters)))
+                group.create_task(_cancel_when_done(helpers, work))
                 stop.pipeline_running = True
         except ExceptionGroup as failures:
             raise _most_telling(failures) from None
@@ -272,6 +283,12 @@ class PartPipeline:
         if self.source_error is not None:
             await self.save_manifest(final=False)
             raise self.source_error
+
+    def _counters(self) -> Counters:
+        """For the progress display: read a few times a second, never per document."""
+        parts = self.manifest.parts
+        delivered = sum(part.uploaded for part in parts) if self.config.s3 is not None else len(parts)
+        return Counters(self.writer.documents, self.writer.bytes_written, delivered)
 
     async def _stop_on(
         self, stop: StopRequest, reader: asyncio.Task[None], rest: list[asyncio.Task[None]]
@@ -353,7 +370,7 @@ class PartPipeline:
             await self._save(final=final)
 
     async def _save(self, *, final: bool) -> None:
-        name = manifest_name(self.config.split, self.config.num_samples)
+        name = manifest_name(self.config.split, self.config.num_samples, self.config.config_name)
         await self.destination.save_manifest(name, self.manifest.to_json(), final=final)
 
     async def rename_for_real_count(self) -> None:
@@ -370,6 +387,7 @@ class PartPipeline:
                 documents,
                 config.max_lines_per_file,
                 len(manifest.parts) - 1,
+                config.config_name,
             )
         )
         for part in manifest.parts:
@@ -379,10 +397,11 @@ class PartPipeline:
         await self.save_manifest(final=False)
 
 
-async def _cancel_when_done(watcher: asyncio.Task[None], work: list[asyncio.Task[None]]) -> None:
-    """The stop watcher only lives as long as the work it watches."""
+async def _cancel_when_done(helpers: list[asyncio.Task[None]], work: list[asyncio.Task[None]]) -> None:
+    """The stop watcher and the progress display only live as long as the work they watch."""
     await asyncio.wait(work)
-    watcher.cancel()
+    for helper in helpers:
+        helper.cancel()
 
 
 def _most_telling(failures: ExceptionGroup[Exception]) -> Exception:

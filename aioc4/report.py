@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from .manifest import Manifest
+from .config import RunConfig
+from .manifest import Manifest, manifest_name
 
-__all__ = ["PREVIEW_CHARS", "RunSummary", "format_summary"]
+__all__ = [
+    "PREVIEW_CHARS",
+    "RunSummary",
+    "destination_of",
+    "failure_to_json",
+    "format_step_summary",
+    "format_summary",
+    "manifest_location",
+    "summary_to_json",
+]
 
 PREVIEW_CHARS = 200
 
@@ -23,6 +34,7 @@ class RunSummary:
     documents_read: int = 0
     elapsed_seconds: float = 0.0
     already_complete: bool = False
+    bytes_written_now: int = 0  # by this run (parts kept from earlier runs are not counted)
 
     @property
     def documents(self) -> int:
@@ -31,6 +43,16 @@ class RunSummary:
     @property
     def bytes_written(self) -> int:
         return sum(part.size for part in self.manifest.parts)
+
+    @property
+    def docs_per_second(self) -> float:
+        """Documents read by this run per second of it."""
+        return self.documents_read / self.elapsed_seconds if self.elapsed_seconds > 0 else 0.0
+
+    @property
+    def mb_per_second(self) -> float:
+        """MB (10^6 bytes) of parts written by this run per second of it."""
+        return self.bytes_written_now / 1e6 / self.elapsed_seconds if self.elapsed_seconds > 0 else 0.0
 
     @property
     def sampled_texts(self) -> int:
@@ -91,3 +113,109 @@ def preview(text: str) -> str:
     """The first characters of a text on one line, as the original tool showed it."""
     cut = text[:PREVIEW_CHARS].replace("\n", " ")
     return cut + ("..." if len(text) > PREVIEW_CHARS else "")
+
+
+def destination_of(config: RunConfig) -> str:
+    """Where the parts of a run go: `s3://bucket/prefix` or the output folder."""
+    if config.s3 is not None:
+        return f"s3://{config.s3.bucket}/{config.s3.prefix}".rstrip("/")
+    return str(config.output_dir)
+
+
+def manifest_location(config: RunConfig) -> str:
+    """The job's manifest: in S3 with --s3-path (the copy a rerun anywhere reads), else in the folder."""
+    name = manifest_name(config.split, config.num_samples, config=config.config_name)
+    return config.s3.url_for(name) if config.s3 is not None else str(config.output_dir / name)
+
+
+def _request_fields(config: RunConfig) -> dict[str, Any]:
+    return {
+        "repo": config.repo_id,
+        "revision": config.revision,
+        "config": config.config_name,
+        "split": config.split,
+        "num_samples": config.num_samples,
+        "max_lines_per_file": config.max_lines_per_file,
+        "destination": destination_of(config),
+        "manifest": manifest_location(config),
+    }
+
+
+def _status(exit_code: int, error: str | None) -> dict[str, Any]:
+    return {"ok": exit_code == 0, "exit_code": exit_code, "error": error}
+
+
+def summary_to_json(
+    summary: RunSummary, config: RunConfig, *, exit_code: int = 0, error: str | None = None
+) -> dict[str, Any]:
+    """The `--json` object of a finished run (also one with parts that did not reach S3)."""
+    manifest = summary.manifest
+    located = set(summary.locations)
+    parts = []
+    for part in manifest.parts:
+        path = str(config.output_dir / part.name)
+        url = config.s3.url_for(part.name) if config.s3 is not None and part.uploaded else None
+        parts.append(
+            {
+                "name": part.name,
+                "lines": part.lines,
+                "bytes": part.size,
+                "crc32": part.crc32,
+                "path": path if path in located else None,
+                "url": url,
+            }
+        )
+    return {
+        **_status(exit_code, error),
+        **_request_fields(config),
+        "commit": manifest.request.commit,
+        "already_complete": summary.already_complete,
+        "split_exhausted": manifest.split_exhausted,
+        "counts": {"documents": summary.documents, "parts": len(parts), "bytes": summary.bytes_written},
+        "parts": parts,
+        "not_uploaded": [{"path": path, "error": why} for path, why in summary.failed.items()],
+        "read": {
+            "documents": summary.documents_read,
+            "compressed_bytes": summary.compressed_bytes,
+            "shards": summary.shards_read,
+        },
+        "timings": {
+            "seconds": round(summary.elapsed_seconds, 3),
+            "docs_per_s": round(summary.docs_per_second, 1),
+            "mb_per_s": round(summary.mb_per_second, 2),
+        },
+    }
+
+
+def failure_to_json(config: RunConfig | None, exit_code: int, error: str) -> dict[str, Any]:
+    """The `--json` object of a run that failed before it had a summary (what was asked, and why)."""
+    return {**_status(exit_code, error), **(_request_fields(config) if config is not None else {})}
+
+
+def format_step_summary(
+    summary: RunSummary | None, config: RunConfig | None, *, exit_code: int = 0, error: str | None = None
+) -> str:
+    """A short Markdown block for `$GITHUB_STEP_SUMMARY` (the caller redacts secrets)."""
+    if summary is None or config is None:
+        return f"### aioc4 failed (exit {exit_code})\n\n{error or 'no summary'}\n\n"
+    request = summary.manifest.request
+    state = "already complete" if summary.already_complete else "done" if exit_code == 0 else "failed"
+    rows = [
+        ("documents", f"{summary.documents:,}"),
+        ("parts", f"{len(summary.manifest.parts)}"),
+        ("bytes", f"{summary.bytes_written:,}"),
+        ("rate", f"{summary.docs_per_second:,.0f} docs/s, {summary.mb_per_second:,.1f} MB/s"),
+        ("destination", f"`{destination_of(config)}`"),
+        ("commit", f"`{request.commit}`"),
+    ]
+    lines = [
+        f"### aioc4: {request.repo_id} ({request.config_name}/{request.split}), {state}",
+        "",
+        "| | |",
+        "|---|---|",
+        *(f"| {name} | {value} |" for name, value in rows),
+        "",
+    ]
+    if error:
+        lines += [f"**Error:** {error}", ""]
+    return "\n".join(lines) + "\n"

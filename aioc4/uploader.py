@@ -117,6 +117,11 @@ class S3Destination:
 
     async def check(self) -> None:
         """Credentials exist, the bucket exists, we may write under the prefix; old uploads are aborted."""
+        await self.preflight()
+        await self._abort_stale_uploads()
+
+    async def preflight(self) -> None:
+        """The checks of `check` that change nothing (the write probe is aborted): for `--dry-run`."""
         if await self._session.get_credentials() is None:
             raise DestinationError(
                 "no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, "
@@ -130,7 +135,6 @@ class S3Destination:
         except (BotoCoreError, OSError) as exc:
             raise DestinationError(f"cannot reach S3 for bucket {bucket!r}: {_reason(exc)}") from None
         await self._check_writable()
-        await self._abort_stale_uploads()
 
     async def _check_writable(self) -> None:
         """Start a multipart upload, send one tiny chunk with our checksum, abort: proves s3:PutObject

@@ -16,6 +16,7 @@ from .decode import Batch
 from .errors import DestinationError
 from .manifest import PartRecord, SourcePosition, manifest_name
 from .naming import part_count, part_name, temp_part_glob, temp_part_name
+from .variants import DEFAULT_CONFIG
 
 __all__ = ["FinishedPart", "PartWriter"]
 
@@ -55,12 +56,15 @@ class PartWriter:
         *,
         first_index: int = 1,
         documents: int = 0,
+        config: str = DEFAULT_CONFIG,
     ) -> None:
         self.directory = directory
         self.split = split
+        self.config = config
         self.requested = requested
         self.max_lines = max_lines
         self.documents = documents
+        self.bytes_written = 0  # by this run (for progress rates)
         self.index = first_index
         self._file: AsyncBufferedIOBase | None = None
         self._lines = 0
@@ -73,12 +77,12 @@ class PartWriter:
 
     @property
     def _temp_path(self) -> Path:
-        return self.directory / temp_part_name(self.split, self.requested, self.index)
+        return self.directory / temp_part_name(self.split, self.requested, self.index, self.config)
 
     def sweep(self) -> int:
         """Remove temp files a killed run of this job left behind (blocking; call before writing)."""
-        stale = [*self.directory.glob(temp_part_glob(self.split, self.requested))]
-        stale += self.directory.glob(f".{manifest_name(self.split, self.requested)}.tmp")
+        stale = [*self.directory.glob(temp_part_glob(self.split, self.requested, self.config))]
+        stale += self.directory.glob(f".{manifest_name(self.split, self.requested, self.config)}.tmp")
         for path in stale:
             _remove(path)
         return len(stale)
@@ -109,6 +113,7 @@ class PartWriter:
         self._sampled += len(chunk.samples)
         self._sampled_chars += sum(chars for _, chars in chunk.samples)
         self.documents += len(chunk)
+        self.bytes_written += len(chunk.data)
 
     async def close(self) -> FinishedPart | None:
         """Finish the last part, named after the number of documents actually written."""
@@ -130,7 +135,7 @@ class PartWriter:
         assert self._first is not None
         assert self._last is not None
         temp = self._temp_path
-        name = part_name(self.split, total, self.index, part_count(total, self.max_lines))
+        name = part_name(self.split, total, self.index, part_count(total, self.max_lines), self.config)
         try:
             await self._file.flush()
             await asyncio.to_thread(os.fsync, self._file.fileno())  # durable before it gets its final name

@@ -7,7 +7,8 @@ short-lived signed URLs with `Range` support. The real `huggingface_hub` client 
 what was transferred, so tests can assert on traffic.
 
 Faults (see `Faults`) make it misbehave like the real thing on a bad day: rate limits and 5xx on the Hub,
-5xx, dropped connections, ignored `Range` and expired URLs on storage. They are set at launch (flags, or
+5xx, dropped connections, ignored `Range` and expired URLs on storage; the `card` knob serves a dataset info
+without the card, or with its `configs` missing or malformed. They are set at launch (flags, or
 `HubServerProcess` keyword arguments of the same names) and changed at runtime with `POST /_faults` (a JSON
 object of the knobs to change); `GET /_faults` shows them. Every random choice comes from one
 `random.Random(fault_seed)`, so the same seed and the same sequence of requests give the same faults.
@@ -72,6 +73,8 @@ STORAGE_ERRORS = {
     500: ("InternalError", "We encountered an internal error. Please try again."),
     503: ("SlowDown", "Please reduce your request rate."),
 }
+CARD_MODES = ("full", "none", "no-configs", "broken")
+"""What `cardData` the dataset info carries: the card, none at all, no `configs`, or malformed `configs`."""
 _ERROR_STATUSES = frozenset(status.value for status in HTTPStatus if 400 <= status.value < 600)
 _HASH_BLOCK = 1 << 20
 _REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -258,6 +261,7 @@ class Faults:
     storage_forbid_auth: bool = _knob(
         False, "storage answers 400 to any request with an Authorization header"
     )
+    card: str = _knob("full", f"dataset card in the dataset info: {', '.join(CARD_MODES)}")
 
     def __post_init__(self) -> None:
         for name in ("hub_error_rate", "storage_error_rate", "reset_rate"):
@@ -270,6 +274,8 @@ class Faults:
         for name in ("retry_after_s", "reset_after_bytes", "url_ttl_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
+        if self.card not in CARD_MODES:
+            raise ValueError(f"card must be one of {', '.join(CARD_MODES)}")
 
     def updated(self, changes: object) -> Faults:
         """These faults with `changes` (a mapping from JSON or argparse) applied; ValueError if invalid."""
@@ -300,6 +306,8 @@ def _coerce(name: str, value: object, default: object) -> Any:
         return value
     if type(default) is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
+    if type(default) is str and isinstance(value, str):
+        return value
     expected = "a list of integers" if isinstance(default, tuple) else f"of type {type(default).__name__}"
     raise ValueError(f"{name} must be {expected}")
 
@@ -603,11 +611,22 @@ class HubOrigin:
                 "downloads": 0,
                 "likes": 0,
                 "tags": ["language:en", "license:odc-by"],
-                "cardData": CARD_DATA,
+                **self._card(),
                 "siblings": [self._sibling(file, blobs) for file in repo.files.values()],
                 "usedStorage": sum(file.size for file in repo.files.values()),
             }
         )
+
+    def _card(self) -> dict[str, Any]:
+        """The `cardData` entry of the dataset info, as the `card` knob has it."""
+        mode = self.state.faults.settings.card
+        if mode == "none":
+            return {}
+        if mode == "no-configs":
+            return {"cardData": {key: value for key, value in CARD_DATA.items() if key != "configs"}}
+        if mode == "broken":
+            return {"cardData": {**CARD_DATA, "configs": [{"config_name": "../en", "data_files": "en/*"}, 7]}}
+        return {"cardData": CARD_DATA}
 
     @staticmethod
     def _sibling(file: RepoFile, blobs: bool) -> dict[str, Any]:
@@ -925,6 +944,7 @@ class HubServerProcess:
         ignore_range: bool = Faults.ignore_range,
         url_ttl_s: float = Faults.url_ttl_s,
         storage_forbid_auth: bool = Faults.storage_forbid_auth,
+        card: str = Faults.card,
         startup_timeout_s: float = 20.0,
     ) -> None:
         self.repo_id = repo_id
@@ -940,6 +960,7 @@ class HubServerProcess:
             ignore_range=ignore_range,
             url_ttl_s=url_ttl_s,
             storage_forbid_auth=storage_forbid_auth,
+            card=card,
         )
         self._args = ["--root", str(root), "--repo-id", repo_id, "--page-size", str(page_size)]
         self._args += ["--storage-host", storage_host, "--pace-bytes-per-s", str(pace_bytes_per_s)]

@@ -20,12 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: realnewslike and af (multilingual/) with a few hundred documents per shard
 STAMP_NAME = ".fake-c4-stamp.json"
 """Written into the root after a complete build; the Hub server does not serve it."""
 
 DEFAULT_MEAN_TEXT_CHARS = 2300
 DECOY_DOCS_PER_SHARD = 20
+EXTRA_DOCS_PER_SHARD = 300
+"""Documents in each shard of the small extra configs (`realnewslike`, `af`), for `--config` tests."""
 GZIP_LEVEL = 6
 
 _VOCABULARY_SEED = "aioc4-fake-c4-vocabulary"
@@ -70,18 +72,37 @@ _SENTENCE_ENDS = (".", ".", ".", ".", "!", "?")
 
 _CONFIGS = ("en", "en.noblocklist", "realnewslike")
 _SPLITS = ("train", "validation")
+_FOLDERS = (*_CONFIGS, "multilingual")
+_SHARD_PATH = "{config}/c4-{split}.{number:05d}-of-{total:05d}.json.gz"
+_AF_TRAIN = "multilingual/c4-af.tfrecord-{number:05d}-of-{total:05d}.json.gz"
+_AF_VALIDATION = "multilingual/c4-af-validation.tfrecord-{number:05d}-of-{total:05d}.json.gz"
+_EXTRA_SHARDS = (  # (config, split, path template, shard count), each shard of EXTRA_DOCS_PER_SHARD documents
+    ("realnewslike", "train", _SHARD_PATH, 2),
+    ("realnewslike", "validation", _SHARD_PATH, 1),
+    ("af", "train", _AF_TRAIN, 2),
+    ("af", "validation", _AF_VALIDATION, 1),
+)
+_AF_GLOBS = {"train": "multilingual/c4-af.*.json.gz", "validation": "multilingual/c4-af-validation.*.json.gz"}
+
+
+def _card_config(name: str, paths: dict[str, Any]) -> dict[str, Any]:
+    """One `configs` entry of the card: `paths` maps a split to a glob or a list of globs."""
+    return {"config_name": name, "data_files": [{"split": split, "path": paths[split]} for split in _SPLITS]}
+
 
 CARD_DATA: dict[str, Any] = {
     "pretty_name": "C4",
-    "language": ["en"],
+    "language": ["en", "af"],
     "license": "odc-by",
     "task_categories": ["text-generation", "fill-mask"],
     "configs": [
-        {
-            "config_name": config,
-            "data_files": [{"split": split, "path": f"{config}/c4-{split}.*.json.gz"} for split in _SPLITS],
-        }
-        for config in _CONFIGS
+        *(
+            _card_config(config, {split: f"{config}/c4-{split}.*.json.gz" for split in _SPLITS})
+            for config in _CONFIGS
+        ),
+        # as in the real card: `multilingual` lists one glob per language
+        _card_config("multilingual", {split: [glob] for split, glob in _AF_GLOBS.items()}),
+        _card_config("af", _AF_GLOBS),
     ],
 }
 """The dataset card's YAML header, as Python data; the Hub server exposes it as `cardData`."""
@@ -256,10 +277,12 @@ class _Shard:
     number: int
     total: int
     docs: int
+    template: str = _SHARD_PATH
 
     @property
     def path(self) -> str:
-        return f"{self.config}/c4-{self.split}.{self.number:05d}-of-{self.total:05d}.json.gz"
+        fields = {"config": self.config, "split": self.split, "number": self.number, "total": self.total}
+        return self.template.format(**fields)
 
     def write(self, root: Path, seed: int, mean_text_chars: int) -> None:
         rng = random.Random(f"{seed}:{self.config}:{self.split}:{self.number}:{self.total}")
@@ -270,8 +293,11 @@ def _shard_plan(train: tuple[int, int], validation: tuple[int, int]) -> list[_Sh
     """Every shard to write; `train` and `validation` are (shard count, documents per shard) for `en`."""
     plan = [_Shard("en", "train", i, train[0], train[1]) for i in range(train[0])]
     plan += [_Shard("en", "validation", i, validation[0], validation[1]) for i in range(validation[0])]
+    plan += [_Shard("en.noblocklist", split, 0, 1, DECOY_DOCS_PER_SHARD) for split in _SPLITS]
     plan += [
-        _Shard(config, split, 0, 1, DECOY_DOCS_PER_SHARD) for config in _CONFIGS[1:] for split in _SPLITS
+        _Shard(config, split, number, total, EXTRA_DOCS_PER_SHARD, template)
+        for config, split, template, total in _EXTRA_SHARDS
+        for number in range(total)
     ]
     return plan
 
@@ -296,8 +322,8 @@ def _stamp_is_current(root: Path, arguments: dict[str, int]) -> bool:
 
 def _remove_previous_build(root: Path) -> None:
     """Delete only files this generator writes, so a stale build cannot leave extra shards behind."""
-    for config in _CONFIGS:
-        for path in (root / config).glob("c4-*.json.gz*"):
+    for folder in _FOLDERS:
+        for path in (root / folder).glob("c4-*.json.gz*"):
             path.unlink()
     for name in (STAMP_NAME, "README.md", ".gitattributes"):
         (root / name).unlink(missing_ok=True)

@@ -169,13 +169,15 @@ def test_tree_listing_walks_all_pages(api: HfApi, paged_hub: HubServerProcess) -
         "en": "RepoFolder",
         "en.noblocklist": "RepoFolder",
         "realnewslike": "RepoFolder",
+        "multilingual": "RepoFolder",
         ".gitattributes": "RepoFile",
         "README.md": "RepoFile",
     }
-    decoys = list(api.list_repo_tree(REPO_ID, path_in_repo="realnewslike", repo_type="dataset"))
-    assert [entry.path for entry in decoys] == [
-        "realnewslike/c4-train.00000-of-00001.json.gz",
-        "realnewslike/c4-validation.00000-of-00001.json.gz",
+    others = list(api.list_repo_tree(REPO_ID, path_in_repo="multilingual", repo_type="dataset"))
+    assert [entry.path for entry in others] == [
+        "multilingual/c4-af-validation.tfrecord-00000-of-00001.json.gz",
+        "multilingual/c4-af.tfrecord-00000-of-00002.json.gz",
+        "multilingual/c4-af.tfrecord-00001-of-00002.json.gz",
     ]
 
 
@@ -203,7 +205,14 @@ def test_dataset_info_has_commit_and_configs(api: HfApi, paged_hub: HubServerPro
             {"split": "validation", "path": "en/c4-validation.*.json.gz"},
         ],
     }
-    assert {config["config_name"] for config in configs} == {"en", "en.noblocklist", "realnewslike"}
+    assert [config["config_name"] for config in configs] == [
+        "en",
+        "en.noblocklist",
+        "realnewslike",
+        "multilingual",
+        "af",
+    ]
+    assert configs[3]["data_files"][0] == {"split": "train", "path": ["multilingual/c4-af.*.json.gz"]}
     pinned = api.dataset_info(REPO_ID, revision=paged_hub.commit, files_metadata=True)
     assert pinned.sha == paged_hub.commit
     assert pinned.siblings is not None
@@ -651,6 +660,23 @@ def test_same_seed_same_faults(faulty_hub: HubServerProcess, small_repo: FakeRep
     assert outcomes() != first
 
 
+def test_card_knob_serves_no_card_or_a_broken_one(faulty_hub: HubServerProcess) -> None:
+    api = HfApi(endpoint=faulty_hub.endpoint, token=False)
+    faulty_hub.set_faults(card="none")
+    assert api.dataset_info(REPO_ID).card_data is None
+    faulty_hub.set_faults(card="no-configs")
+    card = api.dataset_info(REPO_ID).card_data
+    assert card is not None
+    assert card.get("configs") is None
+    assert card.get("pretty_name") == "C4"
+    faulty_hub.set_faults(card="broken")
+    card = api.dataset_info(REPO_ID).card_data
+    assert card is not None
+    assert card.get("configs") == [{"config_name": "../en", "data_files": "en/*"}, 7]
+    with pytest.raises(ValueError, match="card"):
+        faulty_hub.set_faults(card="partial")
+
+
 def test_fault_knobs_are_validated(faulty_hub: HubServerProcess, small_repo: FakeRepo) -> None:
     before = faulty_hub.faults()
     assert before == json.loads(json.dumps(Faults().as_json()))
@@ -678,6 +704,7 @@ def test_fault_flags_round_trip(small_repo: FakeRepo) -> None:
         reset_rate=0.25,
         ignore_range=True,
         url_ttl_s=0.5,
+        card="broken",
     )
     assert parse_args(["--root", str(small_repo.root), *fault_flags(faults)]).faults == faults
     assert parse_args(["--root", str(small_repo.root)]).faults == Faults()

@@ -6,7 +6,6 @@ import dataclasses
 
 import pytest
 
-from aioc4.hub import shard_pattern
 from aioc4.manifest import (
     Manifest,
     ManifestError,
@@ -17,6 +16,7 @@ from aioc4.manifest import (
     manifest_name,
     resume_point,
 )
+from aioc4.variants import BUILTIN_VARIANTS, shard_pattern
 
 REQUEST = RequestInfo("allenai/c4", "main", "en", "train", 3000, 1000, "a" * 40)
 S0, S1 = "en/c4-train.00000-of-00002.json.gz", "en/c4-train.00001-of-00002.json.gz"
@@ -48,6 +48,7 @@ def test_round_trip() -> None:
         {"name": "../../etc/passwd"},
         {"name": "/abs/c4_train_1.jsonl"},
         {"name": "c4_train_3000_part001.jsonl/../x.jsonl"},
+        {"name": "c4_../../x_train_3000_part001.jsonl"},
         {"crc32": "not-a-checksum"},
         {"lines": 0},
     ],
@@ -56,6 +57,22 @@ def test_a_tampered_part_record_is_rejected(change: dict[str, object]) -> None:
     bad = dataclasses.replace(PARTS[0], **change)  # type: ignore[arg-type]
     data = Manifest(request=REQUEST, parts=[bad]).to_json()
     with pytest.raises(ManifestError, match=r"^m is not a valid aioc4 manifest"):
+        Manifest.from_json(data, where="m")
+
+
+def test_a_job_of_another_config_has_its_own_names() -> None:
+    assert manifest_name("train", 3000, "en.noclean") == "c4_en.noclean_train_3000.manifest.json"
+    request = dataclasses.replace(REQUEST, config_name="bg-Latn")
+    parts = [dataclasses.replace(p, name=p.name.replace("c4_", "c4_bg-Latn_")) for p in PARTS]
+    manifest = Manifest(request=request, parts=parts)
+    assert Manifest.from_json(manifest.to_json(), where="m") == manifest
+    assert parts[0].name == "c4_bg-Latn_train_3000_part001.jsonl"
+
+
+@pytest.mark.parametrize("config", ["../en", "a/b", ".x", "en..x", ""])
+def test_a_tampered_config_name_is_rejected(config: str) -> None:
+    data = Manifest(request=dataclasses.replace(REQUEST, config_name=config), parts=list(PARTS)).to_json()
+    with pytest.raises(ManifestError, match=r"unexpected config name"):
         Manifest.from_json(data, where="m")
 
 
@@ -113,4 +130,4 @@ def test_differences_ignore_the_pinned_commit() -> None:
     ],
 )
 def test_only_well_formed_shard_paths_of_the_split_are_read(path: str, matches: bool) -> None:
-    assert bool(shard_pattern("en", "train").match(path)) is matches
+    assert (shard_pattern(BUILTIN_VARIANTS["en"].globs("train")).key(path) is not None) is matches

@@ -1,0 +1,231 @@
+"""`--dry-run`: what a run would do, from the Hub's metadata only (no shard body, nothing written).
+
+The destination gets the same preflight as a real run (S3: credentials, bucket, the aborted write
+probe; local: the output folder could be created and written), so a dry run in CI fails where the
+real run would. Which shards the first N documents need is an estimate from the shard sizes at C4's
+~840 gzip bytes per document: the real count per shard is only known by reading it.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import RunConfig
+from .destination import Destination
+from .errors import DestinationError, UsageError
+from .hub import HubSource, Shard
+from .manifest import Manifest, RequestInfo, manifest_name
+from .naming import part_names, part_sizes
+from .report import destination_of, manifest_location
+from .retry import RetryBudget, RetryPolicy
+from .uploader import S3Destination
+
+__all__ = [
+    "GZIP_BYTES_PER_DOCUMENT",
+    "Plan",
+    "PlannedPart",
+    "bytes_to_read",
+    "format_plan",
+    "make_plan",
+    "plan_to_json",
+    "planned_parts",
+    "shards_needed",
+]
+
+GZIP_BYTES_PER_DOCUMENT = 840  # C4 en: ~356M documents in ~305 GB of gzip'd shards
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedPart:
+    name: str
+    lines: int
+    path: str  # where it is written locally (then deleted after upload with cleanup)
+    url: str | None  # where it is uploaded, with --s3-path
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    config: RunConfig
+    commit: str
+    split_shards: list[Shard]
+    needed: list[Shard]  # estimated
+    bytes_to_read: int  # estimated
+    parts: list[PlannedPart]
+    previous_job: str | None  # what the manifest already there says, if any
+
+
+def shards_needed(
+    shards: list[Shard], documents: int, per_document: int = GZIP_BYTES_PER_DOCUMENT
+) -> list[Shard]:
+    """The first shards whose sizes suggest they hold `documents` documents (all of them if not)."""
+    needed, expected = [], 0.0
+    for shard in shards:
+        if expected >= documents:
+            break
+        needed.append(shard)
+        expected += shard.size / per_document
+    return needed
+
+
+def bytes_to_read(
+    needed: list[Shard], documents: int, *, streaming: bool, per_document: int = GZIP_BYTES_PER_DOCUMENT
+) -> int:
+    """Streaming stops after N documents (~N x 840 bytes); --no-streaming downloads the shards whole."""
+    whole = sum(shard.size for shard in needed)
+    return min(whole, documents * per_document) if streaming else whole
+
+
+def planned_parts(config: RunConfig) -> list[PlannedPart]:
+    """Exact names and line counts, assuming the split holds N documents (a shorter one renames them)."""
+    names = part_names(config.split, config.num_samples, config.max_lines_per_file, config=config.config_name)
+    sizes = part_sizes(config.num_samples, config.max_lines_per_file)
+    return [
+        PlannedPart(
+            name=name,
+            lines=lines,
+            path=str(config.output_dir / name),
+            url=config.s3.url_for(name) if config.s3 is not None else None,
+        )
+        for name, lines in zip(names, sizes, strict=True)
+    ]
+
+
+async def make_plan(config: RunConfig) -> Plan:
+    """Preflight the destination, read the earlier job's manifest, ask the Hub for metadata."""
+    async with AsyncExitStack() as stack:
+        destination = await _preflight(config, stack)
+        manifest, previous = await _previous(config, destination)
+        budget = RetryBudget(RetryPolicy(total_wait_s=config.retry_budget_s))
+        hub = await stack.enter_async_context(
+            HubSource(config.repo_id, cache_dir=config.cache_dir, budget=budget)
+        )
+        commit = (
+            manifest.request.commit if manifest is not None else await hub.resolve_commit(config.revision)
+        )
+        shards = await hub.list_shards(commit, config.config_name, config.split)
+    needed = shards_needed(shards, config.num_samples)
+    return Plan(
+        config=config,
+        commit=commit,
+        split_shards=shards,
+        needed=needed,
+        bytes_to_read=bytes_to_read(needed, config.num_samples, streaming=config.streaming),
+        parts=planned_parts(config),
+        previous_job=previous,
+    )
+
+
+async def _preflight(config: RunConfig, stack: AsyncExitStack) -> Destination:
+    from .pipeline import _open_destination  # the real run's destination, so the names agree
+
+    _check_output_dir(config.output_dir)
+    destination = await _open_destination(config, stack)
+    if isinstance(destination, S3Destination):
+        await destination.preflight()  # not check(): a dry run must not abort another run's uploads
+    return destination
+
+
+def _check_output_dir(directory: Path) -> None:
+    """What the real run's folder preparation checks, without creating anything."""
+    if directory.exists() and not directory.is_dir():
+        raise DestinationError(f"--output-dir {directory} exists and is not a folder")
+    existing = next((folder for folder in (directory, *directory.parents) if folder.exists()), Path("."))
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise DestinationError(f"--output-dir {directory} cannot be created or written ({existing})")
+
+
+async def _previous(config: RunConfig, destination: Destination) -> tuple[Manifest | None, str | None]:
+    """The earlier job under this manifest name, as the real run would treat it (nothing is deleted)."""
+    name = manifest_name(config.split, config.num_samples, config=config.config_name)
+    data = await destination.load_manifest(name)
+    if data is None:
+        return None, None
+    where = destination.location(name)
+    manifest = Manifest.from_json(data, where=where)
+    request = RequestInfo(
+        config.repo_id,
+        config.revision,
+        config.config_name,
+        config.split,
+        config.num_samples,
+        config.max_lines_per_file,
+    )
+    differences = manifest.request.differences(request)
+    recorded = f"{len(manifest.parts)} part(s) recorded"
+    if differences and not config.overwrite:
+        raise UsageError(
+            f"{where} records a different job ({'; '.join(differences)}); "
+            "rerun with the same arguments to resume it, or pass --overwrite to replace it"
+        )
+    if differences:
+        return None, f"a different job ({recorded}) would be replaced (--overwrite)"
+    state = "complete" if manifest.complete else "resumable"
+    return manifest, f"{state}, {recorded}, at commit {manifest.request.commit}"
+
+
+def format_plan(plan: Plan) -> str:
+    """The plan as plain lines for stdout."""
+    config = plan.config
+    split_bytes = sum(shard.size for shard in plan.split_shards)
+    how = "streamed, stopping after N documents" if config.streaming else "downloaded whole (--no-streaming)"
+    lines = [
+        "Dry run: no document is transferred and nothing is written.",
+        f"Dataset:        {config.repo_id} ({config.config_name}/{config.split}), "
+        f"revision {config.revision} -> commit {plan.commit}",
+        f"Split:          {len(plan.split_shards)} shard(s), {split_bytes:,} gzip bytes",
+        f"Shards to read: {len(plan.needed)} (an estimate, at ~{GZIP_BYTES_PER_DOCUMENT} gzip bytes "
+        f"per document), {how}",
+        *(f"  {shard.path}  {shard.size:,} bytes" for shard in plan.needed),
+        f"Bytes to read:  ~{plan.bytes_to_read:,} gzip bytes (estimate)",
+        f"Parts:          {len(plan.parts)} (names assume the split holds {config.num_samples:,} documents)",
+        *(f"  {part.name}  {part.lines:,} lines -> {part.url or part.path}" for part in plan.parts),
+        f"Destination:    {destination_of(config)} (checked{', write probe passed' if config.s3 else ''})",
+        f"Manifest:       {manifest_location(config)}",
+    ]
+    if plan.previous_job is not None:
+        lines.append(f"Earlier job:    {plan.previous_job}")
+    return "\n".join(lines)
+
+
+def plan_to_json(plan: Plan) -> dict[str, Any]:
+    """The `--dry-run --json` object."""
+    config = plan.config
+    return {
+        "ok": True,
+        "exit_code": 0,
+        "error": None,
+        "dry_run": True,
+        "repo": config.repo_id,
+        "revision": config.revision,
+        "config": config.config_name,
+        "split": config.split,
+        "num_samples": config.num_samples,
+        "max_lines_per_file": config.max_lines_per_file,
+        "destination": destination_of(config),
+        "manifest": manifest_location(config),
+        "commit": plan.commit,
+        "streaming": config.streaming,
+        "split_shards": len(plan.split_shards),
+        "split_bytes": sum(shard.size for shard in plan.split_shards),
+        "shards": [{"path": shard.path, "size": shard.size} for shard in plan.needed],
+        "estimate": {
+            "gzip_bytes_per_document": GZIP_BYTES_PER_DOCUMENT,
+            "bytes_to_read": plan.bytes_to_read,
+            "exact": False,
+        },
+        "parts": [
+            {
+                "name": part.name,
+                "lines": part.lines,
+                "path": part.path,
+                "url": part.url,
+                "key": config.s3.key_for(part.name) if config.s3 is not None else None,
+            }
+            for part in plan.parts
+        ],
+        "previous_job": plan.previous_job,
+    }
