@@ -171,6 +171,8 @@ class S3Destination:
             paginator = self._client.get_paginator("list_multipart_uploads")
             async for page in paginator.paginate(Bucket=self.target.bucket, Prefix=prefix):
                 for upload in page.get("Uploads", []):
+                    if not upload["Key"][len(prefix) :].startswith((".", "_part")):
+                        continue  # c4_train_10000... is another job than c4_train_1000
                     await self._client.abort_multipart_upload(
                         Bucket=self.target.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
                     )

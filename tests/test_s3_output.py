@@ -170,3 +170,21 @@ def test_unwritable_bucket_fails_before_any_download(
     assert len(result.error_lines) == 1
     assert result.error_lines[0].startswith(f"aioc4: error: cannot write to s3://{bucket}/c4: AccessDenied")
     assert hub_bytes() == 0
+
+
+def test_a_rerun_aborts_its_own_stale_multipart_uploads_and_no_other_jobs(
+    aioc4: Aioc4, s3: MotoServerProcess, bucket: str
+) -> None:
+    """A killed run leaves open uploads; the next run of the same job aborts them, but an upload of
+    c4_train_10000 (another job whose name starts with this one's) is left alone."""
+    ours, theirs = "p/c4_train_1000_part001.jsonl", "p/c4_train_10000_part001.jsonl"
+
+    async def start_uploads() -> None:
+        async with s3_client(s3.endpoint) as client:
+            for key in (ours, theirs):
+                await client.create_multipart_upload(Bucket=bucket, Key=key)
+
+    asyncio.run(start_uploads())
+    result = aioc4("--num-samples", "1000", "--max-lines-per-file", "500", "--s3-path", f"s3://{bucket}/p")
+    assert result.returncode == 0, result.stderr
+    assert open_multipart_uploads(s3, bucket) == [theirs]
