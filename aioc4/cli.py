@@ -22,11 +22,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
-from .config import DEFAULT_OUTPUT_DIR, S3_CHECKSUMS, SPLITS, RunConfig, parse_s3_path
+from .config import DEFAULT_OUTPUT_DIR, S3_CHECKSUMS, SPLITS, BulkOptions, RunConfig, parse_s3_path
 from .errors import Aioc4Error, DestinationError, UsageError
 from .report import RunSummary, failure_to_json, format_step_summary, format_summary, summary_to_json
+from .sharding import parse_shard_selection, worker_slot
 
 if TYPE_CHECKING:
+    from .destination import Destination
     from .progress import ProgressDisplay
 
 __all__ = ["build_parser", "config_from_args", "main"]
@@ -42,6 +44,23 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         """One line, not argparse's usage block."""
         raise UsageError(message)
+
+
+def _count_or_all(text: str) -> int | str:
+    return "all" if text == "all" else _positive_int(text)
+
+
+def _non_negative_int(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
+    return int(text)
+
+
+def _shard_selection(text: str) -> tuple[int, ...]:
+    try:
+        return parse_shard_selection(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--shards: ")) from None
 
 
 def _positive_int(text: str) -> int:
@@ -67,7 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="where parts are written (default: %(default)s)",
     )
     add(
-        "--num-samples", type=_positive_int, default=1000, help="documents to download (default: %(default)s)"
+        "--num-samples",
+        type=_count_or_all,
+        default=1000,
+        help="documents to download (default: %(default)s), or `all` for whole shards (a bulk pull)",
     )
     add("--split", choices=SPLITS, default="train", help="split to read (default: %(default)s)")
     add(
@@ -93,6 +115,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="C4 variant: en (default), en.noblocklist, en.noclean, realnewslike, multilingual, or an mC4 "
         "language (af ... zu, en-multi), as the dataset card declares them",
     )
+    add(
+        "--shards",
+        type=_shard_selection,
+        metavar="LIST",
+        help="only these shards, by number in the split's order, e.g. 0-99,200",
+    )
+    add(
+        "--num-workers",
+        type=_positive_int,
+        help="bulk pulls on several machines: how many workers share the shards",
+    )
+    add(
+        "--worker-index",
+        type=_non_negative_int,
+        help="this worker's index, 0-based (default: JOB_COMPLETION_INDEX or AWS_BATCH_JOB_ARRAY_INDEX)",
+    )
+    add(
+        "--procs",
+        type=_positive_int,
+        help="bulk pulls: worker processes on this machine (default: one per core)",
+    )
+    add("--proc-index", type=_non_negative_int, help=argparse.SUPPRESS)  # set in --procs' children
     add("--repo-id", default="allenai/c4", help="dataset repo on the Hub (default: %(default)s)")
     add("--revision", default="main", help="branch, tag or commit to read (default: %(default)s)")
     add(
@@ -143,8 +187,22 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         raise UsageError("--quiet and --verbose contradict each other; pass one of them")
     s3 = parse_s3_path(args.s3_path) if args.s3_path is not None else None
     cleanup = args.cleanup_local or (s3 is not None and not args.no_cleanup)
+    bulk = _bulk_options(args) if args.num_samples == "all" else None
+    if bulk is None:
+        given = [
+            flag
+            for flag, value in (
+                ("--num-workers", args.num_workers),
+                ("--worker-index", args.worker_index),
+                ("--procs", args.procs),
+                ("--proc-index", args.proc_index),
+            )
+            if value is not None
+        ]
+        if given:
+            raise UsageError(f"{', '.join(given)} split bulk pulls: they need --num-samples all")
     return RunConfig(
-        num_samples=args.num_samples,
+        num_samples=1 if bulk else args.num_samples,
         split=args.split,
         output_dir=args.output_dir,
         max_lines_per_file=args.max_lines_per_file,
@@ -160,7 +218,15 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         retry_budget_s=args.retry_budget,
         overwrite=args.overwrite,
         s3_checksum=args.s3_checksum,
+        shards=args.shards,
+        bulk=bulk,
     )
+
+
+def _bulk_options(args: argparse.Namespace) -> BulkOptions:
+    """The worker's slot from flags or the scheduler's environment; by default a process per core."""
+    slot = worker_slot(args.num_workers, args.worker_index, os.environ)
+    return BulkOptions(slot.index, slot.count, args.procs or os.cpu_count() or 1, args.proc_index)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
@@ -171,6 +237,8 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["verify"]:
         return _run_verify(arguments[1:])
+    if arguments[:1] == ["merge"]:
+        return _run_merge(arguments[1:])
     redact = _redactor()
     as_json = "--json" in arguments  # known before parsing, so that a usage error is JSON too
     config: RunConfig | None = None
@@ -182,8 +250,13 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
     _configure_logging(quiet=args.quiet, verbose=args.verbose, redact=redact)
     try:
         if args.dry_run:
+            if config.bulk is not None:
+                raise UsageError("--dry-run plans count jobs; it does not plan --num-samples all yet")
             return _dry_run(config, as_json=as_json, redact=redact)
-        summary = _execute(config, _display(config, quiet=args.quiet or args.dry_run))
+        if config.bulk is not None and config.bulk.procs > 1 and config.bulk.proc_index is None:
+            summary = _execute_processes(arguments, config)
+        else:
+            summary = _execute(config, _display(config, quiet=args.quiet or config.bulk is not None))
     except Aioc4Error as exc:
         return _failed(exc.exit_code, str(exc), config, as_json=as_json, redact=redact)
     except KeyboardInterrupt:  # pragma: no cover - SIGINT is handled by the loop; this is a fallback
@@ -262,6 +335,7 @@ def _dry_run(config: RunConfig, *, as_json: bool, redact: Callable[[str], str]) 
 def _execute(config: RunConfig, display: ProgressDisplay | None = None) -> RunSummary:
     from huggingface_hub.utils.tqdm import disable_progress_bars
 
+    from .bulk import run_bulk
     from .pipeline import StopRequest, run
 
     disable_progress_bars()  # aioc4 reports its own progress
@@ -285,6 +359,8 @@ def _execute(config: RunConfig, display: ProgressDisplay | None = None) -> RunSu
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, on_signal, signum)
         try:
+            if config.bulk is not None:
+                return await run_bulk(config, stop)
             return await run(config, stop, display=display)
         except asyncio.CancelledError:
             if stop.signum:
@@ -295,11 +371,107 @@ def _execute(config: RunConfig, display: ProgressDisplay | None = None) -> RunSu
         return runner.run(main_task())
 
 
+def _execute_processes(arguments: Sequence[str], config: RunConfig) -> RunSummary:
+    """`--procs P`: P child processes share this worker's shards; then one summary over all of them."""
+    import time
+
+    from .bulk import check_destination, collect
+    from .fanout import combined_exit_code, run_children
+    from .pipeline import _prepare_output_dir, _remove_if_empty
+
+    assert config.bulk is not None
+    child_arguments = [argument for argument in arguments if argument != "--json"]  # one summary: ours
+    started = time.monotonic()
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(check_destination(config))
+        created_dirs = _prepare_output_dir(config.output_dir)  # made here: the parent removes it if empty
+        codes = runner.run(run_children(child_arguments, config.bulk.procs))
+        code = combined_exit_code(codes)
+        if code != 0:
+            _remove_if_empty(created_dirs)
+            failed = [index for index, child in enumerate(codes) if child != 0]
+            raise _ChildrenFailed(
+                f"{len(failed)} of {config.bulk.procs} worker process(es) failed (exit {code}); "
+                "finished shards are kept: run the same command again to resume",
+                code,
+            )
+        summary = runner.run(collect(config, created_dirs))
+    summary.elapsed_seconds = time.monotonic() - started
+    return summary
+
+
+class _ChildrenFailed(Aioc4Error):
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _merge_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="aioc4 merge",
+        description="Combine the shard manifests of a bulk pull (--num-samples all) at a folder or S3 "
+        "prefix into the job's manifest; exits 1 while shards are missing or unfinished.",
+    )
+    parser.add_argument("target", help="a local folder or s3://bucket/prefix")
+    parser.add_argument("--config", default="en", metavar="NAME", help="C4 variant (default: %(default)s)")
+    parser.add_argument("--split", choices=SPLITS, default="train", help="split (default: %(default)s)")
+    parser.add_argument(
+        "--shards", type=_shard_selection, metavar="LIST", help="the selection that was pulled"
+    )
+    parser.add_argument("--endpoint-url", help="S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 / AWS)")
+    return parser
+
+
+def _run_merge(argv: Sequence[str]) -> int:
+    from .merge import merge_at
+
+    redact = _redactor()
+    try:
+        args = _merge_parser().parse_args(argv)
+        if not args.target.startswith("s3://") and not Path(args.target).is_dir():
+            raise UsageError(f"{args.target} is neither a folder nor an s3:// URL")
+
+        async def merge() -> str:
+            async with AsyncExitStack() as stack:
+                destination = await _destination_at(args.target, args.endpoint_url, stack)
+                name, manifest = await merge_at(destination, args.split, args.config, args.shards)
+                return (
+                    f"{destination.location(name)}: {len(manifest.parts)} part(s), "
+                    f"{manifest.documents:,} documents"
+                )
+
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            text = runner.run(merge())
+    except Aioc4Error as exc:
+        _fail(redact(str(exc)))
+        return exc.exit_code
+    print(text, flush=True)
+    return EXIT_OK
+
+
+async def _destination_at(target: str, endpoint_url: str | None, stack: AsyncExitStack) -> Destination:
+    """A folder or an S3 prefix to read manifests from (and save a combined one to)."""
+    from .destination import LocalDestination
+    from .uploader import S3Destination
+
+    if not target.startswith("s3://"):
+        return LocalDestination(Path(target))
+    s3 = S3Destination(
+        parse_s3_path(target),
+        Path("."),
+        job_prefix="",
+        endpoint_url=endpoint_url,
+        workers=4,
+        cleanup_local=True,  # a manifest saved there is not also kept in the current folder
+    )
+    return await stack.enter_async_context(s3)
+
+
 def _verify_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="aioc4 verify",
         description="Check every part listed in the manifests at a folder or S3 prefix: present, size, "
-        "SHA-256 and line count. Exits 1 on any mismatch.",
+        "CRC-32 and line count. Exits 1 on any mismatch.",
     )
     parser.add_argument("target", help="a local folder or s3://bucket/prefix")
     parser.add_argument("--endpoint-url", help="S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 / AWS)")
@@ -324,25 +496,19 @@ def _run_verify(argv: Sequence[str]) -> int:
 
 
 async def _verify(target: str, endpoint_url: str | None) -> tuple[str, bool]:
-    from .destination import Destination, LocalDestination
     from .manifest import Manifest
-    from .uploader import S3Destination
-    from .verify import format_report, verify_manifest
+    from .verify import PartFacts, format_report, verify_manifest
 
     async with AsyncExitStack() as stack:
-        destination: Destination
-        if target.startswith("s3://"):
-            s3 = S3Destination(
-                parse_s3_path(target),
-                Path("."),
-                job_prefix="",
-                endpoint_url=endpoint_url,
-                workers=4,
-                cleanup_local=False,
-            )
-            destination = await stack.enter_async_context(s3)
-        else:
-            destination = LocalDestination(Path(target))
+        destination = await _destination_at(target, endpoint_url, stack)
+        seen: dict[str, PartFacts | None] = {}
+
+        async def inspect_once(name: str) -> PartFacts | None:
+            """A bulk pull lists each part in its shard's manifest and in the job's: read it once."""
+            if name not in seen:
+                seen[name] = await destination.inspect(name)
+            return seen[name]
+
         names = await destination.list_manifests()
         if not names:
             raise DestinationError(f"no aioc4 manifest (*.manifest.json) in {target}")
@@ -352,7 +518,7 @@ async def _verify(target: str, endpoint_url: str | None) -> tuple[str, bool]:
             if data is None:
                 raise DestinationError(f"{destination.location(name)} disappeared while verifying")
             manifest = Manifest.from_json(data, where=destination.location(name))
-            reports.append(await verify_manifest(name, manifest, destination.inspect))
+            reports.append(await verify_manifest(name, manifest, inspect_once))
     return format_report(target.rstrip("/"), reports), all(not report.problems for report in reports)
 
 

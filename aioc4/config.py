@@ -9,7 +9,15 @@ from pathlib import Path
 from .errors import UsageError
 from .variants import check_config_name
 
-__all__ = ["DEFAULT_OUTPUT_DIR", "S3_CHECKSUMS", "SPLITS", "RunConfig", "S3Target", "parse_s3_path"]
+__all__ = [
+    "DEFAULT_OUTPUT_DIR",
+    "S3_CHECKSUMS",
+    "SPLITS",
+    "BulkOptions",
+    "RunConfig",
+    "S3Target",
+    "parse_s3_path",
+]
 
 SPLITS = ("train", "validation")
 S3_CHECKSUMS = ("crc32", "md5")  # what S3 verifies on every upload (see aioc4.uploader)
@@ -47,6 +55,28 @@ def parse_s3_path(text: str) -> S3Target:
 
 
 @dataclass(frozen=True, slots=True)
+class BulkOptions:
+    """`--num-samples all`: whole shards, each into its own parts, shared among workers and processes.
+
+    `worker_index`/`num_workers` place this machine among several (see `aioc4.sharding`); `procs`
+    processes split the machine's share; `proc_index` is set in each of those child processes.
+    """
+
+    worker_index: int = 0
+    num_workers: int = 1
+    procs: int = 1
+    proc_index: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.procs <= 0:
+            raise UsageError(f"--procs must be a positive integer, got {self.procs}")
+        if not 0 <= self.worker_index < self.num_workers:
+            raise UsageError(f"worker index {self.worker_index} is not within 0..{self.num_workers - 1}")
+        if self.proc_index is not None and not 0 <= self.proc_index < self.procs:
+            raise UsageError(f"--proc-index {self.proc_index} is not within 0..{self.procs - 1}")
+
+
+@dataclass(frozen=True, slots=True)
 class RunConfig:
     """Everything one run needs to know, already validated."""
 
@@ -66,6 +96,8 @@ class RunConfig:
     retry_budget_s: float = 600.0
     overwrite: bool = False
     s3_checksum: str = "crc32"
+    shards: tuple[int, ...] | None = None  # --shards: positions in the split's shard order
+    bulk: BulkOptions | None = None  # --num-samples all (num_samples is then unused)
 
     def __post_init__(self) -> None:
         check_config_name(self.config_name)  # it becomes part of file names and S3 keys

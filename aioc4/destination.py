@@ -43,6 +43,9 @@ class Destination(Protocol):
     async def check(self) -> None:
         """Fail early (before any download) if parts could not be delivered."""
 
+    async def abort_stale_uploads(self, stem: str) -> None:
+        """Drop the unfinished uploads a killed run of the job named `stem` left behind."""
+
     async def deliver(self, part: FinishedPart) -> Delivery:
         """Deliver one finished part; never raises for a failure that leaves the part on disk."""
 
@@ -71,7 +74,7 @@ class Destination(Protocol):
         """Names of the manifests at the destination (for `aioc4 verify`)."""
 
     async def inspect(self, name: str) -> PartFacts | None:
-        """Size, SHA-256 and line count of a part as it is at the destination; None if missing."""
+        """Size, CRC-32 and line count of a part as it is at the destination; None if missing."""
 
 
 class LocalDestination:
@@ -81,6 +84,9 @@ class LocalDestination:
         self.directory = directory
 
     async def check(self) -> None:
+        return None
+
+    async def abort_stale_uploads(self, stem: str) -> None:
         return None
 
     async def deliver(self, part: FinishedPart) -> Delivery:

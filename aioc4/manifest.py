@@ -57,6 +57,9 @@ class RequestInfo:
     num_samples: int
     max_lines_per_file: int | None
     commit: str = ""
+    shards: str = ""  # a --shards selection ("" = the whole split)
+    shard: str = ""  # bulk pulls: the one shard this job holds (its path), with num_samples 0
+    split_shards: int = 0  # bulk pulls: how many shards the split has at the commit
 
     def differences(self, other: RequestInfo) -> list[str]:
         """`field: recorded -> asked` for every field (but the commit) where `other` differs."""

@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
+from typing import Protocol
 
 from .variants import CONFIG_NAME_PATTERN, DEFAULT_CONFIG
 
 __all__ = [
     "PART_NAME",
+    "CountNaming",
+    "PartNaming",
+    "ShardNaming",
     "job_stem",
     "part_count",
     "part_digits",
@@ -23,17 +28,93 @@ __all__ = [
     "part_names",
     "part_sizes",
     "renames_for_short_split",
+    "split_stem",
     "temp_part_glob",
     "temp_part_name",
 ]
 
-PART_NAME = re.compile(rf"^c4_(?:{CONFIG_NAME_PATTERN}_)?(?:train|validation)_\d+(?:_part\d{{3,}})?\.jsonl$")
-"""Every name `part_name` can give: names read back from a manifest must match it (they become paths)."""
+PART_NAME = re.compile(
+    rf"^c4_(?:{CONFIG_NAME_PATTERN}_)?(?:train|validation)_(?:\d+|shard\d{{5}})(?:_part\d{{3,}})?\.jsonl$"
+)
+"""Every name aioc4 gives a part: names read back from a manifest must match it (they become paths)."""
+SHARD_PART_DIGITS = 6  # a bulk pull does not know a shard's part count in advance: room for 999,999
+
+
+def split_stem(split: str, config: str = DEFAULT_CONFIG) -> str:
+    """`c4_{split}` for `en`, `c4_{config}_{split}` for any other config."""
+    return f"c4_{split}" if config == DEFAULT_CONFIG else f"c4_{config}_{split}"
 
 
 def job_stem(split: str, requested: int, config: str = DEFAULT_CONFIG) -> str:
     """`c4_{split}_{N}` for `en` (the original tool's names), `c4_{config}_{split}_{N}` otherwise."""
-    return f"c4_{split}_{requested}" if config == DEFAULT_CONFIG else f"c4_{config}_{split}_{requested}"
+    return f"{split_stem(split, config)}_{requested}"
+
+
+class PartNaming(Protocol):
+    """How one job names its files (parts, temp parts, manifest)."""
+
+    def final(self, index: int, total: int) -> str:
+        """Part `index` (1-based) of a job that wrote `total` documents (or asked for them, until the end)."""
+        ...
+
+    def temp(self, index: int) -> str: ...
+
+    def temp_glob(self) -> str: ...
+
+    def manifest(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CountNaming:
+    """The original tool's names: the first N documents, the count in every name."""
+
+    split: str
+    requested: int
+    max_lines: int | None
+    config: str = DEFAULT_CONFIG
+
+    def final(self, index: int, total: int) -> str:
+        return part_name(self.split, total, index, part_count(total, self.max_lines), self.config)
+
+    def temp(self, index: int) -> str:
+        return temp_part_name(self.split, self.requested, index, self.config)
+
+    def temp_glob(self) -> str:
+        return temp_part_glob(self.split, self.requested, self.config)
+
+    def manifest(self) -> str:
+        return f"{job_stem(self.split, self.requested, self.config)}.manifest.json"
+
+
+@dataclass(frozen=True, slots=True)
+class ShardNaming:
+    """A bulk pull's names: one shard's documents, `c4_{split}_shard00017.jsonl` or
+    `c4_{split}_shard00017_part000001.jsonl`, ... (shard numbers have 5 digits as in C4's own file
+    names; part numbers 6, as a shard's part count is not known in advance), so every name sorts
+    in reading order and does not depend on which shards or how many workers a run had."""
+
+    split: str
+    shard: int  # the shard's position in the split's reading order (C4's shard number for `en`)
+    max_lines: int | None
+    config: str = DEFAULT_CONFIG
+
+    @property
+    def stem(self) -> str:
+        return f"{split_stem(self.split, self.config)}_shard{self.shard:05d}"
+
+    def final(self, index: int, total: int) -> str:
+        if self.max_lines is None:
+            return f"{self.stem}.jsonl"
+        return f"{self.stem}_part{index:0{SHARD_PART_DIGITS}d}.jsonl"
+
+    def temp(self, index: int) -> str:
+        return f".{self.stem}_part{index:0{SHARD_PART_DIGITS}d}.jsonl.tmp"
+
+    def temp_glob(self) -> str:
+        return f".{self.stem}_part*.jsonl.tmp"
+
+    def manifest(self) -> str:
+        return f"{self.stem}.manifest.json"
 
 
 def part_count(total: int, max_lines: int | None) -> int:

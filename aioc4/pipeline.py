@@ -27,10 +27,11 @@ from .destination import Destination, LocalDestination
 from .errors import Aioc4Error, DestinationError, Interrupted, UsageError
 from .hub import HubSource, Shard
 from .manifest import Manifest, PartRecord, RequestInfo, ResumePoint, manifest_name, resume_point
-from .naming import job_stem, renames_for_short_split
+from .naming import CountNaming, PartNaming, job_stem, renames_for_short_split
 from .progress import Counters, ProgressDisplay
 from .report import RunSummary, preview
 from .retry import RetryBudget, RetryPolicy
+from .sharding import select_shards, selection_text
 from .source import SourceProgress, read_documents
 from .uploader import S3Destination
 from .writer import FinishedPart, PartWriter
@@ -86,6 +87,7 @@ async def run(
             config.split,
             config.num_samples,
             config.max_lines_per_file,
+            shards=selection_text(config.shards) if config.shards is not None else "",
         )
         manifest = await _previous_job(destination, request, overwrite=config.overwrite)
         if manifest is not None and manifest.complete and await _all_intact(destination, manifest.parts):
@@ -105,6 +107,7 @@ async def run(
         commit = manifest.request.commit
         shards = await hub.list_shards(commit, config.config_name, config.split)
         log.info("%s@%s: %d %s shard(s) available", config.repo_id, commit[:12], len(shards), config.split)
+        shards = [shards[position] for position in select_shards(range(len(shards)), config.shards)]
         created_dirs = _prepare_output_dir(config.output_dir)  # last check: nothing is created on bad input
         summary = await _produce(config, hub, shards, destination, manifest, stop, display)
         summary.elapsed_seconds = time.monotonic() - started
@@ -160,7 +163,7 @@ async def _open_destination(config: RunConfig, stack: AsyncExitStack) -> Destina
     s3 = S3Destination(
         config.s3,
         config.output_dir,
-        job_prefix=job_stem(config.split, config.num_samples, config.config_name),
+        job_prefix="" if config.bulk else job_stem(config.split, config.num_samples, config.config_name),
         endpoint_url=config.endpoint_url,
         workers=config.upload_workers,
         cleanup_local=config.cleanup_local,
@@ -170,11 +173,11 @@ async def _open_destination(config: RunConfig, stack: AsyncExitStack) -> Destina
 
 
 async def _previous_job(
-    destination: Destination, request: RequestInfo, *, overwrite: bool
+    destination: Destination, request: RequestInfo, *, overwrite: bool, name: str | None = None
 ) -> Manifest | None:
     """The manifest of an earlier run of the same job; a different job under the same name is refused
     (or, with --overwrite, its parts are deleted)."""
-    name = manifest_name(request.split, request.num_samples, request.config_name)
+    name = name or manifest_name(request.split, request.num_samples, request.config_name)
     data = await destination.load_manifest(name)
     if data is None:
         return None
@@ -229,8 +232,12 @@ class PartPipeline:
         destination: Destination,
         manifest: Manifest,
         point: ResumePoint | None = None,
+        naming: PartNaming | None = None,
     ) -> None:
         point = point or ResumePoint()
+        self.naming = naming or CountNaming(
+            config.split, config.num_samples, config.max_lines_per_file, config.config_name
+        )
         self.config = config
         self.destination = destination
         self.manifest = manifest
@@ -243,7 +250,7 @@ class PartPipeline:
             config.max_lines_per_file,
             first_index=point.next_index,
             documents=point.documents,
-            config=config.config_name,
+            naming=self.naming,
         )
         self.failed: dict[str, str] = {}
         self.source_error: Aioc4Error | None = None
@@ -370,8 +377,7 @@ class PartPipeline:
             await self._save(final=final)
 
     async def _save(self, *, final: bool) -> None:
-        name = manifest_name(self.config.split, self.config.num_samples, self.config.config_name)
-        await self.destination.save_manifest(name, self.manifest.to_json(), final=final)
+        await self.destination.save_manifest(self.naming.manifest(), self.manifest.to_json(), final=final)
 
     async def rename_for_real_count(self) -> None:
         """The split ended before N: give parts named after N their real-count names."""

@@ -20,6 +20,7 @@ __all__ = [
     "WorkerSlot",
     "parse_shard_selection",
     "select_shards",
+    "selection_text",
     "worker_share",
     "worker_slot",
 ]
@@ -48,6 +49,17 @@ def parse_shard_selection(text: str) -> tuple[int, ...]:
             raise UsageError(f"--shards: {last} is beyond the largest shard number ({_MAX_SHARD_NUMBER})")
         numbers.update(range(first, last + 1))
     return tuple(sorted(numbers))
+
+
+def selection_text(positions: Sequence[int]) -> str:
+    """(0, 1, 2, 3, 7) -> "0-3,7": the compact form a manifest records and a name can carry."""
+    runs: list[list[int]] = []
+    for position in sorted(positions):
+        if runs and position == runs[-1][1] + 1:
+            runs[-1][1] = position
+        else:
+            runs.append([position, position])
+    return ",".join(f"{first}-{last}" if last > first else f"{first}" for first, last in runs)
 
 
 def select_shards(available: Sequence[int], wanted: Sequence[int] | None) -> list[int]:

@@ -118,7 +118,8 @@ class S3Destination:
     async def check(self) -> None:
         """Credentials exist, the bucket exists, we may write under the prefix; old uploads are aborted."""
         await self.preflight()
-        await self._abort_stale_uploads()
+        if self.job_prefix:  # a bulk pull has one job per shard: it aborts them shard by shard
+            await self.abort_stale_uploads(self.job_prefix)
 
     async def preflight(self) -> None:
         """The checks of `check` that change nothing (the write probe is aborted): for `--dry-run`."""
@@ -163,10 +164,10 @@ class S3Destination:
             with contextlib.suppress(ClientError, BotoCoreError):
                 await self._client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
 
-    async def _abort_stale_uploads(self) -> None:
-        """A run killed mid-upload leaves an incomplete multipart upload (billed storage): abort this
-        job's, and only this job's, so concurrent jobs under the same prefix are left alone."""
-        prefix = self.target.key_for(self.job_prefix)
+    async def abort_stale_uploads(self, stem: str) -> None:
+        """A run killed mid-upload leaves an incomplete multipart upload (billed storage): abort those of
+        the job named `stem`, and only its, so concurrent jobs under the same prefix are left alone."""
+        prefix = self.target.key_for(stem)
         try:
             paginator = self._client.get_paginator("list_multipart_uploads")
             async for page in paginator.paginate(Bucket=self.target.bucket, Prefix=prefix):

@@ -14,8 +14,8 @@ from aiofiles.threadpool.binary import AsyncBufferedIOBase
 from .checksum import crc32, crc32_hex
 from .decode import Batch
 from .errors import DestinationError
-from .manifest import PartRecord, SourcePosition, manifest_name
-from .naming import part_count, part_name, temp_part_glob, temp_part_name
+from .manifest import PartRecord, SourcePosition
+from .naming import CountNaming, PartNaming
 from .variants import DEFAULT_CONFIG
 
 __all__ = ["FinishedPart", "PartWriter"]
@@ -57,8 +57,10 @@ class PartWriter:
         first_index: int = 1,
         documents: int = 0,
         config: str = DEFAULT_CONFIG,
+        naming: PartNaming | None = None,
     ) -> None:
         self.directory = directory
+        self.naming = naming or CountNaming(split, requested, max_lines, config)
         self.split = split
         self.config = config
         self.requested = requested
@@ -77,12 +79,12 @@ class PartWriter:
 
     @property
     def _temp_path(self) -> Path:
-        return self.directory / temp_part_name(self.split, self.requested, self.index, self.config)
+        return self.directory / self.naming.temp(self.index)
 
     def sweep(self) -> int:
         """Remove temp files a killed run of this job left behind (blocking; call before writing)."""
-        stale = [*self.directory.glob(temp_part_glob(self.split, self.requested, self.config))]
-        stale += self.directory.glob(f".{manifest_name(self.split, self.requested, self.config)}.tmp")
+        stale = [*self.directory.glob(self.naming.temp_glob())]
+        stale += self.directory.glob(f".{self.naming.manifest()}.tmp")
         for path in stale:
             _remove(path)
         return len(stale)
@@ -135,7 +137,7 @@ class PartWriter:
         assert self._first is not None
         assert self._last is not None
         temp = self._temp_path
-        name = part_name(self.split, total, self.index, part_count(total, self.max_lines), self.config)
+        name = self.naming.final(self.index, total)
         try:
             await self._file.flush()
             await asyncio.to_thread(os.fsync, self._file.fileno())  # durable before it gets its final name

@@ -60,6 +60,7 @@ UPLOAD_WORKERS = 4
 """aioc4's default `--upload-workers`; parts on local disk should stay within 2 x this + 1."""
 RSS_LIMIT_MB = 150.0
 CORES = os.cpu_count() or 1
+BULK_PROCS = max(2, CORES)
 HUB_BYTES_FACTOR = 3.0
 MB = 1e6
 CHUNK = 1 << 18
@@ -240,6 +241,13 @@ def scenarios(shape: Shape) -> list[Scenario]:
             paced=True,
         ),
         Scenario(
+            "bulk",
+            f"--num-samples all over {shape.shards} shards: {BULK_PROCS} processes against 1",
+            (shape.shards * shape.docs_per_shard,),
+            part,
+            tools=("bulk-1", f"bulk-{BULK_PROCS}"),
+        ),
+        Scenario(
             "big",
             f"N={big_n:,} over {BIG_SHARDS} shards (hard links), memory",
             (big_n,),
@@ -415,8 +423,12 @@ def child_env(hub_endpoint: str, s3_env: dict[str, str], home: Path) -> dict[str
 def tool_command(spec: RunSpec, out_dir: Path, shards: Sequence[Path]) -> list[str]:
     if spec.tool == "decode":
         return [sys.executable, "-m", "scripts.bench", "--decode-limit", str(spec.n), *map(str, shards)]
-    module = "aioc4" if spec.tool == "aioc4" else "scripts.baseline_seed"
-    command = [sys.executable, "-m", module, "--num-samples", str(spec.n), "--output-dir", str(out_dir)]
+    module = "scripts.baseline_seed" if spec.tool == "baseline" else "aioc4"
+    count = str(spec.n)
+    if spec.tool.startswith("bulk-"):  # a bulk pull of every shard, in that many processes
+        count = "all"
+        module += f" --procs {spec.tool.removeprefix('bulk-')}"
+    command = [sys.executable, "-m", *module.split(), "--num-samples", count, "--output-dir", str(out_dir)]
     if spec.part_lines is not None:
         command += ["--max-lines-per-file", str(spec.part_lines)]
     if spec.output == "s3":
@@ -808,6 +820,8 @@ def tool_title(tool: str) -> str:
     titles = {
         "baseline": "baseline (datasets + boto3)",
         "decode": f"decode limit ({fastest_inflater()[0]}, 1 core)",
+        "bulk-1": "aioc4 all, 1 process",
+        f"bulk-{BULK_PROCS}": f"aioc4 all, {BULK_PROCS} processes",
     }
     return titles.get(tool, tool)
 
@@ -866,10 +880,24 @@ def table(results: Sequence[ScenarioResult], found: Sequence[Target]) -> str:
     )
 
 
+def _bulk_lines(results: Sequence[ScenarioResult]) -> list[str]:
+    """Bulk pulls: what the processes buy over one process, for each output."""
+    lines = []
+    for result in results:
+        if result.scenario.name == "bulk":
+            one, many = result.rate("bulk-1"), result.rate(f"bulk-{BULK_PROCS}")
+            lines.append(
+                f"bulk pull, {result.output}: {BULK_PROCS} processes {_num(many)} docs/s, 1 process "
+                f"{_num(one)} docs/s = {_num(ratio(many, one), 2)} x"
+            )
+    return lines
+
+
 def _ceilings(results: Sequence[ScenarioResult]) -> list[str]:
     """What the machine allows: aioc4's rate if all its cores did nothing but this run's work (its CPU
     per document summed over aioc4, the Hub server and moto), as the same ratios as the targets."""
-    lines = [f"CPU caps ({CORES} cores; CPU us/doc of aioc4 + Hub server + moto, all on this machine):"]
+    lines = _bulk_lines(results)
+    lines += [f"CPU caps ({CORES} cores; CPU us/doc of aioc4 + Hub server + moto, all on this machine):"]
     for result in results:
         cap = result.tools["aioc4"].cpu_ceiling_docs_per_s if "aioc4" in result.tools else None
         if cap is None:

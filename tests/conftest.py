@@ -127,6 +127,10 @@ class Aioc4:
         )
         return Result(completed.returncode, completed.stdout, completed.stderr, self.cwd)
 
+    @staticmethod
+    def command() -> list[str]:
+        return [sys.executable, "-m", "aioc4"]
+
     def popen(self, *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
             [sys.executable, "-m", "aioc4", *args],

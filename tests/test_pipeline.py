@@ -57,6 +57,9 @@ class SlowCleaningDestination:
     async def is_intact(self, record: PartRecord) -> bool:
         return record.name in self.delivered
 
+    async def abort_stale_uploads(self, stem: str) -> None:
+        raise AssertionError("not expected")
+
     async def rename(self, old: str, new: str) -> None:
         raise AssertionError("not expected")
 

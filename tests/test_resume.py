@@ -52,6 +52,9 @@ def test_manifest_records_the_request_and_every_part(
         "num_samples": count,
         "max_lines_per_file": 5000,
         "commit": hub.commit,
+        "shards": "",  # the whole split
+        "shard": "",  # a count job, not one shard of a bulk pull
+        "split_shards": 0,
     }
     assert manifest["complete"] is True
     names = part_names("train", count, 5000)

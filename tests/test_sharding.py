@@ -7,7 +7,14 @@ import itertools
 import pytest
 
 from aioc4.errors import UsageError
-from aioc4.sharding import WorkerSlot, parse_shard_selection, select_shards, worker_share, worker_slot
+from aioc4.sharding import (
+    WorkerSlot,
+    parse_shard_selection,
+    select_shards,
+    selection_text,
+    worker_share,
+    worker_slot,
+)
 
 
 def test_a_selection_mixes_numbers_and_ranges_sorted_without_repeats() -> None:
@@ -98,3 +105,8 @@ def test_an_impossible_slot_is_a_usage_error(
 ) -> None:
     with pytest.raises(UsageError, match=message):
         worker_slot(num_workers, worker_index, environment)
+
+
+def test_a_selection_is_written_back_compactly() -> None:
+    assert selection_text([7, 0, 1, 2, 3, 200, 9]) == "0-3,7,9,200"
+    assert parse_shard_selection(selection_text([7, 0, 1, 2, 3, 200])) == (0, 1, 2, 3, 7, 200)

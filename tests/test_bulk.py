@@ -1,0 +1,201 @@
+"""Bulk pulls (`--num-samples all`): whole shards, shared among processes and machines, merged, verified."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from aioc4.cli import build_parser, config_from_args
+from aioc4.naming import ShardNaming
+from scripts.hub_server import HubServerProcess
+from scripts.s3_server import MotoServerProcess
+from scripts.shards import FakeRepo, iter_shard_lines
+
+from .conftest import DOCS_PER_TRAIN_SHARD, TRAIN_SHARDS, Aioc4, jsonl, objects, parts_in, shard_paths
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def expected_parts(
+    fake_repo: FakeRepo, split: str, size: int | None, shards: list[int] | None = None
+) -> dict[str, bytes]:
+    """Every part a bulk pull of `shards` (default: all) must write, with its exact content."""
+    paths = shard_paths(fake_repo, split)
+    expected = {}
+    for position in shards if shards is not None else range(len(paths)):
+        lines = list(iter_shard_lines(fake_repo.root / paths[position]))
+        naming = ShardNaming(split, position, size)
+        step = size or len(lines)
+        for index, start in enumerate(range(0, len(lines), step), start=1):
+            expected[naming.final(index, len(lines))] = jsonl(lines[start : start + step])
+    return expected
+
+
+def test_a_bulk_pull_with_two_processes_writes_every_shard_once_and_merges(
+    aioc4: Aioc4, fake_repo: FakeRepo
+) -> None:
+    out = aioc4.cwd / "out"
+    result = aioc4("--num-samples", "all", "--split", "validation", "--max-lines-per-file", "300",
+                   "--procs", "2", "--output-dir", str(out))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert parts_in(out) == expected_parts(fake_repo, "validation", 300)
+    manifests = sorted(path.name for path in out.glob("*.manifest.json"))
+    assert manifests == [
+        "c4_validation_all.manifest.json",
+        "c4_validation_shard00000.manifest.json",
+        "c4_validation_shard00001.manifest.json",
+    ]
+    combined = json.loads((out / "c4_validation_all.manifest.json").read_text())
+    assert combined["complete"] is True
+    assert [part["name"] for part in combined["parts"]] == sorted(
+        expected_parts(fake_repo, "validation", 300)
+    )
+    verify = aioc4("verify", str(out))
+    assert verify.returncode == 0, verify.stderr
+    assert f"c4_validation_all.manifest.json: 6 part(s), {2 * 700:,} documents: OK" in verify.stdout
+
+
+def test_k_workers_over_m_shards_give_the_full_set_without_overlap(
+    aioc4: Aioc4, fake_repo: FakeRepo, s3: MotoServerProcess, bucket: str, hub: HubServerProcess
+) -> None:
+    """Three machines, each with its index from another place (flag, Kubernetes, AWS Batch), at once."""
+    size = 5_000
+    common = ["--num-samples", "all", "--max-lines-per-file", str(size), "--procs", "1",
+              "--s3-path", f"s3://{bucket}/c4"]  # fmt: skip
+    slots: list[tuple[list[str], dict[str, str]]] = [
+        (["--num-workers", "3", "--worker-index", "0"], {}),
+        (["--num-workers", "3"], {"JOB_COMPLETION_INDEX": "1"}),
+        ([], {"AWS_BATCH_JOB_ARRAY_INDEX": "2", "AWS_BATCH_JOB_ARRAY_SIZE": "3"}),
+    ]
+    hub.reset_stats()
+    workers = [
+        subprocess.Popen(
+            [*aioc4.command(), *common, *flags],
+            cwd=aioc4.cwd,
+            env={**aioc4.env, **extra},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for flags, extra in slots
+    ]
+    outcomes = [worker.communicate(timeout=180) for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0, 0], [err for _, err in outcomes]
+    expected = expected_parts(fake_repo, "train", size)
+    assert objects(s3, bucket, "c4/") == {f"c4/{name}": body for name, body in expected.items()}
+    # each shard read once, by one worker: the storage served each shard's bytes exactly once
+    served = hub.stats()["storage_body_bytes_by_path"]
+    assert sorted(served) == shard_paths(fake_repo, "train")
+    assert all(served[path] == (fake_repo.root / path).stat().st_size for path in served)
+    # the last worker to finish wrote the job's manifest, and the whole verifies
+    verify = aioc4("verify", f"s3://{bucket}/c4")
+    assert verify.returncode == 0, verify.stderr
+    total = TRAIN_SHARDS * DOCS_PER_TRAIN_SHARD
+    assert f"c4_train_all.manifest.json: {len(expected)} part(s), {total:,} documents: OK" in verify.stdout
+
+
+def test_merge_waits_for_missing_shards_then_combines(aioc4: Aioc4, fake_repo: FakeRepo) -> None:
+    out = aioc4.cwd / "out"
+    args = ["--num-samples", "all", "--split", "validation", "--procs", "1", "--output-dir", str(out)]
+    first = aioc4(*args, "--num-workers", "2", "--worker-index", "0")
+    assert first.returncode == 0, first.stderr
+    assert not (out / "c4_validation_all.manifest.json").exists()
+    early = aioc4("merge", str(out), "--split", "validation")
+    assert early.returncode == 1
+    assert early.error_lines == ["aioc4: error: 1 of 2 shard(s) not complete yet: 1"]
+    second = aioc4(*args, "--num-workers", "2", "--worker-index", "1")
+    assert second.returncode == 0, second.stderr
+    assert (out / "c4_validation_all.manifest.json").exists()  # written by the last worker
+    (out / "c4_validation_all.manifest.json").unlink()
+    merged = aioc4("merge", str(out), "--split", "validation")
+    assert merged.returncode == 0, merged.stderr
+    assert merged.stdout.strip() == f"{out}/c4_validation_all.manifest.json: 2 part(s), 1,400 documents"
+    assert parts_in(out) == expected_parts(fake_repo, "validation", None)  # no part limit: a file a shard
+    assert list(expected_parts(fake_repo, "validation", None)) == [
+        "c4_validation_shard00000.jsonl",
+        "c4_validation_shard00001.jsonl",
+    ]
+
+
+def test_a_shard_selection_and_a_rerun_that_skips_complete_shards(
+    aioc4: Aioc4, fake_repo: FakeRepo, hub: HubServerProcess
+) -> None:
+    out = aioc4.cwd / "out"
+    args = ["--num-samples", "all", "--shards", "1-2", "--max-lines-per-file", "5000", "--procs", "1",
+            "--output-dir", str(out)]  # fmt: skip
+    result = aioc4(*args)
+    assert result.returncode == 0, result.stderr
+    assert parts_in(out) == expected_parts(fake_repo, "train", 5000, [1, 2])
+    assert (out / "c4_train_shards1-2.manifest.json").exists()
+    hub.reset_stats()
+    again = aioc4(*args)
+    assert again.returncode == 0, again.stderr
+    assert hub.stats()["storage_body_bytes"] == 0
+    assert "shard 1 (en/c4-train.00001-of-00003.json.gz) is already complete" in again.stderr
+
+
+def test_shards_select_the_source_of_a_count_job_too(aioc4: Aioc4, fake_repo: FakeRepo) -> None:
+    out = aioc4.cwd / "out"
+    result = aioc4("--num-samples", "100", "--shards", "2", "--output-dir", str(out))
+    assert result.returncode == 0, result.stderr
+    lines = list(iter_shard_lines(fake_repo.root / shard_paths(fake_repo, "train")[2]))
+    assert parts_in(out) == {"c4_train_100.jsonl": jsonl(lines[:100])}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--num-workers", "2", "--worker-index", "0"], "--num-workers, --worker-index split bulk pulls: "
+         "they need --num-samples all"),
+        (["--num-samples", "all", "--num-workers", "2", "--worker-index", "2"],
+         "worker index 2 (from flags) is not within 0..1"),
+        (["--num-samples", "all", "--shards", "1-x"], "argument --shards: '1-x' is not a shard number"),
+        (["--num-samples", "all", "--shards", "7", "--procs", "1"],
+         "--shards: no shard 7 in this split (it has shards 0-2)"),
+        (["--num-samples", "some"], "argument --num-samples: must be a positive integer, got 'some'"),
+    ],
+)  # fmt: skip
+def test_bad_bulk_arguments_are_one_line_usage_errors(
+    aioc4: Aioc4, hub: HubServerProcess, args: list[str], message: str
+) -> None:
+    hub.reset_stats()
+    result = aioc4(*args)
+    assert result.returncode == 2
+    assert len(result.error_lines) == 1, result.stderr
+    assert message in result.error_lines[0]
+    assert hub.stats()["storage_body_bytes"] == 0
+
+
+def test_the_scheduler_examples_are_valid_aioc4_commands(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Kubernetes and AWS Batch examples parse into the bulk pull they describe."""
+    import yaml
+
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "3")  # what Kubernetes gives pod 3
+
+    job = yaml.safe_load((REPO_ROOT / "examples/kubernetes-indexed-job.yaml").read_text())
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    k8s = config_from_args(build_parser().parse_args([str(arg) for arg in container["args"]]))
+    assert k8s.bulk is not None
+    assert k8s.bulk.num_workers == job["spec"]["completions"] == 8
+    assert k8s.bulk.worker_index == 3
+    monkeypatch.delenv("JOB_COMPLETION_INDEX")
+    monkeypatch.setenv("AWS_BATCH_JOB_ARRAY_INDEX", "5")
+    monkeypatch.setenv("AWS_BATCH_JOB_ARRAY_SIZE", "8")
+    batch_definition = json.loads((REPO_ROOT / "examples/aws-batch-job-definition.json").read_text())
+    batch = config_from_args(build_parser().parse_args(batch_definition["containerProperties"]["command"]))
+    assert batch.bulk is not None
+    assert (batch.bulk.worker_index, batch.bulk.num_workers) == (5, 8)
+    assert (batch.s3, batch.revision) == (k8s.s3, k8s.revision)
+
+
+def test_a_bad_bucket_stops_a_multi_process_pull_with_one_line_and_no_folder(aioc4: Aioc4) -> None:
+    out = aioc4.cwd / "out"
+    result = aioc4(
+        "--num-samples", "all", "--procs", "2", "--output-dir", str(out), "--s3-path", "s3://no-such-bucket/x"
+    )
+    assert result.returncode == 1
+    assert result.error_lines == ["aioc4: error: S3 bucket 'no-such-bucket' does not exist"], result.stderr
+    assert not out.exists()
