@@ -250,8 +250,6 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
     _configure_logging(quiet=args.quiet, verbose=args.verbose, redact=redact)
     try:
         if args.dry_run:
-            if config.bulk is not None:
-                raise UsageError("--dry-run plans count jobs; it does not plan --num-samples all yet")
             return _dry_run(config, as_json=as_json, redact=redact)
         if config.bulk is not None and config.bulk.procs > 1 and config.bulk.proc_index is None:
             summary = _execute_processes(arguments, config)

@@ -36,7 +36,7 @@ from .source import SourceProgress, read_documents
 from .uploader import S3Destination
 from .writer import FinishedPart, PartWriter
 
-__all__ = ["PartPipeline", "StopRequest", "run"]
+__all__ = ["PartPipeline", "StopRequest", "request_for", "run"]
 
 log = logging.getLogger("aioc4")
 
@@ -80,15 +80,7 @@ async def run(
     async with AsyncExitStack() as stack:
         destination = await _open_destination(config, stack)
         await destination.check()
-        request = RequestInfo(
-            config.repo_id,
-            config.revision,
-            config.config_name,
-            config.split,
-            config.num_samples,
-            config.max_lines_per_file,
-            shards=selection_text(config.shards) if config.shards is not None else "",
-        )
+        request = request_for(config)
         manifest = await _previous_job(destination, request, overwrite=config.overwrite)
         if manifest is not None and manifest.complete and await _all_intact(destination, manifest.parts):
             name = manifest_name(config.split, config.num_samples, config.config_name)
@@ -114,6 +106,19 @@ async def run(
         if config.s3 is not None and config.cleanup_local:
             _remove_if_empty(created_dirs)
         return summary
+
+
+def request_for(config: RunConfig) -> RequestInfo:
+    """What identifies a count job in its manifest (the commit is added once resolved)."""
+    return RequestInfo(
+        config.repo_id,
+        config.revision,
+        config.config_name,
+        config.split,
+        config.num_samples,
+        config.max_lines_per_file,
+        shards=selection_text(config.shards) if config.shards is not None else "",
+    )
 
 
 async def _produce(

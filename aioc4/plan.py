@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +18,18 @@ from .config import RunConfig
 from .destination import Destination
 from .errors import DestinationError, UsageError
 from .hub import HubSource, Shard
-from .manifest import Manifest, RequestInfo, manifest_name
-from .naming import part_names, part_sizes
+from .manifest import Manifest, manifest_name
+from .naming import ShardNaming, part_names, part_sizes
 from .report import destination_of, manifest_location
 from .retry import RetryBudget, RetryPolicy
+from .sharding import select_shards
 from .uploader import S3Destination
 
 __all__ = [
     "GZIP_BYTES_PER_DOCUMENT",
     "Plan",
     "PlannedPart",
+    "PlannedShard",
     "bytes_to_read",
     "format_plan",
     "make_plan",
@@ -48,6 +50,18 @@ class PlannedPart:
 
 
 @dataclass(frozen=True, slots=True)
+class PlannedShard:
+    """A shard a bulk pull would read: the document count is an estimate from its size."""
+
+    position: int
+    path: str
+    size: int
+    estimated_documents: int
+    first_part: str
+    manifest: str
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     config: RunConfig
     commit: str
@@ -56,6 +70,7 @@ class Plan:
     bytes_to_read: int  # estimated
     parts: list[PlannedPart]
     previous_job: str | None  # what the manifest already there says, if any
+    bulk_shards: list[PlannedShard] | None = None  # --num-samples all: this worker's shards
 
 
 def shards_needed(
@@ -107,7 +122,10 @@ async def make_plan(config: RunConfig) -> Plan:
             manifest.request.commit if manifest is not None else await hub.resolve_commit(config.revision)
         )
         shards = await hub.list_shards(commit, config.config_name, config.split)
-    needed = shards_needed(shards, config.num_samples)
+    selected = [shards[position] for position in select_shards(range(len(shards)), config.shards)]
+    if config.bulk is not None:
+        return _bulk_plan(config, commit, shards)
+    needed = shards_needed(selected, config.num_samples)
     return Plan(
         config=config,
         commit=commit,
@@ -116,6 +134,39 @@ async def make_plan(config: RunConfig) -> Plan:
         bytes_to_read=bytes_to_read(needed, config.num_samples, streaming=config.streaming),
         parts=planned_parts(config),
         previous_job=previous,
+    )
+
+
+def _bulk_plan(config: RunConfig, commit: str, shards: list[Shard]) -> Plan:
+    """This worker's shards (all its processes'), each with its file names and an estimated size."""
+    from .bulk import my_shards
+
+    assert config.bulk is not None
+    selection = select_shards(range(len(shards)), config.shards)
+    mine = my_shards(selection, replace(config.bulk, procs=1, proc_index=None))
+    planned = []
+    for position in mine:
+        naming = ShardNaming(config.split, position, config.max_lines_per_file, config.config_name)
+        shard = shards[position]
+        planned.append(
+            PlannedShard(
+                position,
+                shard.path,
+                shard.size,
+                shard.size // GZIP_BYTES_PER_DOCUMENT,
+                naming.final(1, 0),
+                naming.manifest(),
+            )
+        )
+    return Plan(
+        config=config,
+        commit=commit,
+        split_shards=shards,
+        needed=[shards[position] for position in mine],
+        bytes_to_read=sum(shards[position].size for position in mine),
+        parts=[],
+        previous_job=None,
+        bulk_shards=planned,
     )
 
 
@@ -140,21 +191,17 @@ def _check_output_dir(directory: Path) -> None:
 
 async def _previous(config: RunConfig, destination: Destination) -> tuple[Manifest | None, str | None]:
     """The earlier job under this manifest name, as the real run would treat it (nothing is deleted)."""
+    if config.bulk is not None:
+        return None, None  # a bulk pull's state is one manifest per shard, checked as each is read
     name = manifest_name(config.split, config.num_samples, config=config.config_name)
     data = await destination.load_manifest(name)
     if data is None:
         return None, None
     where = destination.location(name)
     manifest = Manifest.from_json(data, where=where)
-    request = RequestInfo(
-        config.repo_id,
-        config.revision,
-        config.config_name,
-        config.split,
-        config.num_samples,
-        config.max_lines_per_file,
-    )
-    differences = manifest.request.differences(request)
+    from .pipeline import request_for
+
+    differences = manifest.request.differences(request_for(config))
     recorded = f"{len(manifest.parts)} part(s) recorded"
     if differences and not config.overwrite:
         raise UsageError(
@@ -170,6 +217,8 @@ async def _previous(config: RunConfig, destination: Destination) -> tuple[Manife
 def format_plan(plan: Plan) -> str:
     """The plan as plain lines for stdout."""
     config = plan.config
+    if plan.bulk_shards is not None:
+        return _format_bulk_plan(plan, plan.bulk_shards)
     split_bytes = sum(shard.size for shard in plan.split_shards)
     how = "streamed, stopping after N documents" if config.streaming else "downloaded whole (--no-streaming)"
     lines = [
@@ -191,10 +240,34 @@ def format_plan(plan: Plan) -> str:
     return "\n".join(lines)
 
 
-def plan_to_json(plan: Plan) -> dict[str, Any]:
-    """The `--dry-run --json` object."""
+def _format_bulk_plan(plan: Plan, shards: list[PlannedShard]) -> str:
     config = plan.config
-    return {
+    assert config.bulk is not None
+    lines = [
+        "Dry run: no document is transferred and nothing is written.",
+        f"Dataset:        {config.repo_id} ({config.config_name}/{config.split}), "
+        f"revision {config.revision} -> commit {plan.commit}",
+        f"Split:          {len(plan.split_shards)} shard(s), {_total(plan.split_shards):,} gzip bytes",
+        f"This worker:    {config.bulk.worker_index + 1} of {config.bulk.num_workers}, "
+        f"{config.bulk.procs} process(es): {len(shards)} shard(s), {plan.bytes_to_read:,} gzip bytes to read",
+        *(
+            f"  {shard.position:5d}  {shard.path}  {shard.size:,} bytes (~{shard.estimated_documents:,} "
+            f"documents) -> {shard.first_part} ..."
+            for shard in shards
+        ),
+        f"Destination:    {destination_of(config)} (checked{', write probe passed' if config.s3 else ''})",
+    ]
+    return "\n".join(lines)
+
+
+def _total(shards: list[Shard]) -> int:
+    return sum(shard.size for shard in shards)
+
+
+def plan_to_json(plan: Plan) -> dict[str, Any]:
+    """The `--dry-run --json` object (with `bulk_shards` for `--num-samples all`)."""
+    config = plan.config
+    document: dict[str, Any] = {
         "ok": True,
         "exit_code": 0,
         "error": None,
@@ -229,3 +302,16 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
         ],
         "previous_job": plan.previous_job,
     }
+    if plan.bulk_shards is not None:
+        document["bulk_shards"] = [
+            {
+                "position": shard.position,
+                "path": shard.path,
+                "size": shard.size,
+                "estimated_documents": shard.estimated_documents,
+                "first_part": shard.first_part,
+                "manifest": shard.manifest,
+            }
+            for shard in plan.bulk_shards
+        ]
+    return document

@@ -199,3 +199,20 @@ def test_a_bad_bucket_stops_a_multi_process_pull_with_one_line_and_no_folder(aio
     assert result.returncode == 1
     assert result.error_lines == ["aioc4: error: S3 bucket 'no-such-bucket' does not exist"], result.stderr
     assert not out.exists()
+
+
+def test_a_bulk_dry_run_lists_this_workers_shards_and_transfers_nothing(
+    aioc4: Aioc4, fake_repo: FakeRepo, hub: HubServerProcess
+) -> None:
+    out = aioc4.cwd / "out"
+    hub.reset_stats()
+    args = ["--num-samples", "all", "--num-workers", "2", "--worker-index", "1", "--max-lines-per-file", "10"]
+    result = aioc4(*args, "--dry-run", "--json", "--output-dir", str(out))
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    paths = shard_paths(fake_repo, "train")
+    assert [(shard["position"], shard["path"]) for shard in plan["bulk_shards"]] == [(1, paths[1])]
+    assert plan["bulk_shards"][0]["first_part"] == "c4_train_shard00001_part000001.jsonl"
+    assert plan["bulk_shards"][0]["manifest"] == "c4_train_shard00001.manifest.json"
+    assert hub.stats()["storage_body_bytes"] == 0
+    assert not out.exists()
