@@ -25,7 +25,7 @@ from .config import BulkOptions, RunConfig
 from .destination import Destination
 from .errors import UsageError
 from .hub import HubSource, Shard
-from .manifest import Manifest, RequestInfo, resume_point
+from .manifest import Manifest, resume_point
 from .merge import IncompleteJob, load_shard_manifests, merge_at
 from .naming import ShardNaming
 from .pipeline import (
@@ -38,6 +38,7 @@ from .pipeline import (
     _previous_job,
     _remove_if_empty,
     _summary,
+    request_for,
 )
 from .report import RunSummary
 from .retry import RetryBudget, RetryPolicy
@@ -146,15 +147,8 @@ class _ShardJobs:
     async def pull(self, position: int, shard: Shard) -> None:
         config = self.config
         naming = ShardNaming(config.split, position, config.max_lines_per_file, config.config_name)
-        request = RequestInfo(
-            config.repo_id,
-            config.revision,
-            config.config_name,
-            config.split,
-            0,
-            config.max_lines_per_file,
-            shard=shard.path,
-            split_shards=self.split_shards,
+        request = replace(
+            request_for(config), num_samples=0, shards="", shard=shard.path, split_shards=self.split_shards
         )
         manifest = await _previous_job(
             self.destination, request, overwrite=config.overwrite, name=naming.manifest()
@@ -217,15 +211,7 @@ class _ShardJobs:
         request = (
             replace(first, num_samples=sum(part.lines for part in parts), shard="")
             if first is not None
-            else RequestInfo(
-                self.config.repo_id,
-                self.config.revision,
-                self.config.config_name,
-                self.config.split,
-                0,
-                self.config.max_lines_per_file,
-                self.commit,
-            )
+            else replace(request_for(self.config), num_samples=0, commit=self.commit)
         )
         manifest = Manifest(request=request, parts=parts, complete=not self.failed)
         summary = _summary(manifest, self.destination)
@@ -260,14 +246,7 @@ async def collect(config: RunConfig, created_dirs: list[Path]) -> RunSummary:
         if mine:
             request = replace(found[mine[0]].request, num_samples=sum(p.lines for p in parts), shard="")
         else:
-            request = RequestInfo(
-                config.repo_id,
-                config.revision,
-                config.config_name,
-                config.split,
-                0,
-                config.max_lines_per_file,
-            )
+            request = replace(request_for(config), num_samples=0)
         summary = _summary(Manifest(request=request, parts=parts, complete=True), destination)
         summary.documents_read = sum(part.lines for part in parts)
         summary.shards_read = len(mine)

@@ -20,7 +20,7 @@ from .errors import DestinationError, UsageError
 from .hub import HubSource, Shard
 from .manifest import Manifest, manifest_name
 from .naming import ShardNaming, part_names, part_sizes
-from .report import destination_of, manifest_location
+from .report import destination_of, manifest_location, request_fields
 from .retry import RetryBudget, RetryPolicy
 from .sharding import select_shards
 from .uploader import S3Destination
@@ -272,14 +272,7 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
         "exit_code": 0,
         "error": None,
         "dry_run": True,
-        "repo": config.repo_id,
-        "revision": config.revision,
-        "config": config.config_name,
-        "split": config.split,
-        "num_samples": config.num_samples,
-        "max_lines_per_file": config.max_lines_per_file,
-        "destination": destination_of(config),
-        "manifest": manifest_location(config),
+        **request_fields(config),
         "commit": plan.commit,
         "streaming": config.streaming,
         "split_shards": len(plan.split_shards),

@@ -16,6 +16,7 @@ __all__ = [
     "format_step_summary",
     "format_summary",
     "manifest_location",
+    "request_fields",
     "summary_to_json",
 ]
 
@@ -128,7 +129,7 @@ def manifest_location(config: RunConfig) -> str:
     return config.s3.url_for(name) if config.s3 is not None else str(config.output_dir / name)
 
 
-def _request_fields(config: RunConfig) -> dict[str, Any]:
+def request_fields(config: RunConfig) -> dict[str, Any]:
     return {
         "repo": config.repo_id,
         "revision": config.revision,
@@ -167,7 +168,7 @@ def summary_to_json(
         )
     return {
         **_status(exit_code, error),
-        **_request_fields(config),
+        **request_fields(config),
         "commit": manifest.request.commit,
         "already_complete": summary.already_complete,
         "split_exhausted": manifest.split_exhausted,
@@ -189,7 +190,7 @@ def summary_to_json(
 
 def failure_to_json(config: RunConfig | None, exit_code: int, error: str) -> dict[str, Any]:
     """The `--json` object of a run that failed before it had a summary (what was asked, and why)."""
-    return {**_status(exit_code, error), **(_request_fields(config) if config is not None else {})}
+    return {**_status(exit_code, error), **(request_fields(config) if config is not None else {})}
 
 
 def format_step_summary(
