@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,16 @@ from scripts.hub_server import HubServerProcess
 from scripts.s3_server import MotoServerProcess
 from scripts.shards import FakeRepo, iter_shard_lines
 
-from .conftest import DOCS_PER_TRAIN_SHARD, TRAIN_SHARDS, Aioc4, jsonl, objects, parts_in, shard_paths
+from .conftest import (
+    DOCS_PER_TRAIN_SHARD,
+    TRAIN_SHARDS,
+    Aioc4,
+    clean_env,
+    jsonl,
+    objects,
+    parts_in,
+    shard_paths,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -216,3 +227,35 @@ def test_a_bulk_dry_run_lists_this_workers_shards_and_transfers_nothing(
     assert plan["bulk_shards"][0]["manifest"] == "c4_train_shard00001.manifest.json"
     assert hub.stats()["storage_body_bytes"] == 0
     assert not out.exists()
+
+
+def test_sigterm_reaches_every_process_and_a_rerun_finishes_the_pull(
+    tmp_path: Path, fake_repo: FakeRepo, s3: MotoServerProcess
+) -> None:
+    """A scheduler stops the parent only (PID 1 in a container): it must stop its children, keep what
+    they finished, exit 143, and the same command must then complete the pull exactly."""
+    with HubServerProcess(fake_repo.root, pace_bytes_per_s=3e6) as paced:
+        env = clean_env(paced.endpoint, s3.env(), tmp_path)
+        runner = Aioc4(cwd=tmp_path, env=env)
+        out = tmp_path / "out"
+        args = [
+            "--num-samples",
+            "all",
+            "--procs",
+            "2",
+            "--max-lines-per-file",
+            "4000",
+            "--output-dir",
+            str(out),
+        ]
+        process = runner.popen(*args)
+        time.sleep(2.5)
+        assert process.poll() is None, "the pull ended before it could be stopped"
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode == 143, stderr
+        assert "run the same command again to resume" in stderr
+        assert not list(out.glob(".*.tmp"))  # no half-written part left behind
+        again = runner(*args)
+        assert again.returncode == 0, again.stderr
+    assert parts_in(out) == expected_parts(fake_repo, "train", 4000)
