@@ -146,7 +146,9 @@ class _ShardJobs:
 
     async def pull(self, position: int, shard: Shard) -> None:
         config = self.config
-        naming = ShardNaming(config.split, position, config.max_lines_per_file, config.config_name)
+        naming = ShardNaming(
+            config.split, position, config.max_lines_per_file, config.config_name, config.compression
+        )
         request = replace(
             request_for(config), num_samples=0, shards="", shard=shard.path, split_shards=self.split_shards
         )

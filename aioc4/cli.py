@@ -22,7 +22,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
-from .config import DEFAULT_OUTPUT_DIR, S3_CHECKSUMS, SPLITS, BulkOptions, RunConfig, parse_s3_path
+from .config import (
+    COMPRESSIONS,
+    DEFAULT_OUTPUT_DIR,
+    S3_CHECKSUMS,
+    SPLITS,
+    BulkOptions,
+    RunConfig,
+    parse_s3_path,
+)
 from .errors import Aioc4Error, DestinationError, UsageError
 from .report import RunSummary, failure_to_json, format_step_summary, format_summary, summary_to_json
 from .sharding import parse_shard_selection, worker_slot
@@ -108,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--no-cleanup", action="store_true", help="keep local parts after uploading them")
     add("--max-lines-per-file", type=_positive_int, help="split output into parts of at most this many lines")
+    add(
+        "--compression",
+        choices=COMPRESSIONS,
+        default="none",
+        help="store parts as .jsonl (none, default), .jsonl.gz (gzip) or .jsonl.zst (zstd)",
+    )
     add(
         "--config",
         default="en",
@@ -218,6 +232,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         retry_budget_s=args.retry_budget,
         overwrite=args.overwrite,
         s3_checksum=args.s3_checksum,
+        compression=args.compression,
         shards=args.shards,
         bulk=bulk,
     )

@@ -10,6 +10,7 @@ from .errors import UsageError
 from .variants import check_config_name
 
 __all__ = [
+    "COMPRESSIONS",
     "DEFAULT_OUTPUT_DIR",
     "S3_CHECKSUMS",
     "SPLITS",
@@ -21,6 +22,7 @@ __all__ = [
 
 SPLITS = ("train", "validation")
 S3_CHECKSUMS = ("crc32", "md5")  # what S3 verifies on every upload (see aioc4.uploader)
+COMPRESSIONS = ("none", "gzip", "zstd")  # how parts are stored (see aioc4.compression, aioc4.naming)
 DEFAULT_OUTPUT_DIR = Path("./data/c4_subset")
 
 # https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html (general purpose buckets)
@@ -96,6 +98,7 @@ class RunConfig:
     retry_budget_s: float = 600.0
     overwrite: bool = False
     s3_checksum: str = "crc32"
+    compression: str = "none"
     shards: tuple[int, ...] | None = None  # --shards: positions in the split's shard order
     bulk: BulkOptions | None = None  # --num-samples all (num_samples is then unused)
 
@@ -116,6 +119,10 @@ class RunConfig:
         if self.s3_checksum not in S3_CHECKSUMS:
             raise UsageError(
                 f"--s3-checksum must be one of {', '.join(S3_CHECKSUMS)}, got {self.s3_checksum!r}"
+            )
+        if self.compression not in COMPRESSIONS:
+            raise UsageError(
+                f"--compression must be one of {', '.join(COMPRESSIONS)}, got {self.compression!r}"
             )
         if self.cleanup_local and self.s3 is None:
             raise UsageError("--cleanup-local deletes parts after their upload, so it needs --s3-path")

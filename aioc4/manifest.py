@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from .errors import Aioc4Error
-from .naming import PART_NAME, job_stem, part_index
+from .naming import PART_EXTENSIONS, PART_NAME, job_stem, part_index
 from .variants import DEFAULT_CONFIG, is_valid_config_name
 
 __all__ = [
@@ -60,6 +60,7 @@ class RequestInfo:
     shards: str = ""  # a --shards selection ("" = the whole split)
     shard: str = ""  # bulk pulls: the one shard this job holds (its path), with num_samples 0
     split_shards: int = 0  # bulk pulls: how many shards the split has at the commit
+    compression: str = "none"  # --compression: parts of another compression are another job
 
     def differences(self, other: RequestInfo) -> list[str]:
         """`field: recorded -> asked` for every field (but the commit) where `other` differs."""
@@ -120,6 +121,8 @@ class Manifest:
             request = RequestInfo(**document["request"])
             if not is_valid_config_name(request.config_name):  # it is part of the job's file names
                 raise ValueError(f"unexpected config name {request.config_name!r}")
+            if request.compression not in PART_EXTENSIONS:
+                raise ValueError(f"unexpected compression {request.compression!r}")
             manifest = cls(
                 request=request,
                 parts=[_part_from_json(part) for part in document["parts"]],

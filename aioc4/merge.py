@@ -69,7 +69,8 @@ def combine(shards: dict[int, Manifest], wanted: Sequence[int] | None) -> Manife
             raise Aioc4Error(
                 f"shard {position} was pulled as another job ({manifest.request.repo_id} "
                 f"{manifest.request.config_name}/{manifest.request.split} at {manifest.request.commit[:12]}, "
-                f"parts of {manifest.request.max_lines_per_file}) than shard {next(iter(shards))}: "
+                f"parts of {manifest.request.max_lines_per_file}, compression "
+                f"{manifest.request.compression}) than shard {next(iter(shards))}: "
                 "pin --revision to one commit for every worker"
             )
     expected = list(wanted) if wanted is not None else list(range(first.split_shards))
@@ -95,6 +96,7 @@ def _identity(request: RequestInfo) -> tuple[object, ...]:
         request.max_lines_per_file,
         request.commit,
         request.split_shards,
+        request.compression,
     )
 
 

@@ -3,7 +3,8 @@
 `c4_{split}_{N}.jsonl` when everything fits in one file, otherwise
 `c4_{split}_{N}_part001.jsonl`, `..._part002.jsonl`, ... where N is the number of documents written.
 A config other than `en` is part of the name: `c4_{config}_{split}_{N}...`. Part numbers have
-max(3, digits of the part count) digits, so names sort in order even past 999 parts.
+max(3, digits of the part count) digits, so names sort in order even past 999 parts. Compressed
+parts end in `.jsonl.gz` or `.jsonl.zst` instead of `.jsonl` (`PART_EXTENSIONS`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Protocol
 from .variants import CONFIG_NAME_PATTERN, DEFAULT_CONFIG
 
 __all__ = [
+    "PART_EXTENSIONS",
     "PART_NAME",
     "CountNaming",
     "PartNaming",
@@ -23,6 +25,7 @@ __all__ = [
     "job_stem",
     "part_count",
     "part_digits",
+    "part_extension",
     "part_index",
     "part_name",
     "part_names",
@@ -33,11 +36,19 @@ __all__ = [
     "temp_part_name",
 ]
 
+PART_EXTENSIONS = {"none": ".jsonl", "gzip": ".jsonl.gz", "zstd": ".jsonl.zst"}
+"""A part's extension for each `--compression` (the keys are `aioc4.config.COMPRESSIONS`)."""
+_EXTENSION = r"\.jsonl(?:\.gz|\.zst)?"
 PART_NAME = re.compile(
-    rf"^c4_(?:{CONFIG_NAME_PATTERN}_)?(?:train|validation)_(?:\d+|shard\d{{5}})(?:_part\d{{3,}})?\.jsonl$"
+    rf"^c4_(?:{CONFIG_NAME_PATTERN}_)?(?:train|validation)_(?:\d+|shard\d{{5}})(?:_part\d{{3,}})?{_EXTENSION}$"
 )
 """Every name aioc4 gives a part: names read back from a manifest must match it (they become paths)."""
 SHARD_PART_DIGITS = 6  # a bulk pull does not know a shard's part count in advance: room for 999,999
+
+
+def part_extension(compression: str) -> str:
+    """`.jsonl`, `.jsonl.gz` or `.jsonl.zst`."""
+    return PART_EXTENSIONS[compression]
 
 
 def split_stem(split: str, config: str = DEFAULT_CONFIG) -> str:
@@ -52,6 +63,11 @@ def job_stem(split: str, requested: int, config: str = DEFAULT_CONFIG) -> str:
 
 class PartNaming(Protocol):
     """How one job names its files (parts, temp parts, manifest)."""
+
+    @property
+    def compression(self) -> str:
+        """`none`, `gzip` or `zstd`: how the parts are stored, which their extension says."""
+        ...
 
     def final(self, index: int, total: int) -> str:
         """Part `index` (1-based) of a job that wrote `total` documents (or asked for them, until the end)."""
@@ -72,12 +88,14 @@ class CountNaming:
     requested: int
     max_lines: int | None
     config: str = DEFAULT_CONFIG
+    compression: str = "none"
 
     def final(self, index: int, total: int) -> str:
-        return part_name(self.split, total, index, part_count(total, self.max_lines), self.config)
+        count = part_count(total, self.max_lines)
+        return part_name(self.split, total, index, count, self.config, self.compression)
 
     def temp(self, index: int) -> str:
-        return temp_part_name(self.split, self.requested, index, self.config)
+        return temp_part_name(self.split, self.requested, index, self.config, self.compression)
 
     def temp_glob(self) -> str:
         return temp_part_glob(self.split, self.requested, self.config)
@@ -97,21 +115,23 @@ class ShardNaming:
     shard: int  # the shard's position in the split's reading order (C4's shard number for `en`)
     max_lines: int | None
     config: str = DEFAULT_CONFIG
+    compression: str = "none"
 
     @property
     def stem(self) -> str:
         return f"{split_stem(self.split, self.config)}_shard{self.shard:05d}"
 
     def final(self, index: int, total: int) -> str:
+        extension = part_extension(self.compression)
         if self.max_lines is None:
-            return f"{self.stem}.jsonl"
-        return f"{self.stem}_part{index:0{SHARD_PART_DIGITS}d}.jsonl"
+            return f"{self.stem}{extension}"
+        return f"{self.stem}_part{index:0{SHARD_PART_DIGITS}d}{extension}"
 
     def temp(self, index: int) -> str:
-        return f".{self.stem}_part{index:0{SHARD_PART_DIGITS}d}.jsonl.tmp"
+        return f".{self.stem}_part{index:0{SHARD_PART_DIGITS}d}{part_extension(self.compression)}.tmp"
 
     def temp_glob(self) -> str:
-        return f".{self.stem}_part*.jsonl.tmp"
+        return _temp_glob(self.stem)
 
     def manifest(self) -> str:
         return f"{self.stem}.manifest.json"
@@ -129,23 +149,27 @@ def part_digits(count: int) -> int:
     return max(3, len(str(count)))
 
 
-def part_name(split: str, total: int, index: int, count: int, config: str = DEFAULT_CONFIG) -> str:
+def part_name(
+    split: str, total: int, index: int, count: int, config: str = DEFAULT_CONFIG, compression: str = "none"
+) -> str:
     """The final name of part `index` (1-based) of `count` parts holding `total` documents."""
-    stem = job_stem(split, total, config)
+    stem, extension = job_stem(split, total, config), part_extension(compression)
     if count == 1:
-        return f"{stem}.jsonl"
-    return f"{stem}_part{index:0{part_digits(count)}d}.jsonl"
+        return f"{stem}{extension}"
+    return f"{stem}_part{index:0{part_digits(count)}d}{extension}"
 
 
 def part_index(name: str) -> int:
     """The 1-based number of a part from its name (a single-file name is part 1)."""
-    match = re.search(r"_part(\d+)\.jsonl$", name)
+    match = re.search(rf"_part(\d+){_EXTENSION}$", name)
     return int(match.group(1)) if match else 1
 
 
-def part_names(split: str, total: int, max_lines: int | None, config: str = DEFAULT_CONFIG) -> list[str]:
+def part_names(
+    split: str, total: int, max_lines: int | None, config: str = DEFAULT_CONFIG, compression: str = "none"
+) -> list[str]:
     count = part_count(total, max_lines)
-    return [part_name(split, total, index, count, config) for index in range(1, count + 1)]
+    return [part_name(split, total, index, count, config, compression) for index in range(1, count + 1)]
 
 
 def part_sizes(total: int, max_lines: int | None) -> list[int]:
@@ -156,14 +180,22 @@ def part_sizes(total: int, max_lines: int | None) -> list[int]:
     return [max_lines] * full + ([rest] if rest else [])
 
 
-def temp_part_name(split: str, requested: int, index: int, config: str = DEFAULT_CONFIG) -> str:
+def temp_part_name(
+    split: str, requested: int, index: int, config: str = DEFAULT_CONFIG, compression: str = "none"
+) -> str:
     """Name a part has while it is being written: hidden, never a final name, and tied to its job so
     a rerun can sweep what a killed run left behind (`temp_part_glob`)."""
-    return f".{job_stem(split, requested, config)}_part{index:03d}.jsonl.tmp"
+    return f".{job_stem(split, requested, config)}_part{index:03d}{part_extension(compression)}.tmp"
 
 
 def temp_part_glob(split: str, requested: int, config: str = DEFAULT_CONFIG) -> str:
-    return f".{job_stem(split, requested, config)}_part*.jsonl.tmp"
+    return _temp_glob(job_stem(split, requested, config))
+
+
+def _temp_glob(stem: str) -> str:
+    """Temp parts of the job `stem` whatever their compression: a killed run of the same job with
+    another `--compression` leaves its temp files too (the job's manifest name is the same)."""
+    return f".{stem}_part*.jsonl*.tmp"
 
 
 def renames_for_short_split(
@@ -173,6 +205,7 @@ def renames_for_short_split(
     max_lines: int | None,
     finished: int,
     config: str = DEFAULT_CONFIG,
+    compression: str = "none",
 ) -> list[tuple[str, str]]:
     """(old, new) names for the first `finished` parts when the split held only `actual` < `requested`.
 
@@ -183,8 +216,8 @@ def renames_for_short_split(
     new_count = part_count(actual, max_lines)
     pairs = []
     for index in range(1, finished + 1):
-        old = part_name(split, requested, index, old_count, config)
-        new = part_name(split, actual, index, new_count, config)
+        old = part_name(split, requested, index, old_count, config, compression)
+        new = part_name(split, actual, index, new_count, config, compression)
         if old != new:
             pairs.append((old, new))
     return pairs

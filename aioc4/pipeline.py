@@ -118,6 +118,7 @@ def request_for(config: RunConfig) -> RequestInfo:
         config.num_samples,
         config.max_lines_per_file,
         shards=selection_text(config.shards) if config.shards is not None else "",
+        compression=config.compression,
     )
 
 
@@ -241,7 +242,11 @@ class PartPipeline:
     ) -> None:
         point = point or ResumePoint()
         self.naming = naming or CountNaming(
-            config.split, config.num_samples, config.max_lines_per_file, config.config_name
+            config.split,
+            config.num_samples,
+            config.max_lines_per_file,
+            config.config_name,
+            config.compression,
         )
         self.config = config
         self.destination = destination
@@ -399,6 +404,7 @@ class PartPipeline:
                 config.max_lines_per_file,
                 len(manifest.parts) - 1,
                 config.config_name,
+                config.compression,
             )
         )
         for part in manifest.parts:

@@ -96,7 +96,13 @@ def bytes_to_read(
 
 def planned_parts(config: RunConfig) -> list[PlannedPart]:
     """Exact names and line counts, assuming the split holds N documents (a shorter one renames them)."""
-    names = part_names(config.split, config.num_samples, config.max_lines_per_file, config=config.config_name)
+    names = part_names(
+        config.split,
+        config.num_samples,
+        config.max_lines_per_file,
+        config=config.config_name,
+        compression=config.compression,
+    )
     sizes = part_sizes(config.num_samples, config.max_lines_per_file)
     return [
         PlannedPart(
@@ -146,7 +152,9 @@ def _bulk_plan(config: RunConfig, commit: str, shards: list[Shard]) -> Plan:
     mine = my_shards(selection, replace(config.bulk, procs=1, proc_index=None))
     planned = []
     for position in mine:
-        naming = ShardNaming(config.split, position, config.max_lines_per_file, config.config_name)
+        naming = ShardNaming(
+            config.split, position, config.max_lines_per_file, config.config_name, config.compression
+        )
         shard = shards[position]
         planned.append(
             PlannedShard(

@@ -39,6 +39,7 @@ from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from .checksum import crc32, crc32_base64
+from .compression import CONTENT_TYPES, compression_of
 from .config import S3Target
 from .destination import Delivery, read_if_exists, save_local_manifest
 from .errors import DestinationError, UploadError
@@ -261,7 +262,7 @@ class S3Destination:
         return sorted(name for name in names if name.endswith(".manifest.json"))
 
     async def inspect(self, name: str) -> PartFacts | None:
-        accumulator = FactsAccumulator()
+        accumulator = FactsAccumulator(name)
         try:
             answer = await self._client.get_object(Bucket=self.target.bucket, Key=self.target.key_for(name))
             async with answer["Body"] as body:
@@ -348,6 +349,7 @@ class S3Destination:
                 Body=file,
                 ContentLength=part.size,
                 Metadata=metadata,
+                **_content_type(part.name),
                 **(await self._whole_part_integrity(part)),
             )
         finally:
@@ -364,7 +366,7 @@ class S3Destination:
     async def _upload_multipart(self, part: FinishedPart, key: str, metadata: dict[str, str]) -> None:
         bucket = self.target.bucket
         created = await self._client.create_multipart_upload(
-            Bucket=bucket, Key=key, Metadata=metadata, **self._algorithm()
+            Bucket=bucket, Key=key, Metadata=metadata, **_content_type(part.name), **self._algorithm()
         )
         upload_id = created["UploadId"]
         try:
@@ -401,6 +403,14 @@ class S3Destination:
                     self._client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
                 )
             raise
+
+
+def _content_type(name: str) -> dict[str, str]:
+    """A compressed part is stored as the gzip / zstd file it is: its container's Content-Type and never
+    a Content-Encoding (clients would then inflate it on download, and size and CRC-32 would not match
+    the manifest). A `.jsonl` part keeps S3's default type, as before compression existed."""
+    content_type = CONTENT_TYPES.get(compression_of(name))
+    return {"ContentType": content_type} if content_type else {}
 
 
 def _checksum_config(checksum: str) -> dict[str, str]:

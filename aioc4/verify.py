@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .checksum import crc32, crc32_hex
+from .compression import LineCounter, line_counter_for
 from .manifest import Manifest, PartRecord
 
 __all__ = [
@@ -23,11 +24,13 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class PartFacts:
-    """What a part's bytes really are."""
+    """What a part's bytes really are: size and CRC-32 of the stored bytes, lines of the documents
+    (of the decompressed bytes for a compressed part)."""
 
     size: int
     crc32: str
     lines: int
+    problem: str | None = None  # a compressed part that does not decompress (corrupt, truncated)
 
 
 @dataclass(slots=True)
@@ -39,25 +42,28 @@ class VerifyReport:
 
 
 class FactsAccumulator:
-    """CRC-32, size and line count of bytes fed in chunks."""
+    """CRC-32, size and line count of a part's stored bytes fed in chunks, in one pass; the lines of a
+    `.jsonl.gz` / `.jsonl.zst` part are counted while decompressing it (in bounded pieces)."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "") -> None:
         self._crc32 = 0
         self._size = 0
-        self._lines = 0
+        self._lines: LineCounter = line_counter_for(name)
 
     def feed(self, chunk: bytes) -> None:
         self._crc32 = crc32(chunk, self._crc32)
         self._size += len(chunk)
-        self._lines += chunk.count(b"\n")
+        self._lines.feed(chunk)
 
     def facts(self) -> PartFacts:
-        return PartFacts(self._size, crc32_hex(self._crc32), self._lines)
+        self._lines.finish()
+        return PartFacts(self._size, crc32_hex(self._crc32), self._lines.lines, self._lines.problem)
 
 
-def facts_of_file(path: Path) -> PartFacts | None:
-    """Blocking: read a local part once."""
-    accumulator = FactsAccumulator()
+def facts_of_file(path: Path, *, lines: bool = True) -> PartFacts | None:
+    """Blocking: read a local part once. Without `lines` a compressed part is not decompressed (its
+    line count is then meaningless): enough to tell an intact part by size and CRC-32."""
+    accumulator = FactsAccumulator(path.name if lines else "")
     try:
         with open(path, "rb") as file:
             while chunk := file.read(1 << 20):
@@ -71,10 +77,10 @@ def problems_with(record: PartRecord, facts: PartFacts | None) -> list[str]:
     """Each way the part differs from its record (pure)."""
     if facts is None:
         return [f"{record.name}: missing"]
-    found = []
+    found = [f"{record.name}: {facts.problem}"] if facts.problem is not None else []
     if facts.size != record.size:
         found.append(f"{record.name}: {facts.size:,} bytes, the manifest says {record.size:,}")
-    if facts.lines != record.lines:
+    if facts.lines != record.lines and facts.problem is None:  # a broken stream's count means nothing
         found.append(f"{record.name}: {facts.lines:,} lines, the manifest says {record.lines:,}")
     if facts.crc32 != record.crc32:
         found.append(f"{record.name}: CRC-32 {facts.crc32}, the manifest says {record.crc32}")

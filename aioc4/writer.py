@@ -1,4 +1,9 @@
-"""Writes documents into part files; a part appears under its final name only when complete."""
+"""Writes documents into part files; a part appears under its final name only when complete.
+
+A part is written as the source bytes are (`_PlainFile`), or through one compressor per part
+(`_CompressedFile`, `--compression gzip|zstd`), so that each part is a complete .gz / .zst file.
+Either way the part's size and CRC-32 are those of the stored bytes, computed in the same pass.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,13 @@ import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Protocol
 
 import aiofiles
 from aiofiles.threadpool.binary import AsyncBufferedIOBase
 
 from .checksum import crc32, crc32_hex
+from .compression import Compressor, new_compressor
 from .decode import Batch
 from .errors import DestinationError
 from .manifest import PartRecord, SourcePosition
@@ -59,6 +66,7 @@ class PartWriter:
         config: str = DEFAULT_CONFIG,
         naming: PartNaming | None = None,
     ) -> None:
+        """`naming` (by default the count job's) also says how parts are compressed."""
         self.directory = directory
         self.naming = naming or CountNaming(split, requested, max_lines, config)
         self.split = split
@@ -66,14 +74,12 @@ class PartWriter:
         self.requested = requested
         self.max_lines = max_lines
         self.documents = documents
-        self.bytes_written = 0  # by this run (for progress rates)
+        self.bytes_written = 0  # document bytes (before compression) by this run, for progress rates
         self.index = first_index
-        self._file: AsyncBufferedIOBase | None = None
+        self._file: _PartFile | None = None
         self._lines = 0
-        self._size = 0
         self._sampled = 0
         self._sampled_chars = 0
-        self._crc32 = 0
         self._first: SourcePosition | None = None
         self._last: SourcePosition | None = None
 
@@ -101,7 +107,6 @@ class PartWriter:
             room = len(batch) - start if self.max_lines is None else self.max_lines - self._lines
             chunk = batch.slice(start, start + room)
             await self._write(chunk.data)
-            self._crc32 = crc32(chunk.data, self._crc32)  # ~0.1 ms per MB block: no thread needed
             self._account(chunk)
             start += len(chunk)
         return done
@@ -111,7 +116,6 @@ class PartWriter:
             self._first = SourcePosition(chunk.shard, chunk.first_line)
         self._last = SourcePosition(chunk.shard, chunk.first_line + len(chunk) - 1)
         self._lines += len(chunk)
-        self._size += len(chunk.data)
         self._sampled += len(chunk.samples)
         self._sampled_chars += sum(chars for _, chars in chunk.samples)
         self.documents += len(chunk)
@@ -138,10 +142,9 @@ class PartWriter:
         assert self._last is not None
         temp = self._temp_path
         name = self.naming.final(self.index, total)
+        file = self._file
         try:
-            await self._file.flush()
-            await asyncio.to_thread(os.fsync, self._file.fileno())  # durable before it gets its final name
-            await self._file.close()
+            await file.finish()  # durable before it gets its final name
             os.replace(temp, self.directory / name)
         except OSError as exc:
             await self.abort()
@@ -150,22 +153,21 @@ class PartWriter:
         record = PartRecord(
             name=name,
             lines=self._lines,
-            size=self._size,
-            crc32=crc32_hex(self._crc32),
+            size=file.size,
+            crc32=crc32_hex(file.crc32),
             sampled_texts=self._sampled,
             sampled_text_chars=self._sampled_chars,
             first=self._first,
             last=self._last,
         )
         self.index += 1
-        self._lines = self._size = self._sampled = self._sampled_chars = 0
-        self._crc32 = 0
+        self._lines = self._sampled = self._sampled_chars = 0
         self._first = self._last = None
         return FinishedPart(path=self.directory / name, record=record)
 
-    async def _open(self, path: Path) -> AsyncBufferedIOBase:
+    async def _open(self, path: Path) -> _PartFile:
         """Open in a worker thread; if cancelled meanwhile, wait for the thread and remove what it created."""
-        opening = asyncio.ensure_future(aiofiles.open(path, "wb"))
+        opening = asyncio.ensure_future(_open_part(path, new_compressor(self.naming.compression)))
         try:
             return await asyncio.shield(opening)
         except asyncio.CancelledError:
@@ -183,6 +185,81 @@ class PartWriter:
         except OSError as exc:
             await self.abort()
             raise DestinationError(f"cannot write to {self.directory}: {exc.strerror or exc}") from None
+
+
+class _PartFile(Protocol):
+    size: int  # stored bytes so far
+    crc32: int  # of the stored bytes so far
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def finish(self) -> None:
+        """Everything written and fsynced, the file closed."""
+
+    async def close(self) -> None: ...
+
+
+async def _open_part(path: Path, compressor: Compressor | None) -> _PartFile:
+    if compressor is None:
+        return _PlainFile(await aiofiles.open(path, "wb"))
+    return _CompressedFile(await asyncio.to_thread(open, path, "wb"), compressor)
+
+
+class _PlainFile:
+    """The source bytes as they are: one thread hop per batch for the write, the CRC on the loop."""
+
+    def __init__(self, file: AsyncBufferedIOBase) -> None:
+        self._file = file
+        self.size = 0
+        self.crc32 = 0
+
+    async def write(self, data: bytes) -> None:
+        await self._file.write(data)
+        self.crc32 = crc32(data, self.crc32)  # ~0.1 ms per MB block: no thread needed
+        self.size += len(data)
+
+    async def finish(self) -> None:
+        await self._file.flush()
+        await asyncio.to_thread(os.fsync, self._file.fileno())
+        await self._file.close()
+
+    async def close(self) -> None:
+        await self._file.close()
+
+
+class _CompressedFile:
+    """One compressor per part. Compressing, the CRC and the write of a batch are one worker-thread
+    call (each releases the GIL), so the loop thread never compresses."""
+
+    def __init__(self, file: BinaryIO, compressor: Compressor) -> None:
+        self._file = file
+        self._compressor = compressor
+        self.size = 0
+        self.crc32 = 0
+
+    async def write(self, data: bytes) -> None:
+        await asyncio.to_thread(self._compress_and_store, data)
+
+    async def finish(self) -> None:
+        await asyncio.to_thread(self._finish)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._file.close)
+
+    def _compress_and_store(self, data: bytes) -> None:
+        self._store(self._compressor.compress(data))
+
+    def _finish(self) -> None:
+        self._store(self._compressor.flush())  # ends the gzip member / zstd frame: a standalone file
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+
+    def _store(self, packed: bytes) -> None:
+        if packed:
+            self._file.write(packed)
+            self.crc32 = crc32(packed, self.crc32)
+            self.size += len(packed)
 
 
 def _remove(path: Path) -> None:

@@ -218,12 +218,12 @@ def test_a_bulk_dry_run_lists_this_workers_shards_and_transfers_nothing(
     out = aioc4.cwd / "out"
     hub.reset_stats()
     args = ["--num-samples", "all", "--num-workers", "2", "--worker-index", "1", "--max-lines-per-file", "10"]
-    result = aioc4(*args, "--dry-run", "--json", "--output-dir", str(out))
+    result = aioc4(*args, "--compression", "gzip", "--dry-run", "--json", "--output-dir", str(out))
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout)
     paths = shard_paths(fake_repo, "train")
     assert [(shard["position"], shard["path"]) for shard in plan["bulk_shards"]] == [(1, paths[1])]
-    assert plan["bulk_shards"][0]["first_part"] == "c4_train_shard00001_part000001.jsonl"
+    assert plan["bulk_shards"][0]["first_part"] == "c4_train_shard00001_part000001.jsonl.gz"
     assert plan["bulk_shards"][0]["manifest"] == "c4_train_shard00001.manifest.json"
     assert hub.stats()["storage_body_bytes"] == 0
     assert not out.exists()

@@ -75,8 +75,8 @@ def test_a_config_other_than_en_is_part_of_every_name() -> None:
     ]
     assert part_names("train", 10, None, "en") == ["c4_train_10.jsonl"]
     assert temp_part_name("train", 1000, 2, "bg-Latn") == ".c4_bg-Latn_train_1000_part002.jsonl.tmp"
-    assert temp_part_glob("train", 1000, "bg-Latn") == ".c4_bg-Latn_train_1000_part*.jsonl.tmp"
-    assert temp_part_glob("train", 1000) == ".c4_train_1000_part*.jsonl.tmp"
+    assert temp_part_glob("train", 1000, "bg-Latn") == ".c4_bg-Latn_train_1000_part*.jsonl*.tmp"
+    assert temp_part_glob("train", 1000) == ".c4_train_1000_part*.jsonl*.tmp"
     assert renames_for_short_split("train", 900, 450, 400, finished=1, config="realnewslike") == [
         ("c4_realnewslike_train_900_part001.jsonl", "c4_realnewslike_train_450_part001.jsonl")
     ]

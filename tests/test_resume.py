@@ -55,6 +55,7 @@ def test_manifest_records_the_request_and_every_part(
         "shards": "",  # the whole split
         "shard": "",  # a count job, not one shard of a bulk pull
         "split_shards": 0,
+        "compression": "none",
     }
     assert manifest["complete"] is True
     names = part_names("train", count, 5000)
