@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Aioc4Error",
+    "BulkOptions",
     "PartsNotUploadedError",
     "RunConfig",
     "RunSummary",
@@ -26,7 +27,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .api import PartsNotUploadedError, dry_run, dry_run_sync, pull, pull_sync
-    from .config import RunConfig, S3Target, parse_s3_path
+    from .config import BulkOptions, RunConfig, S3Target, parse_s3_path
     from .errors import Aioc4Error
     from .report import RunSummary
 
@@ -36,6 +37,7 @@ _LAZY = {
     "dry_run_sync": "api",
     "pull": "api",
     "pull_sync": "api",
+    "BulkOptions": "config",
     "RunConfig": "config",
     "S3Target": "config",
     "parse_s3_path": "config",

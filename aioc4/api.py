@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from .config import RunConfig
@@ -37,10 +38,20 @@ class PartsNotUploadedError(DestinationError):
 async def pull(config: RunConfig, *, progress_interval_s: float | None = None) -> RunSummary:
     """Download the first `config.num_samples` documents into parts (or resume / confirm that job).
 
-    With `progress_interval_s`, a progress line is logged (`aioc4` logger, INFO) that often.
+    With `config.bulk` (`--num-samples all`), pull this worker's shards instead, all in this process
+    (`procs` is for the command line, which starts processes). With `progress_interval_s`, a
+    progress line is logged (`aioc4` logger, INFO) that often (count jobs).
     Raises `PartsNotUploadedError` if parts were written but not all of them reached S3.
     """
+    from .bulk import run_bulk
     from .pipeline import run
+
+    if config.bulk is not None:
+        whole_share = replace(config, bulk=replace(config.bulk, procs=1, proc_index=None))
+        summary = await run_bulk(whole_share)
+        if summary.failed:
+            raise PartsNotUploadedError(summary)
+        return summary
 
     display = None
     if progress_interval_s is not None:

@@ -18,7 +18,15 @@ from typing import Any
 import pytest
 from huggingface_hub import constants
 
-from aioc4 import PartsNotUploadedError, RunConfig, RunSummary, dry_run_sync, parse_s3_path, pull_sync
+from aioc4 import (
+    BulkOptions,
+    PartsNotUploadedError,
+    RunConfig,
+    RunSummary,
+    dry_run_sync,
+    parse_s3_path,
+    pull_sync,
+)
 from aioc4.errors import DestinationError, SourceError
 from aioc4.hub import Shard
 from aioc4.naming import part_names
@@ -502,3 +510,15 @@ def test_on_a_terminal_the_progress_is_a_bar(paced_hub: HubServerProcess, aioc4:
     assert re.search(r"aioc4: +\d+%\|.*\| [\d.k]+/20000 docs, [\d.]+ MB, [\d,]+ docs/s", terminal), terminal
     assert "/20,000 documents (" not in terminal  # no plain lines
     assert b"Total samples:        20,000" in stdout
+
+
+def test_pull_sync_runs_a_bulk_pull_in_process(in_process: Path, source_lines: Lines) -> None:
+    """A bulk config pulls the worker's whole share in this process, whatever `procs` says."""
+    out = in_process / "bulk"
+    config = RunConfig(split="validation", output_dir=out, bulk=BulkOptions(procs=4))
+    summary = pull_sync(config)
+    assert summary.documents == len(source_lines("validation"))
+    assert parts_in(out) == {
+        "c4_validation_shard00000.jsonl": jsonl(source_lines("validation")[:700]),
+        "c4_validation_shard00001.jsonl": jsonl(source_lines("validation")[700:]),
+    }
