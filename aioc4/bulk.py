@@ -31,14 +31,14 @@ from .naming import ShardNaming
 from .pipeline import (
     PartPipeline,
     StopRequest,
-    _all_intact,
-    _intact,
-    _open_destination,
-    _prepare_output_dir,
-    _previous_job,
-    _remove_if_empty,
-    _summary,
+    all_intact,
+    intact_parts,
+    open_destination,
+    prepare_output_dir,
+    previous_job,
+    remove_if_empty,
     request_for,
+    summary_of,
 )
 from .report import RunSummary
 from .retry import RetryBudget, RetryPolicy
@@ -57,7 +57,7 @@ async def run_bulk(config: RunConfig, stop: StopRequest | None = None) -> RunSum
     stop = stop or StopRequest()
     started = time.monotonic()
     async with AsyncExitStack() as stack:
-        destination = await _open_destination(config, stack)
+        destination = await open_destination(config, stack)
         await destination.check()
         budget = RetryBudget(RetryPolicy(total_wait_s=config.retry_budget_s))
         hub = await stack.enter_async_context(
@@ -79,7 +79,7 @@ async def run_bulk(config: RunConfig, stop: StopRequest | None = None) -> RunSum
             (options.proc_index or 0) + 1,
             options.procs,
         )
-        created_dirs = _prepare_output_dir(config.output_dir)
+        created_dirs = prepare_output_dir(config.output_dir)
         child = options.proc_index is not None  # of --procs: the parent combines and tidies up
         job = _ShardJobs(config, hub, destination, commit, len(shards), stop)
         for position in mine:
@@ -91,7 +91,7 @@ async def run_bulk(config: RunConfig, stop: StopRequest | None = None) -> RunSum
         if not summary.failed and not child:
             await combine_if_complete(destination, config, config.shards)
         if config.s3 is not None and config.cleanup_local and not child:
-            _remove_if_empty(created_dirs)
+            remove_if_empty(created_dirs)
         return summary
 
 
@@ -152,7 +152,7 @@ class _ShardJobs:
         request = replace(
             request_for(config), num_samples=0, shards="", shard=shard.path, split_shards=self.split_shards
         )
-        manifest = await _previous_job(
+        manifest = await previous_job(
             self.destination, request, overwrite=config.overwrite, name=naming.manifest()
         )
         if manifest is not None and manifest.request.commit != self.commit:
@@ -161,7 +161,7 @@ class _ShardJobs:
                 f"{manifest.request.commit}, and {config.revision!r} is now {self.commit}: pass "
                 f"--revision {manifest.request.commit} to finish the job at the same commit"
             )
-        if manifest is not None and manifest.complete and await _all_intact(self.destination, manifest.parts):
+        if manifest is not None and manifest.complete and await all_intact(self.destination, manifest.parts):
             log.info("shard %d (%s) is already complete", position, shard.path)
             self.manifests[position] = manifest
             return
@@ -169,7 +169,7 @@ class _ShardJobs:
             manifest = Manifest(request=replace(request, commit=self.commit))
         else:
             manifest.complete = False
-            manifest.parts = await _intact(self.destination, manifest.parts)
+            manifest.parts = await intact_parts(self.destination, manifest.parts)
         await self.destination.abort_stale_uploads(naming.stem)
         await self._read(position, shard, naming, manifest)
 
@@ -216,7 +216,7 @@ class _ShardJobs:
             else replace(request_for(self.config), num_samples=0, commit=self.commit)
         )
         manifest = Manifest(request=request, parts=parts, complete=not self.failed)
-        summary = _summary(manifest, self.destination)
+        summary = summary_of(manifest, self.destination)
         summary.failed = self.failed
         summary.compressed_bytes = self.compressed_bytes
         summary.documents_read = self.documents_read
@@ -229,7 +229,7 @@ async def check_destination(config: RunConfig) -> None:
     """The destination checks of a run (S3 credentials, bucket, write probe), before `--procs` starts
     its children: a bad bucket is one error line, not one per process."""
     async with AsyncExitStack() as stack:
-        destination = await _open_destination(config, stack)
+        destination = await open_destination(config, stack)
         await destination.check()
 
 
@@ -238,7 +238,7 @@ async def collect(config: RunConfig, created_dirs: list[Path]) -> RunSummary:
     manifests at the destination; and the job's manifest if every selected shard is complete."""
     assert config.bulk is not None
     async with AsyncExitStack() as stack:
-        destination = await _open_destination(config, stack)
+        destination = await open_destination(config, stack)
         found = await load_shard_manifests(destination, config.split, config.config_name)
         split_shards = max((m.request.split_shards for m in found.values()), default=0)
         selection = list(config.shards) if config.shards is not None else list(range(split_shards))
@@ -249,10 +249,10 @@ async def collect(config: RunConfig, created_dirs: list[Path]) -> RunSummary:
             request = replace(found[mine[0]].request, num_samples=sum(p.lines for p in parts), shard="")
         else:
             request = replace(request_for(config), num_samples=0)
-        summary = _summary(Manifest(request=request, parts=parts, complete=True), destination)
+        summary = summary_of(Manifest(request=request, parts=parts, complete=True), destination)
         summary.documents_read = sum(part.lines for part in parts)
         summary.shards_read = len(mine)
         await combine_if_complete(destination, config, config.shards)
         if config.s3 is not None and config.cleanup_local:
-            _remove_if_empty(created_dirs)
+            remove_if_empty(created_dirs)
         return summary

@@ -390,18 +390,18 @@ def _execute_processes(arguments: Sequence[str], config: RunConfig) -> RunSummar
 
     from .bulk import check_destination, collect
     from .fanout import combined_exit_code, run_children
-    from .pipeline import _prepare_output_dir, _remove_if_empty
+    from .pipeline import prepare_output_dir, remove_if_empty
 
     assert config.bulk is not None
     child_arguments = [argument for argument in arguments if argument != "--json"]  # one summary: ours
     started = time.monotonic()
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(check_destination(config))
-        created_dirs = _prepare_output_dir(config.output_dir)  # made here: the parent removes it if empty
+        created_dirs = prepare_output_dir(config.output_dir)  # made here: the parent removes it if empty
         codes = runner.run(run_children(child_arguments, config.bulk.procs))
         code = combined_exit_code(codes)
         if code != 0:
-            _remove_if_empty(created_dirs)
+            remove_if_empty(created_dirs)
             failed = [index for index, child in enumerate(codes) if child != 0]
             raise _ChildrenFailed(
                 f"{len(failed)} of {config.bulk.procs} worker process(es) failed (exit {code}); "

@@ -36,7 +36,19 @@ from .source import SourceProgress, read_documents
 from .uploader import S3Destination
 from .writer import FinishedPart, PartWriter
 
-__all__ = ["PartPipeline", "StopRequest", "request_for", "run"]
+__all__ = [
+    "PartPipeline",
+    "StopRequest",
+    "all_intact",
+    "intact_parts",
+    "open_destination",
+    "prepare_output_dir",
+    "previous_job",
+    "remove_if_empty",
+    "request_for",
+    "run",
+    "summary_of",
+]
 
 log = logging.getLogger("aioc4")
 
@@ -78,14 +90,14 @@ async def run(
     stop = stop or StopRequest()
     started = time.monotonic()
     async with AsyncExitStack() as stack:
-        destination = await _open_destination(config, stack)
+        destination = await open_destination(config, stack)
         await destination.check()
         request = request_for(config)
-        manifest = await _previous_job(destination, request, overwrite=config.overwrite)
-        if manifest is not None and manifest.complete and await _all_intact(destination, manifest.parts):
+        manifest = await previous_job(destination, request, overwrite=config.overwrite)
+        if manifest is not None and manifest.complete and await all_intact(destination, manifest.parts):
             name = manifest_name(config.split, config.num_samples, config.config_name)
             log.info("%s is already complete: nothing to do", name)
-            return _summary(manifest, destination, already_complete=True)
+            return summary_of(manifest, destination, already_complete=True)
         budget = RetryBudget(RetryPolicy(total_wait_s=config.retry_budget_s))
         hub = await stack.enter_async_context(
             HubSource(config.repo_id, cache_dir=config.cache_dir, budget=budget)
@@ -95,16 +107,16 @@ async def run(
             manifest = Manifest(request=replace(request, commit=commit))
         else:
             manifest.complete = False
-            manifest.parts = await _intact(destination, manifest.parts)
+            manifest.parts = await intact_parts(destination, manifest.parts)
         commit = manifest.request.commit
         shards = await hub.list_shards(commit, config.config_name, config.split)
         log.info("%s@%s: %d %s shard(s) available", config.repo_id, commit[:12], len(shards), config.split)
         shards = [shards[position] for position in select_shards(range(len(shards)), config.shards)]
-        created_dirs = _prepare_output_dir(config.output_dir)  # last check: nothing is created on bad input
+        created_dirs = prepare_output_dir(config.output_dir)  # last check: nothing is created on bad input
         summary = await _produce(config, hub, shards, destination, manifest, stop, display)
         summary.elapsed_seconds = time.monotonic() - started
         if config.s3 is not None and config.cleanup_local:
-            _remove_if_empty(created_dirs)
+            remove_if_empty(created_dirs)
         return summary
 
 
@@ -154,7 +166,7 @@ async def _produce(
         await pipeline.rename_for_real_count()
     manifest.complete = not pipeline.failed
     await pipeline.save_manifest(final=True)
-    summary = _summary(manifest, destination)
+    summary = summary_of(manifest, destination)
     summary.failed = {str(destination.directory / name): error for name, error in pipeline.failed.items()}
     summary.compressed_bytes = progress.compressed_bytes
     summary.shards_read = progress.shards_opened
@@ -163,7 +175,7 @@ async def _produce(
     return summary
 
 
-async def _open_destination(config: RunConfig, stack: AsyncExitStack) -> Destination:
+async def open_destination(config: RunConfig, stack: AsyncExitStack) -> Destination:
     if config.s3 is None:
         return LocalDestination(config.output_dir)
     s3 = S3Destination(
@@ -178,7 +190,7 @@ async def _open_destination(config: RunConfig, stack: AsyncExitStack) -> Destina
     return await stack.enter_async_context(s3)
 
 
-async def _previous_job(
+async def previous_job(
     destination: Destination, request: RequestInfo, *, overwrite: bool, name: str | None = None
 ) -> Manifest | None:
     """The manifest of an earlier run of the same job; a different job under the same name is refused
@@ -202,7 +214,7 @@ async def _previous_job(
     return None
 
 
-async def _intact(destination: Destination, parts: Sequence[PartRecord]) -> list[PartRecord]:
+async def intact_parts(destination: Destination, parts: Sequence[PartRecord]) -> list[PartRecord]:
     """The recorded parts that are still whole at the destination (checked a few at a time)."""
     limit = asyncio.Semaphore(_CHECKS_IN_FLIGHT)
 
@@ -214,11 +226,11 @@ async def _intact(destination: Destination, parts: Sequence[PartRecord]) -> list
     return [part for part, intact in zip(parts, verdicts, strict=True) if intact]
 
 
-async def _all_intact(destination: Destination, parts: Sequence[PartRecord]) -> bool:
-    return len(await _intact(destination, parts)) == len(parts)
+async def all_intact(destination: Destination, parts: Sequence[PartRecord]) -> bool:
+    return len(await intact_parts(destination, parts)) == len(parts)
 
 
-def _summary(manifest: Manifest, destination: Destination, *, already_complete: bool = False) -> RunSummary:
+def summary_of(manifest: Manifest, destination: Destination, *, already_complete: bool = False) -> RunSummary:
     locations = []
     for part in manifest.parts:
         if part.uploaded:
@@ -434,7 +446,7 @@ def _leaves(group: BaseExceptionGroup[Exception]) -> list[Exception]:
     return found
 
 
-def _prepare_output_dir(directory: Path) -> list[Path]:
+def prepare_output_dir(directory: Path) -> list[Path]:
     """Create the output folder if needed and check it is writable; returns the folders this created."""
     created = [folder for folder in (directory, *directory.parents) if not folder.exists()]
     try:
@@ -448,7 +460,7 @@ def _prepare_output_dir(directory: Path) -> list[Path]:
     return created
 
 
-def _remove_if_empty(folders: list[Path]) -> None:
+def remove_if_empty(folders: list[Path]) -> None:
     """Remove the folders a run created, deepest first, as long as they are empty."""
     for folder in folders:
         try:

@@ -179,10 +179,10 @@ def _bulk_plan(config: RunConfig, commit: str, shards: list[Shard]) -> Plan:
 
 
 async def _preflight(config: RunConfig, stack: AsyncExitStack) -> Destination:
-    from .pipeline import _open_destination  # the real run's destination, so the names agree
+    from .pipeline import open_destination  # the real run's destination, so the names agree
 
     _check_output_dir(config.output_dir)
-    destination = await _open_destination(config, stack)
+    destination = await open_destination(config, stack)
     if isinstance(destination, S3Destination):
         await destination.preflight()  # not check(): a dry run must not abort another run's uploads
     return destination
