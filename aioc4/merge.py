@@ -10,7 +10,6 @@ last worker to finish calls it, and `aioc4 merge` calls it by hand.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import replace
@@ -18,35 +17,22 @@ from dataclasses import replace
 from .destination import Destination
 from .errors import Aioc4Error
 from .manifest import Manifest, RequestInfo
-from .naming import split_stem
+from .naming import combined_manifest_name, split_stem
 from .sharding import selection_text
 
 __all__ = [
     "IncompleteJob",
     "combine",
-    "combined_manifest_name",
     "load_shard_manifests",
     "merge_at",
     "shard_manifest_position",
 ]
 
 _SHARD_MANIFEST = re.compile(r"_shard(\d{5})\.manifest\.json$")
-_MAX_SELECTION_IN_NAME = 40
 
 
 class IncompleteJob(Aioc4Error):
     """Not every shard of the selection has a complete manifest yet."""
-
-
-def combined_manifest_name(split: str, config: str, selection: str) -> str:
-    """`c4_{split}_all.manifest.json`, or for a selection `c4_{split}_shards0-99_200.manifest.json`
-    (a long selection is named by a short hash of it instead)."""
-    if not selection:
-        return f"{split_stem(split, config)}_all.manifest.json"
-    tag = selection.replace(",", "_")
-    if len(tag) > _MAX_SELECTION_IN_NAME:
-        tag = "h" + hashlib.sha256(selection.encode()).hexdigest()[:12]
-    return f"{split_stem(split, config)}_shards{tag}.manifest.json"
 
 
 def shard_manifest_position(name: str) -> int | None:

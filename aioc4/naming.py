@@ -9,6 +9,7 @@ parts end in `.jsonl.gz` or `.jsonl.zst` instead of `.jsonl` (`PART_EXTENSIONS`)
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ __all__ = [
     "CountNaming",
     "PartNaming",
     "ShardNaming",
+    "combined_manifest_name",
     "job_stem",
     "part_count",
     "part_digits",
@@ -43,6 +45,7 @@ PART_NAME = re.compile(
     rf"^c4_(?:{CONFIG_NAME_PATTERN}_)?(?:train|validation)_(?:\d+|shard\d{{5}})(?:_part\d{{3,}})?{_EXTENSION}$"
 )
 """Every name aioc4 gives a part: names read back from a manifest must match it (they become paths)."""
+_MAX_SELECTION_IN_NAME = 40
 SHARD_PART_DIGITS = 6  # a bulk pull does not know a shard's part count in advance: room for 999,999
 
 
@@ -135,6 +138,17 @@ class ShardNaming:
 
     def manifest(self) -> str:
         return f"{self.stem}.manifest.json"
+
+
+def combined_manifest_name(split: str, config: str, selection: str) -> str:
+    """`c4_{split}_all.manifest.json`, or for a selection `c4_{split}_shards0-99_200.manifest.json`
+    (a long selection is named by a short hash of it instead)."""
+    if not selection:
+        return f"{split_stem(split, config)}_all.manifest.json"
+    tag = selection.replace(",", "_")
+    if len(tag) > _MAX_SELECTION_IN_NAME:
+        tag = "h" + hashlib.sha256(selection.encode()).hexdigest()[:12]
+    return f"{split_stem(split, config)}_shards{tag}.manifest.json"
 
 
 def part_count(total: int, max_lines: int | None) -> int:

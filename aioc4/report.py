@@ -7,6 +7,8 @@ from typing import Any
 
 from .config import RunConfig
 from .manifest import Manifest, manifest_name
+from .naming import combined_manifest_name
+from .sharding import selection_text
 
 __all__ = [
     "PREVIEW_CHARS",
@@ -124,8 +126,13 @@ def destination_of(config: RunConfig) -> str:
 
 
 def manifest_location(config: RunConfig) -> str:
-    """The job's manifest: in S3 with --s3-path (the copy a rerun anywhere reads), else in the folder."""
-    name = manifest_name(config.split, config.num_samples, config=config.config_name)
+    """The job's manifest: in S3 with --s3-path (the copy a rerun anywhere reads), else in the folder.
+    A bulk pull's is the combined one, written once every selected shard is complete."""
+    if config.bulk is not None:
+        selection = selection_text(config.shards) if config.shards is not None else ""
+        name = combined_manifest_name(config.split, config.config_name, selection)
+    else:
+        name = manifest_name(config.split, config.num_samples, config=config.config_name)
     return config.s3.url_for(name) if config.s3 is not None else str(config.output_dir / name)
 
 
@@ -135,7 +142,7 @@ def request_fields(config: RunConfig) -> dict[str, Any]:
         "revision": config.revision,
         "config": config.config_name,
         "split": config.split,
-        "num_samples": config.num_samples,
+        "num_samples": "all" if config.bulk is not None else config.num_samples,
         "max_lines_per_file": config.max_lines_per_file,
         "destination": destination_of(config),
         "manifest": manifest_location(config),

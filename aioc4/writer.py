@@ -69,8 +69,6 @@ class PartWriter:
         """`naming` (by default the count job's) also says how parts are compressed."""
         self.directory = directory
         self.naming = naming or CountNaming(split, requested, max_lines, config)
-        self.split = split
-        self.config = config
         self.requested = requested
         self.max_lines = max_lines
         self.documents = documents

@@ -259,3 +259,16 @@ def test_sigterm_reaches_every_process_and_a_rerun_finishes_the_pull(
         again = runner(*args)
         assert again.returncode == 0, again.stderr
     assert parts_in(out) == expected_parts(fake_repo, "train", 4000)
+
+
+def test_a_bulk_pulls_json_summary_names_the_job_and_its_combined_manifest(aioc4: Aioc4) -> None:
+    out = aioc4.cwd / "out"
+    result = aioc4(
+        "--num-samples", "all", "--split", "validation", "--procs", "1", "--json", "--output-dir", str(out)
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["num_samples"] == "all"
+    assert summary["manifest"] == str(out / "c4_validation_all.manifest.json")
+    assert (out / "c4_validation_all.manifest.json").exists()
+    assert summary["counts"]["documents"] == 1_400

@@ -6,8 +6,8 @@ import pytest
 
 from aioc4.errors import Aioc4Error
 from aioc4.manifest import Manifest, PartRecord, RequestInfo, SourcePosition
-from aioc4.merge import IncompleteJob, combine, combined_manifest_name, shard_manifest_position
-from aioc4.naming import PART_NAME, ShardNaming
+from aioc4.merge import IncompleteJob, combine, shard_manifest_position
+from aioc4.naming import PART_NAME, ShardNaming, combined_manifest_name
 
 COMMIT = "c" * 40
 
