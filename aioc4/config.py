@@ -2,22 +2,35 @@
 
 from __future__ import annotations
 
+import math
+import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from .errors import UsageError
+from .redact import display_url
 from .variants import check_config_name
 
 __all__ = [
     "COMPRESSIONS",
     "DEFAULT_OUTPUT_DIR",
+    "MAX_COUNT",
+    "MAX_PROCS",
+    "MAX_RETRY_BUDGET_S",
+    "MAX_UPLOAD_WORKERS",
     "S3_CHECKSUMS",
     "SPLITS",
     "BulkOptions",
     "RunConfig",
     "S3Target",
+    "check_http_url",
+    "hub_endpoint",
+    "parse_count",
     "parse_s3_path",
+    "s3_endpoint",
 ]
 
 SPLITS = ("train", "validation")
@@ -25,8 +38,70 @@ S3_CHECKSUMS = ("crc32", "md5")  # what S3 verifies on every upload (see aioc4.u
 COMPRESSIONS = ("none", "gzip", "zstd")  # how parts are stored (see aioc4.compression, aioc4.naming)
 DEFAULT_OUTPUT_DIR = Path("./data/c4_subset")
 
+MAX_COUNT = 10**12
+"""Largest document or line count accepted: C4's largest config holds ~1.1 billion documents."""
+MAX_UPLOAD_WORKERS = 64
+MAX_PROCS = 256
+MAX_RETRY_BUDGET_S = 7 * 24 * 3600.0
+DEFAULT_HUB_ENDPOINT = "https://huggingface.co"
+
 # https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html (general purpose buckets)
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_ASCII_DIGITS = re.compile(r"^[0-9]+$")
+# huggingface_hub's rule (validate_repo_id): `name` or `namespace/name`, no `--`, `..` or path tricks
+_REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$")
+
+
+def parse_count(text: str, *, minimum: int = 1, maximum: int = MAX_COUNT) -> int:
+    """An integer written with ASCII digits only (no sign, space, `_` or other scripts' digits) within
+    `minimum..maximum`; ValueError saying what is wrong (`must be a positive integer, got '1.5'`)."""
+    kind = "a positive integer" if minimum == 1 else "a non-negative integer"
+    if not _ASCII_DIGITS.match(text):
+        shown = text if _ASCII_DIGITS.match(text.removeprefix("-")) else repr(text)  # -5, but '1.5'
+        raise ValueError(f"must be {kind}, got {shown}")
+    value = int(text)
+    if value < minimum:
+        raise ValueError(f"must be {kind}, got {value}")
+    if value > maximum:
+        raise ValueError(f"must be at most {maximum:,}, got {value:,}")
+    return value
+
+
+def check_http_url(url: str, what: str) -> str:
+    """`url` if it is an absolute http(s) URL with a host; a UsageError naming `what` otherwise."""
+    try:
+        parts = urlsplit(url)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a malformed port or IPv6 literal
+        valid = False
+    if not valid or any(character.isspace() for character in url):
+        raise UsageError(f"{what} must be an http:// or https:// URL with a host, got {display_url(url)!r}")
+    return url
+
+
+def hub_endpoint(environ: Mapping[str, str] = os.environ) -> str:
+    """The Hub's base URL, as huggingface_hub reads it (`HF_ENDPOINT`), checked before any request."""
+    value = environ.get("HF_ENDPOINT") or DEFAULT_HUB_ENDPOINT
+    return check_http_url(value, "HF_ENDPOINT").rstrip("/")
+
+
+def s3_endpoint(flag: str | None, environ: Mapping[str, str] = os.environ) -> str | None:
+    """The S3 endpoint botocore will use, checked: `--endpoint-url`, else `AWS_ENDPOINT_URL_S3`, else
+    `AWS_ENDPOINT_URL`; None means AWS's own (the region's endpoint)."""
+    if flag is not None:
+        return check_http_url(flag, "--endpoint-url")
+    if environ.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "").lower() == "true":
+        return None
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        if environ.get(name):
+            return check_http_url(environ[name], name)
+    return None
+
+
+def check_repo_id(repo_id: str) -> str:
+    if not _REPO_ID.match(repo_id) or "--" in repo_id or ".." in repo_id:
+        raise UsageError(f"--repo-id must look like namespace/name (e.g. allenai/c4), got {repo_id!r}")
+    return repo_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +145,8 @@ class BulkOptions:
     proc_index: int | None = None
 
     def __post_init__(self) -> None:
-        if self.procs <= 0:
-            raise UsageError(f"--procs must be a positive integer, got {self.procs}")
+        if not 0 < self.procs <= MAX_PROCS:
+            raise UsageError(f"--procs must be within 1..{MAX_PROCS}, got {self.procs}")
         if not 0 <= self.worker_index < self.num_workers:
             raise UsageError(f"worker index {self.worker_index} is not within 0..{self.num_workers - 1}")
         if self.proc_index is not None and not 0 <= self.proc_index < self.procs:
@@ -80,7 +155,11 @@ class BulkOptions:
 
 @dataclass(frozen=True, slots=True)
 class RunConfig:
-    """Everything one run needs to know, already validated."""
+    """Everything one run needs to know, already validated.
+
+    Folders may be given as `str` or any path-like; they are kept as `Path`. `cleanup_local` is None
+    by default, meaning what the command line does: on with `s3`, off without.
+    """
 
     num_samples: int = 1000
     split: str = "train"
@@ -89,7 +168,7 @@ class RunConfig:
     streaming: bool = True
     cache_dir: Path | None = None
     s3: S3Target | None = None
-    cleanup_local: bool = False
+    cleanup_local: bool | None = None
     repo_id: str = "allenai/c4"
     revision: str = "main"
     config_name: str = "en"
@@ -103,19 +182,33 @@ class RunConfig:
     bulk: BulkOptions | None = None  # --num-samples all (num_samples is then unused)
 
     def __post_init__(self) -> None:
+        _set(self, "output_dir", _as_path(self.output_dir, "output_dir"))
+        if self.cache_dir is not None:
+            _set(self, "cache_dir", _as_path(self.cache_dir, "cache_dir"))
+        if self.cleanup_local is None:
+            _set(self, "cleanup_local", self.s3 is not None)
         check_config_name(self.config_name)  # it becomes part of file names and S3 keys
-        if self.num_samples <= 0:
-            raise UsageError(f"--num-samples must be a positive integer, got {self.num_samples}")
+        check_repo_id(self.repo_id)
+        if not 0 < self.num_samples <= MAX_COUNT:
+            raise UsageError(
+                f"--num-samples must be a positive integer up to {MAX_COUNT:,}, got {self.num_samples}"
+            )
         if self.split not in SPLITS:
             raise UsageError(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
-        if self.max_lines_per_file is not None and self.max_lines_per_file <= 0:
+        if self.max_lines_per_file is not None and not 0 < self.max_lines_per_file <= MAX_COUNT:
             raise UsageError(
-                f"--max-lines-per-file must be a positive integer, got {self.max_lines_per_file}"
+                f"--max-lines-per-file must be a positive integer up to {MAX_COUNT:,}, "
+                f"got {self.max_lines_per_file}"
             )
-        if self.upload_workers <= 0:
-            raise UsageError(f"--upload-workers must be a positive integer, got {self.upload_workers}")
-        if self.retry_budget_s < 0:
-            raise UsageError(f"--retry-budget must be zero or more seconds, got {self.retry_budget_s}")
+        if not 0 < self.upload_workers <= MAX_UPLOAD_WORKERS:
+            raise UsageError(
+                f"--upload-workers must be within 1..{MAX_UPLOAD_WORKERS}, got {self.upload_workers}"
+            )
+        if not (math.isfinite(self.retry_budget_s) and 0 <= self.retry_budget_s <= MAX_RETRY_BUDGET_S):
+            raise UsageError(
+                f"--retry-budget must be a number of seconds within 0..{MAX_RETRY_BUDGET_S:.0f}, "
+                f"got {self.retry_budget_s}"
+            )
         if self.s3_checksum not in S3_CHECKSUMS:
             raise UsageError(
                 f"--s3-checksum must be one of {', '.join(S3_CHECKSUMS)}, got {self.s3_checksum!r}"
@@ -126,3 +219,16 @@ class RunConfig:
             )
         if self.cleanup_local and self.s3 is None:
             raise UsageError("--cleanup-local deletes parts after their upload, so it needs --s3-path")
+
+
+def _as_path(value: object, name: str) -> Path:
+    if isinstance(value, Path):
+        return value
+    if isinstance(value, str | os.PathLike):
+        return Path(value)
+    raise UsageError(f"RunConfig.{name} must be a path (str or os.PathLike), got {type(value).__name__}")
+
+
+def _set(config: RunConfig, name: str, value: object) -> None:
+    """Normalise a field of the frozen config while it is being built."""
+    object.__setattr__(config, name, value)

@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from .config import parse_count
 from .errors import UsageError
 
 __all__ = [
@@ -25,7 +26,8 @@ __all__ = [
     "worker_slot",
 ]
 
-_RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
+_RANGE = re.compile(r"^([0-9]+)(?:-([0-9]+))?$")  # ASCII digits only: int() also takes "٣"
+_MAX_WORKERS = 1_000_000  # Kubernetes and AWS Batch allow 100,000 and 10,000
 _MAX_SHARD_NUMBER = 99_999  # C4's shard numbers have five digits (en.noclean: 7,168 shards)
 
 # Where schedulers put a worker's index (and, for AWS Batch, the array size).
@@ -130,7 +132,8 @@ def worker_share(shards: Sequence[int], slot: WorkerSlot, procs: int = 1, proc: 
 
 
 def _env_int(environment: Mapping[str, str], variable: str) -> int:
-    text = environment[variable].strip()
-    if not text.isdigit():
-        raise UsageError(f"{variable}={text!r} is not a non-negative integer")
-    return int(text)
+    text = environment[variable]
+    try:
+        return parse_count(text, minimum=0, maximum=_MAX_WORKERS)
+    except ValueError as exc:
+        raise UsageError(f"{variable} {exc}") from None
