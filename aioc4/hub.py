@@ -8,7 +8,13 @@ redirects to. The Hub's `Authorization` header is sent to the Hub origin only, n
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import hashlib
 import logging
+import threading
+import time
+import weakref
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +24,8 @@ from urllib.parse import urljoin, urlsplit
 
 import aiofiles
 import aiohttp
-from huggingface_hub import HfApi, constants, hf_hub_download, hf_hub_url
+import httpx2
+from huggingface_hub import HfApi, constants, hf_hub_download, hf_hub_url, set_client_factory
 from huggingface_hub.errors import (
     EntryNotFoundError,
     GatedRepoError,
@@ -31,15 +38,22 @@ from huggingface_hub.hf_api import DatasetInfo, RepoFile
 from huggingface_hub.utils._headers import build_hf_headers
 
 from . import __version__
-from .errors import SourceError
+from .errors import CorruptShardError, SourceError
+from .redact import display_url
 from .retry import RETRYABLE_STATUSES, RetryBudget, retry_after_seconds
 from .variants import Variant, Variants, glob_folders, pick_variant, shard_pattern, variants_to_use
 
-__all__ = ["CHUNK_BYTES", "HubSource", "Shard", "chunks_of"]
+__all__ = ["CHUNK_BYTES", "HUB_TIMEOUT_S", "HubSource", "Shard", "chunks_of", "install_hub_client"]
 
 CHUNK_BYTES = 1 << 19
+HUB_CONNECT_TIMEOUT_S = 10.0
+HUB_TIMEOUT_S = 30.0
+"""Longest wait for a connection, and for any byte of an answer, from the Hub or its storage."""
+HUB_CALL_TIMEOUT_S = 120.0
+"""Longest a metadata call may take in all (a listing walks pages); then it counts as failed and retried."""
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 5
+_GZIP_MAGIC = b"\x1f\x8b"
 _T = TypeVar("_T")
 
 log = logging.getLogger("aioc4")
@@ -52,6 +66,7 @@ class Shard:
     path: str
     index: int
     size: int
+    sha256: str | None = None  # the LFS object id, when the listing gives one
 
 
 class _Retryable(Exception):
@@ -77,6 +92,7 @@ class HubSource:
     ) -> None:
         self.repo_id = repo_id
         self.endpoint = constants.ENDPOINT.rstrip("/")
+        self.shown_endpoint = display_url(self.endpoint)  # what messages say: never a password
         self.cache_dir = cache_dir
         self.budget = budget or RetryBudget()
         self._api = HfApi(library_name="aioc4", library_version=__version__)
@@ -86,7 +102,9 @@ class HubSource:
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> HubSource:
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=60)
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=HUB_CONNECT_TIMEOUT_S, sock_read=HUB_TIMEOUT_S
+        )
         self._session = aiohttp.ClientSession(timeout=timeout, auto_decompress=False)
         return self
 
@@ -143,30 +161,58 @@ class HubSource:
             )
             for entry in entries:
                 if isinstance(entry, RepoFile) and (key := pattern.key(entry.path)) is not None:
-                    found[entry.path] = (key, Shard(path=entry.path, index=key[1], size=entry.size))
+                    sha256 = entry.lfs.sha256 if entry.lfs is not None else None
+                    found[entry.path] = (key, Shard(entry.path, key[1], entry.size, sha256))
         return [shard for _, shard in sorted(found.values(), key=lambda item: (item[0], item[1].path))]
 
-    async def _call_hub(self, call: Callable[[], _T], revision: str, folder: str | None = None) -> _T:
-        """Run a blocking huggingface_hub call in a thread, retrying what is worth retrying."""
+    async def _call_hub(
+        self,
+        call: Callable[[], _T],
+        revision: str,
+        folder: str | None = None,
+        *,
+        limit_s: float | None = HUB_CALL_TIMEOUT_S,
+    ) -> _T:
+        """Run a blocking huggingface_hub call in a thread, retrying what is worth retrying.
+
+        The thread is a daemon that nobody waits for: a stop (a signal, a cancelled task) returns at
+        once even while the call is blocked on a silent server. A call that times out (the client's
+        own timeouts, or `limit_s` in all) is a failed attempt, and the time it took counts against
+        the retry budget like a wait.
+        """
         attempt = 0
         while True:
+            started = time.monotonic()
             try:
-                return await asyncio.to_thread(call)
+                return await asyncio.wait_for(_in_daemon_thread(call), limit_s)
             except HfHubHTTPError as exc:
                 status = exc.response.status_code if exc.response is not None else None
                 if status not in RETRYABLE_STATUSES:
                     raise self._describe(exc, revision, folder) from None
                 failure = _Retryable(f"the Hub answered HTTP {status}", _retry_after(exc))
             except LocalEntryNotFoundError as exc:  # hf_hub_download could not reach the Hub
-                failure = _Retryable(f"cannot reach the Hub at {self.endpoint}: {_first_line(str(exc))}")
+                failure = _Retryable(self._unreachable(_first_line(str(exc))))
             except EntryNotFoundError as exc:
                 raise SourceError(
-                    f"cannot fetch from the Hub at {self.endpoint}: {_first_line(str(exc))}"
+                    f"cannot fetch from the Hub at {self.shown_endpoint}: {_first_line(str(exc))}"
                 ) from None
-            except Exception as exc:  # transport errors of huggingface_hub's HTTP stack (httpx) or the OS
-                failure = _Retryable(f"cannot reach the Hub at {self.endpoint}: {_first_line(str(exc))}")
+            except TimeoutError:
+                self.budget.spend(time.monotonic() - started)
+                failure = _Retryable(self._unreachable(f"no answer within {limit_s or 0:.0f} s"))
+            except (httpx2.TimeoutException, OSError) as exc:  # OSError: socket errors below httpx
+                self.budget.spend(time.monotonic() - started)
+                failure = _Retryable(self._unreachable(_first_line(str(exc)) or type(exc).__name__))
+            except httpx2.UnsupportedProtocol as exc:  # e.g. a redirect to ftp:// or file://
+                raise SourceError(
+                    f"the Hub at {self.shown_endpoint} sent aioc4 to an unusable URL ({exc})"
+                ) from None
+            except httpx2.TransportError as exc:  # refused, reset, protocol errors: the network
+                failure = _Retryable(self._unreachable(_first_line(str(exc)) or type(exc).__name__))
             attempt += 1
             await self._wait_or_give_up(attempt, failure, what=f"{self.repo_id}@{revision}")
+
+    def _unreachable(self, reason: str) -> str:
+        return f"cannot reach the Hub at {self.shown_endpoint} ({reason}): check HF_ENDPOINT and the network"
 
     async def _wait_or_give_up(self, attempt: int, failure: _Retryable, *, what: str) -> None:
         delay = self.budget.next_delay(attempt, failure.retry_after_s)
@@ -185,7 +231,7 @@ class HubSource:
             return SourceError(f"{repo} is gated: set HF_TOKEN to a token with access to it")
         if isinstance(exc, RepositoryNotFoundError):
             return SourceError(
-                f"{repo} not found at {self.endpoint} (if it is private or gated, set HF_TOKEN)"
+                f"{repo} not found at {self.shown_endpoint} (if it is private or gated, set HF_TOKEN)"
             )
         if isinstance(exc, RevisionNotFoundError):
             return SourceError(f"revision {revision!r} not found in {repo}")
@@ -203,15 +249,23 @@ class HubSource:
         attempt = 0
         while True:
             response: aiohttp.ClientResponse | None = None
+            started, sent = time.monotonic(), 0
             try:
                 response = await self._open_at(shard, commit, received)
                 skip = received if response.status == 200 else 0  # a server that ignored Range
                 async for chunk in response.content.iter_chunked(CHUNK_BYTES):
+                    sent += len(chunk)
+                    if received == 0 and skip == 0 and not chunk.startswith(_GZIP_MAGIC[: len(chunk)]):
+                        raise SourceError(_not_gzip(shard, response, chunk))
                     if skip:
                         chunk, skip = chunk[skip:], max(0, skip - len(chunk))
                         if not chunk:
                             continue
                     received += len(chunk)
+                    if received > shard.size:
+                        raise CorruptShardError(
+                            f"{shard.path}: storage sent more than the {shard.size:,} bytes the Hub lists"
+                        )
                     attempt = 0  # progress: the next failure starts a fresh count
                     yield chunk
                 if received >= shard.size:
@@ -223,6 +277,7 @@ class HubSource:
                 failure = _Retryable(f"connection lost at byte {received:,} ({exc or type(exc).__name__})")
             finally:
                 if response is not None:
+                    _log_storage_request(response, sent, time.monotonic() - started)
                     response.close()  # drops the connection if the body was not read to the end
             attempt += 1
             await self._wait_or_give_up(attempt, failure, what=shard.path)
@@ -231,7 +286,7 @@ class HubSource:
         """A response whose body continues the shard at `offset` (206), or holds all of it (200).
 
         Redirects are followed by hand: the Hub's headers (with the token) go to the Hub origin
-        only, never to the storage host it redirects to.
+        only, never to the storage host it redirects to, and only to http(s) URLs.
         """
         session = self._require_session()
         url = self._storage_urls.get(shard.path) or hf_hub_url(
@@ -242,12 +297,14 @@ class HubSource:
             headers = dict(self._hub_headers if on_hub else _without_auth(self._hub_headers))
             if offset:
                 headers["Range"] = f"bytes={offset}-"
+            started = time.monotonic()
             response = await session.get(url, headers=headers, allow_redirects=False)
             if response.status in (200, 206):
                 return response
+            _log_storage_request(response, 0, time.monotonic() - started)
             response.release()
             if response.status in _REDIRECTS:
-                url = urljoin(url, response.headers.get("Location", ""))
+                url = _redirect_target(url, response.headers.get("Location", ""), shard)
                 if not _same_origin(url, self.endpoint):
                     self._storage_urls[shard.path] = url
                 continue
@@ -265,21 +322,29 @@ class HubSource:
         raise SourceError(f"{shard.path}: more than {_MAX_REDIRECTS} redirects")
 
     async def download(self, shard: Shard, commit: str) -> Path:
-        """The whole shard in the Hub cache (`--cache-dir` or the standard one); cached files are reused."""
+        """The whole shard in the Hub cache (`--cache-dir` or the standard one); cached files are reused
+        once their size (and SHA-256, when the listing gives it) match the listing: a truncated or
+        damaged cache file is downloaded again."""
 
-        def fetch() -> str:
+        def fetch(force: bool) -> str:
             return hf_hub_download(
                 self.repo_id,
                 shard.path,
                 repo_type="dataset",
                 revision=commit,
                 cache_dir=self.cache_dir,
+                force_download=force,
                 library_name="aioc4",
                 library_version=__version__,
             )
 
-        path = await self._call_hub(fetch, commit)
-        return Path(path)
+        for force in (False, True):
+            path = Path(await self._call_hub(functools.partial(fetch, force), commit, limit_s=None))
+            problem = await asyncio.to_thread(_cache_problem, path, shard)
+            if problem is None:
+                return path
+            log.warning("%s in the Hub cache %s: downloading it again", shard.path, problem)
+        raise CorruptShardError(f"{shard.path}: the downloaded file {problem}")
 
     async def read_cached(self, path: Path) -> AsyncGenerator[bytes, None]:
         """A cached shard's compressed bytes in chunks."""
@@ -306,6 +371,51 @@ async def _cached_chunks(source: HubSource, shard: Shard, commit: str) -> AsyncG
     path = await source.download(shard, commit)
     async for chunk in source.read_cached(path):
         yield chunk
+
+
+def _not_gzip(shard: Shard, response: aiohttp.ClientResponse, first: bytes) -> str:
+    """What came instead of a gzip'd shard (an HTML error page, a captive portal): said once, no retry."""
+    kind = response.headers.get("Content-Type", "no content type")
+    return (
+        f"{shard.path}: {_origin(str(response.url))} answered HTTP {response.status} ({kind}) with bytes "
+        f"that are not gzip (they start {first[:16]!r})"
+    )
+
+
+def _redirect_target(url: str, location: str, shard: Shard) -> str:
+    """Where a redirect points; anything but an http(s) URL is refused (no retry)."""
+    try:
+        target = urljoin(url, location)
+        parts = urlsplit(target)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        valid = False
+    if not valid:
+        raise SourceError(
+            f"{shard.path}: the Hub redirected to an unusable URL ({display_url(location)[:200]!r})"
+        )
+    return target
+
+
+def _cache_problem(path: Path, shard: Shard) -> str | None:
+    """Blocking: why a cached shard does not match the listing, or None."""
+    size = path.stat().st_size
+    if size != shard.size:
+        return f"has {size:,} bytes, the Hub lists {shard.size:,}"
+    if shard.sha256 is not None:
+        digest = hashlib.sha256()
+        with open(path, "rb") as file:
+            while block := file.read(1 << 20):
+                digest.update(block)
+        if digest.hexdigest() != shard.sha256:
+            return "does not match the SHA-256 the Hub lists"
+    return None
+
+
+def _log_storage_request(response: aiohttp.ClientResponse, sent: int, seconds: float) -> None:
+    if log.isEnabledFor(logging.DEBUG):
+        url = response.url.with_query(None)
+        log.debug("GET %s -> %d, %d bytes, %.3f s", url, response.status, sent, seconds)
 
 
 def _auth_message(status: int, what: str) -> str:
@@ -354,3 +464,72 @@ def _first_line(text: str) -> str:
 
 def _retry_after(exc: HfHubHTTPError) -> float | None:
     return retry_after_seconds(exc.response.headers) if exc.response is not None else None
+
+
+async def _in_daemon_thread(call: Callable[[], _T]) -> _T:
+    """`call()` in a daemon thread of its own. Unlike `asyncio.to_thread`, nothing ever waits for the
+    thread: neither a cancelled caller nor the loop's shutdown nor the interpreter's exit, so a call
+    blocked on a silent server cannot hold up a stop. (A blocked call ends by the client's timeouts.)"""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[_T] = loop.create_future()
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not done.done():
+            outcome()
+
+    def work() -> None:
+        try:
+            result = call()
+        except BaseException as exc:  # handed to the awaiting task, which re-raises it
+            error = exc
+            _call_soon(loop, lambda: settle(lambda: done.set_exception(error)))
+        else:
+            _call_soon(loop, lambda: settle(lambda: done.set_result(result)))
+
+    threading.Thread(target=work, name="aioc4-hub", daemon=True).start()
+    return await done
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop is closed: the caller is gone
+        loop.call_soon_threadsafe(callback)
+
+
+_request_started: weakref.WeakKeyDictionary[httpx2.Request, float] = weakref.WeakKeyDictionary()
+
+
+def install_hub_client() -> None:
+    """Give huggingface_hub's shared HTTP client timeouts (its default waits forever on a silent Hub)
+    and, at debug level, a log line per request. Process-wide, so only the command line calls it;
+    `HubSource` bounds each call on its own side as well."""
+    try:  # the library's own factory keeps its request hooks (offline mode, request ids)
+        from huggingface_hub.utils._http import default_client_factory
+    except ImportError:  # pragma: no cover - another huggingface_hub layout
+
+        def default_client_factory() -> httpx2.Client:
+            return httpx2.Client(follow_redirects=True)
+
+    def factory() -> httpx2.Client:
+        client = default_client_factory()
+        client.timeout = httpx2.Timeout(HUB_TIMEOUT_S, connect=HUB_CONNECT_TIMEOUT_S)
+        hooks = client.event_hooks
+        hooks["request"] = [*hooks.get("request", []), _note_start]
+        hooks["response"] = [*hooks.get("response", []), _log_hub_response]
+        client.event_hooks = hooks
+        return client
+
+    set_client_factory(factory)
+
+
+def _note_start(request: httpx2.Request) -> None:
+    _request_started[request] = time.monotonic()
+
+
+def _log_hub_response(response: httpx2.Response) -> None:
+    if not log.isEnabledFor(logging.DEBUG):
+        return
+    request = response.request
+    seconds = time.monotonic() - _request_started.pop(request, time.monotonic())
+    url = display_url(str(request.url.copy_with(query=None)))
+    size = response.headers.get("Content-Length", "?")
+    log.debug("%s %s -> %d, %s bytes, %.3f s", request.method, url, response.status_code, size, seconds)

@@ -47,9 +47,13 @@ class RetryBudget:
     retries: int = 0
     rng: random.Random = field(default_factory=random.Random)
 
+    def spend(self, seconds: float) -> None:
+        """Count time lost in an attempt that timed out as waiting: a silent server uses up the budget."""
+        self.waited_s += max(0.0, seconds)
+
     def next_delay(self, attempt: int, retry_after_s: float | None) -> float | None:
         """The wait before another try, or None when this operation or the run must give up."""
-        if attempt > self.policy.max_attempts:
+        if attempt > self.policy.max_attempts or self.waited_s >= self.policy.total_wait_s:
             return None
         delay = self.policy.delay(attempt, retry_after_s, self.rng)
         if self.waited_s + delay > self.policy.total_wait_s:
