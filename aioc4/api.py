@@ -16,7 +16,7 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 from .config import RunConfig
-from .errors import DestinationError
+from .errors import DestinationError, UsageError
 from .plan import Plan, make_plan
 from .progress import ProgressDisplay
 from .report import RunSummary
@@ -82,6 +82,15 @@ def dry_run_sync(config: RunConfig) -> Plan:
 
 
 def _run_sync(make: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # no loop running in this thread: the normal case
+        pass
+    else:
+        raise UsageError(
+            "pull_sync/dry_run_sync cannot run inside a running event loop (a notebook, an async app): "
+            "use `await aioc4.pull(config)` or `await aioc4.dry_run(config)` there"
+        )
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         return runner.run(make())
 

@@ -32,6 +32,7 @@ from .pipeline import (
     PartPipeline,
     StopRequest,
     all_intact,
+    check_output_dir,
     intact_parts,
     open_destination,
     prepare_output_dir,
@@ -56,6 +57,7 @@ async def run_bulk(config: RunConfig, stop: StopRequest | None = None) -> RunSum
     options = config.bulk
     stop = stop or StopRequest()
     started = time.monotonic()
+    check_output_dir(config.output_dir)
     async with AsyncExitStack() as stack:
         destination = await open_destination(config, stack)
         await destination.check()
@@ -233,9 +235,21 @@ async def check_destination(config: RunConfig) -> None:
         await destination.check()
 
 
+async def count_my_shards(config: RunConfig) -> int:
+    """How many shards this worker (all its processes) pulls: `--procs` starts no more processes."""
+    assert config.bulk is not None
+    budget = RetryBudget(RetryPolicy(total_wait_s=config.retry_budget_s))
+    async with HubSource(config.repo_id, cache_dir=config.cache_dir, budget=budget) as hub:
+        commit = await hub.resolve_commit(config.revision)
+        shards = await hub.list_shards(commit, config.config_name, config.split)
+    selection = select_shards(range(len(shards)), config.shards)
+    return len(my_shards(selection, replace(config.bulk, procs=1, proc_index=None)))
+
+
 async def collect(config: RunConfig, created_dirs: list[Path]) -> RunSummary:
     """After `--procs` children finished: this worker's shards as one summary, read back from their
-    manifests at the destination; and the job's manifest if every selected shard is complete."""
+    manifests at the destination (what the children read is added from their own summaries); and
+    the job's manifest if every selected shard is complete."""
     assert config.bulk is not None
     async with AsyncExitStack() as stack:
         destination = await open_destination(config, stack)
@@ -250,8 +264,6 @@ async def collect(config: RunConfig, created_dirs: list[Path]) -> RunSummary:
         else:
             request = replace(request_for(config), num_samples=0)
         summary = summary_of(Manifest(request=request, parts=parts, complete=True), destination)
-        summary.documents_read = sum(part.lines for part in parts)
-        summary.shards_read = len(mine)
         await combine_if_complete(destination, config, config.shards)
         if config.s3 is not None and config.cleanup_local:
             remove_if_empty(created_dirs)

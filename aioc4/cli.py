@@ -11,12 +11,12 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
-import json
 import logging
+import math
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -25,14 +25,32 @@ from . import __version__
 from .config import (
     COMPRESSIONS,
     DEFAULT_OUTPUT_DIR,
+    MAX_COUNT,
+    MAX_PROCS,
+    MAX_RETRY_BUDGET_S,
+    MAX_UPLOAD_WORKERS,
     S3_CHECKSUMS,
     SPLITS,
     BulkOptions,
     RunConfig,
+    check_http_url,
+    hub_endpoint,
+    parse_count,
     parse_s3_path,
+    s3_endpoint,
 )
-from .errors import Aioc4Error, DestinationError, UsageError
-from .report import RunSummary, failure_to_json, format_step_summary, format_summary, summary_to_json
+from .console import append_step_summary, configure_logging, known_secrets_redactor, print_error, print_json
+from .errors import Aioc4Error, ChildrenFailedError, DestinationError, UsageError
+from .redact import Redactor
+from .report import (
+    RunSummary,
+    destination_of,
+    failure_to_json,
+    format_step_summary,
+    format_summary,
+    summary_to_json,
+)
+from .resources import default_procs, machine_limits
 from .sharding import parse_shard_selection, worker_slot
 
 if TYPE_CHECKING:
@@ -49,19 +67,41 @@ log = logging.getLogger("aioc4")
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)  # `--num-sample 10` is a typo, not --num-samples
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:
         """One line, not argparse's usage block."""
         raise UsageError(message)
 
 
+def _count(minimum: int = 1, maximum: int = MAX_COUNT) -> Callable[[str], int]:
+    """An argparse type: ASCII digits within `minimum..maximum` (see aioc4.config.parse_count)."""
+
+    def parse(text: str) -> int:
+        try:
+            return parse_count(text, minimum=minimum, maximum=maximum)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
 def _count_or_all(text: str) -> int | str:
-    return "all" if text == "all" else _positive_int(text)
+    return "all" if text == "all" else _count()(text)
 
 
-def _non_negative_int(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
-    return int(text)
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or not 0 <= value <= MAX_RETRY_BUDGET_S:
+        raise argparse.ArgumentTypeError(
+            f"must be a number of seconds within 0..{MAX_RETRY_BUDGET_S:.0f}, got {text!r}"
+        )
+    return value
 
 
 def _shard_selection(text: str) -> tuple[int, ...]:
@@ -71,21 +111,59 @@ def _shard_selection(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("--shards: ")) from None
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="aioc4",
         description="Download the first N documents of C4 into JSONL part files, locally or on S3.",
+        epilog="Run `aioc4 COMMAND --help` for the other commands.",
     )
+    _add_pull_arguments(parser)
+    commands = parser.add_subparsers(
+        dest="command",
+        title="other commands",
+        metavar="COMMAND",
+        description="`aioc4 [flags]` pulls documents; these check and combine what was pulled:",
+    )
+    verify = commands.add_parser(
+        "verify",
+        help="check every part the manifests at a folder or S3 prefix list",
+        description="Check every part listed in the manifests at a folder or S3 prefix: present, size, "
+        "CRC-32 and line count. Exits 1 on any mismatch.",
+    )
+    verify.add_argument("target", help="a local folder or s3://bucket/prefix")
+    verify.add_argument("--endpoint-url", help="S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 / AWS)")
+    merge = commands.add_parser(
+        "merge",
+        help="combine the shard manifests of a bulk pull into the job's manifest",
+        description="Combine the shard manifests of a bulk pull (--num-samples all) at a folder or S3 "
+        "prefix into the job's manifest; exits 1 while shards are missing or unfinished.",
+    )
+    merge.add_argument("target", help="a local folder or s3://bucket/prefix")
+    merge.add_argument("--config", default="en", metavar="NAME", help="C4 variant (default: %(default)s)")
+    merge.add_argument("--split", choices=SPLITS, default="train", help="split (default: %(default)s)")
+    merge.add_argument(
+        "--shards", type=_shard_selection, metavar="LIST", help="the selection that was pulled"
+    )
+    merge.add_argument("--endpoint-url", help="S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 / AWS)")
+    return parser
+
+
+def _parse(arguments: Sequence[str]) -> argparse.Namespace:
+    """Parse the command line; a mistyped flag is named as such, not taken for an unknown command."""
+    try:
+        return build_parser().parse_args(arguments)
+    except UsageError as exc:
+        if not str(exc).startswith("argument COMMAND: invalid choice"):
+            raise
+        flags_only = _Parser(prog="aioc4")
+        _add_pull_arguments(flags_only)
+        _, unknown = flags_only.parse_known_args(arguments)
+        if any(argument.startswith("-") for argument in unknown):
+            raise UsageError(f"unrecognized arguments: {' '.join(unknown)}") from None
+        raise
+
+
+def _add_pull_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add(
         "--output-dir",
@@ -115,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="delete local parts after a verified upload (default with S3)",
     )
     add("--no-cleanup", action="store_true", help="keep local parts after uploading them")
-    add("--max-lines-per-file", type=_positive_int, help="split output into parts of at most this many lines")
+    add("--max-lines-per-file", type=_count(), help="split output into parts of at most this many lines")
     add(
         "--compression",
         choices=COMPRESSIONS,
@@ -137,20 +215,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add(
         "--num-workers",
-        type=_positive_int,
+        type=_count(maximum=1_000_000),
         help="bulk pulls on several machines: how many workers share the shards",
     )
     add(
         "--worker-index",
-        type=_non_negative_int,
+        type=_count(minimum=0, maximum=1_000_000),
         help="this worker's index, 0-based (default: JOB_COMPLETION_INDEX or AWS_BATCH_JOB_ARRAY_INDEX)",
     )
     add(
         "--procs",
-        type=_positive_int,
-        help="bulk pulls: worker processes on this machine (default: one per core)",
+        type=_count(maximum=MAX_PROCS),
+        help="bulk pulls: worker processes on this machine (default: one per CPU this process may use, "
+        "as memory allows, at most one per shard)",
     )
-    add("--proc-index", type=_non_negative_int, help=argparse.SUPPRESS)  # set in --procs' children
+    add(
+        "--proc-index", type=_count(minimum=0, maximum=MAX_PROCS), help=argparse.SUPPRESS
+    )  # --procs' children
     add("--repo-id", default="allenai/c4", help="dataset repo on the Hub (default: %(default)s)")
     add("--revision", default="main", help="branch, tag or commit to read (default: %(default)s)")
     add(
@@ -158,11 +239,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL / AWS)",
     )
     add(
-        "--upload-workers", type=_positive_int, default=4, help="parallel part uploads (default: %(default)s)"
+        "--upload-workers",
+        type=_count(maximum=MAX_UPLOAD_WORKERS),
+        default=4,
+        help="parallel part uploads (default: %(default)s)",
     )
     add(
         "--retry-budget",
-        type=float,
+        type=_seconds,
         default=600.0,
         metavar="SECONDS",
         help="total time the run may spend waiting between Hub retries (default: %(default)s)",
@@ -188,20 +272,33 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--json", action="store_true", help="print the summary (or the plan, or the error) as one JSON object"
     )
-    add("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
-    add("-v", "--verbose", action="store_true", help="debug logging on stderr")
+    add(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print only the parts' locations (one per line) on stdout, only warnings and errors on stderr",
+    )
+    add(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="debug logging on stderr (every request, retry and decision)",
+    )
     add("--version", action="version", version=f"aioc4 {__version__}")
-    return parser
 
 
-def config_from_args(args: argparse.Namespace) -> RunConfig:
+def config_from_args(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> RunConfig:
     if args.cleanup_local and args.no_cleanup:
         raise UsageError("--cleanup-local and --no-cleanup contradict each other; pass one of them")
     if args.quiet and args.verbose:
         raise UsageError("--quiet and --verbose contradict each other; pass one of them")
+    hub_endpoint(environ)  # a malformed HF_ENDPOINT is a usage error now, not 8 retries later
     s3 = parse_s3_path(args.s3_path) if args.s3_path is not None else None
+    if args.endpoint_url is not None:
+        check_http_url(args.endpoint_url, "--endpoint-url")
+    endpoint = s3_endpoint(args.endpoint_url, environ) if s3 is not None else None
     cleanup = args.cleanup_local or (s3 is not None and not args.no_cleanup)
-    bulk = _bulk_options(args) if args.num_samples == "all" else None
+    bulk = _bulk_options(args, environ) if args.num_samples == "all" else None
     if bulk is None:
         given = [
             flag
@@ -214,7 +311,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             if value is not None
         ]
         if given:
-            raise UsageError(f"{', '.join(given)} split bulk pulls: they need --num-samples all")
+            verb = "is" if len(given) == 1 else "are"
+            raise UsageError(f"{', '.join(given)} {verb} only for bulk pulls: add --num-samples all")
+    if args.cache_dir is not None and args.cache_dir.exists() and not args.cache_dir.is_dir():
+        raise UsageError(f"--cache-dir {args.cache_dir} exists and is not a folder")
     return RunConfig(
         num_samples=1 if bulk else args.num_samples,
         split=args.split,
@@ -227,7 +327,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         repo_id=args.repo_id,
         revision=args.revision,
         config_name=args.config,
-        endpoint_url=args.endpoint_url,
+        endpoint_url=endpoint,
         upload_workers=args.upload_workers,
         retry_budget_s=args.retry_budget,
         overwrite=args.overwrite,
@@ -238,10 +338,11 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     )
 
 
-def _bulk_options(args: argparse.Namespace) -> BulkOptions:
-    """The worker's slot from flags or the scheduler's environment; by default a process per core."""
-    slot = worker_slot(args.num_workers, args.worker_index, os.environ)
-    return BulkOptions(slot.index, slot.count, args.procs or os.cpu_count() or 1, args.proc_index)
+def _bulk_options(args: argparse.Namespace, environ: Mapping[str, str]) -> BulkOptions:
+    """The worker's slot from flags or the scheduler's environment; by default a process per usable CPU."""
+    slot = worker_slot(args.num_workers, args.worker_index, environ)
+    procs = args.procs or default_procs(machine_limits())
+    return BulkOptions(slot.index, slot.count, procs, args.proc_index)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
@@ -250,73 +351,82 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
 
 def run_cli(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
-    if arguments[:1] == ["verify"]:
-        return _run_verify(arguments[1:])
-    if arguments[:1] == ["merge"]:
-        return _run_merge(arguments[1:])
-    redact = _redactor()
+    redactor = known_secrets_redactor()
     as_json = "--json" in arguments  # known before parsing, so that a usage error is JSON too
     config: RunConfig | None = None
     try:
-        args = build_parser().parse_args(arguments)
+        args = _parse(arguments)
+        if args.command is not None:
+            if arguments[0] != args.command:
+                raise UsageError(f"put the command first: aioc4 {args.command} TARGET [flags]")
+            return _run_command(args, redactor)
         config = config_from_args(args)
     except Aioc4Error as exc:
-        return _failed(exc.exit_code, str(exc), config, as_json=as_json, redact=redact)
-    _configure_logging(quiet=args.quiet, verbose=args.verbose, redact=redact)
+        return _failed(exc.exit_code, str(exc), config, as_json=as_json, redactor=redactor)
+    redactor = redactor.with_keep(_own_strings(config))
+    configure_logging(redactor, quiet=args.quiet, verbose=args.verbose)
     try:
         if args.dry_run:
-            return _dry_run(config, as_json=as_json, redact=redact)
+            return _dry_run(config, as_json=as_json, redactor=redactor)
         if config.bulk is not None and config.bulk.procs > 1 and config.bulk.proc_index is None:
             summary = _execute_processes(arguments, config)
         else:
             summary = _execute(config, _display(config, quiet=args.quiet or config.bulk is not None))
     except Aioc4Error as exc:
-        return _failed(exc.exit_code, str(exc), config, as_json=as_json, redact=redact)
+        return _failed(exc.exit_code, str(exc), config, as_json=as_json, redactor=redactor)
+    except OSError as exc:  # a file or folder the checks could not foresee (permissions, a full disk)
+        message = f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}"
+        return _failed(EXIT_FAILED, message, config, as_json=as_json, redactor=redactor)
     except KeyboardInterrupt:  # pragma: no cover - SIGINT is handled by the loop; this is a fallback
         message = "interrupted; finished parts are kept; run the same command again to resume"
-        return _failed(EXIT_INTERRUPTED, message, config, as_json=as_json, redact=redact)
+        return _failed(EXIT_INTERRUPTED, message, config, as_json=as_json, redactor=redactor)
+    return _report(summary, config, as_json=as_json, quiet=args.quiet, redactor=redactor)
+
+
+def _own_strings(config: RunConfig) -> list[str]:
+    """The run's own paths and URLs: a secret that happens to occur inside them is not hidden there."""
+    own = [str(config.output_dir), str(config.output_dir.absolute())]
+    if config.s3 is not None:
+        own += [destination_of(config), config.s3.bucket, config.s3.prefix]
+    if config.cache_dir is not None:
+        own += [str(config.cache_dir), str(config.cache_dir.absolute())]
+    return own
+
+
+def _report(summary: RunSummary, config: RunConfig, *, as_json: bool, quiet: bool, redactor: Redactor) -> int:
+    """The end of a run: the summary (or with -q only the parts' locations) and the exit code."""
     error = None
     if summary.failed:
         names = ", ".join(Path(path).name for path in summary.failed)
         error = f"{len(summary.failed)} part(s) did not reach S3 and are kept locally: {names}"
     code = EXIT_FAILED if error else EXIT_OK
+    if config.bulk is not None and config.bulk.proc_index is not None:
+        print_json(summary_to_json(summary, config, exit_code=code, error=error), redactor)  # to the parent
+        return code
     if as_json:
-        _print_json(summary_to_json(summary, config, exit_code=code, error=error), redact)
-        if not args.quiet:
-            print(format_summary(summary), file=sys.stderr, flush=True)
+        print_json(summary_to_json(summary, config, exit_code=code, error=error), redactor)
+        if not quiet:
+            print(redactor.text(format_summary(summary)), file=sys.stderr, flush=True)
+    elif quiet:
+        for location in summary.locations:
+            print(redactor.text(location), flush=True)
     else:
-        print(format_summary(summary), flush=True)
-    _append_step_summary(format_step_summary(summary, config, exit_code=code, error=error), redact)
+        print(redactor.text(format_summary(summary)), flush=True)
+    append_step_summary(format_step_summary(summary, config, exit_code=code, error=error), redactor)
     if error:
-        _fail(redact(error))
+        print_error(error, redactor)
     return code
 
 
-def _failed(
-    code: int, message: str, config: RunConfig | None, *, as_json: bool, redact: Callable[[str], str]
-) -> int:
+def _failed(code: int, message: str, config: RunConfig | None, *, as_json: bool, redactor: Redactor) -> int:
     """The one error line on stderr; with --json also the failure object on stdout."""
+    if config is not None:
+        redactor = redactor.with_keep(_own_strings(config))
     if as_json:
-        _print_json(failure_to_json(config, code, message), redact)
-    _append_step_summary(format_step_summary(None, config, exit_code=code, error=message), redact)
-    _fail(redact(message))
+        print_json(failure_to_json(config, code, message), redactor)
+    append_step_summary(format_step_summary(None, config, exit_code=code, error=message), redactor)
+    print_error(message, redactor)
     return code
-
-
-def _print_json(document: dict[str, Any], redact: Callable[[str], str]) -> None:
-    print(redact(json.dumps(document, ensure_ascii=False)), flush=True)
-
-
-def _append_step_summary(markdown: str, redact: Callable[[str], str]) -> None:
-    """GitHub Actions shows what a step appends to $GITHUB_STEP_SUMMARY on the run's page."""
-    path = os.environ.get("GITHUB_STEP_SUMMARY")
-    if not path:
-        return
-    try:
-        with open(path, "a", encoding="utf-8") as file:
-            file.write(redact(markdown))
-    except OSError as exc:
-        log.warning("cannot append to GITHUB_STEP_SUMMARY %s: %s", path, exc.strerror or exc)
 
 
 def _display(config: RunConfig, *, quiet: bool) -> ProgressDisplay | None:
@@ -333,15 +443,17 @@ def _display(config: RunConfig, *, quiet: bool) -> ProgressDisplay | None:
     return display
 
 
-def _dry_run(config: RunConfig, *, as_json: bool, redact: Callable[[str], str]) -> int:
+def _dry_run(config: RunConfig, *, as_json: bool, redactor: Redactor) -> int:
+    from .hub import install_hub_client
     from .plan import format_plan, make_plan, plan_to_json
 
+    install_hub_client()
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         plan = runner.run(make_plan(config))
     if as_json:
-        _print_json(plan_to_json(plan), redact)
+        print_json(plan_to_json(plan), redactor)
     else:
-        print(redact(format_plan(plan)), flush=True)
+        print(redactor.text(format_plan(plan)), flush=True)
     return EXIT_OK
 
 
@@ -349,9 +461,11 @@ def _execute(config: RunConfig, display: ProgressDisplay | None = None) -> RunSu
     from huggingface_hub.utils.tqdm import disable_progress_bars
 
     from .bulk import run_bulk
+    from .hub import install_hub_client
     from .pipeline import StopRequest, run
 
     disable_progress_bars()  # aioc4 reports its own progress
+    install_hub_client()
     _tune_malloc()
 
     async def main_task() -> RunSummary:
@@ -388,78 +502,71 @@ def _execute_processes(arguments: Sequence[str], config: RunConfig) -> RunSummar
     """`--procs P`: P child processes share this worker's shards; then one summary over all of them."""
     import time
 
-    from .bulk import check_destination, collect
+    from .bulk import check_destination, collect, count_my_shards
     from .fanout import combined_exit_code, run_children
+    from .hub import install_hub_client
     from .pipeline import prepare_output_dir, remove_if_empty
 
     assert config.bulk is not None
+    install_hub_client()
     child_arguments = [argument for argument in arguments if argument != "--json"]  # one summary: ours
     started = time.monotonic()
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(check_destination(config))
+        shards = runner.run(count_my_shards(config))
+        procs = min(config.bulk.procs, max(1, shards))
+        if procs < config.bulk.procs:
+            log.info("%d shard(s) to pull: starting %d process(es), not %d", shards, procs, config.bulk.procs)
         created_dirs = prepare_output_dir(config.output_dir)  # made here: the parent removes it if empty
-        codes = runner.run(run_children(child_arguments, config.bulk.procs))
-        code = combined_exit_code(codes)
+        children = runner.run(run_children(child_arguments, procs))
+        code = combined_exit_code([child.exit_code for child in children])
         if code != 0:
             remove_if_empty(created_dirs)
-            failed = [index for index, child in enumerate(codes) if child != 0]
-            raise _ChildrenFailed(
-                f"{len(failed)} of {config.bulk.procs} worker process(es) failed (exit {code}); "
+            failed = [index for index, child in enumerate(children) if child.exit_code != 0]
+            raise ChildrenFailedError(
+                f"{len(failed)} of {procs} worker process(es) failed (exit {code}); "
                 "finished shards are kept: run the same command again to resume",
                 code,
             )
         summary = runner.run(collect(config, created_dirs))
+    for child in children:
+        summary.add_reading_of(child.summary)
     summary.elapsed_seconds = time.monotonic() - started
     return summary
 
 
-class _ChildrenFailed(Aioc4Error):
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-def _merge_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="aioc4 merge",
-        description="Combine the shard manifests of a bulk pull (--num-samples all) at a folder or S3 "
-        "prefix into the job's manifest; exits 1 while shards are missing or unfinished.",
-    )
-    parser.add_argument("target", help="a local folder or s3://bucket/prefix")
-    parser.add_argument("--config", default="en", metavar="NAME", help="C4 variant (default: %(default)s)")
-    parser.add_argument("--split", choices=SPLITS, default="train", help="split (default: %(default)s)")
-    parser.add_argument(
-        "--shards", type=_shard_selection, metavar="LIST", help="the selection that was pulled"
-    )
-    parser.add_argument("--endpoint-url", help="S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 / AWS)")
-    return parser
-
-
-def _run_merge(argv: Sequence[str]) -> int:
-    from .merge import merge_at
-
-    redact = _redactor()
+def _run_command(args: argparse.Namespace, redactor: Redactor) -> int:
+    """`aioc4 verify` and `aioc4 merge`: one folder or S3 prefix, one report."""
     try:
-        args = _merge_parser().parse_args(argv)
         if not args.target.startswith("s3://") and not Path(args.target).is_dir():
             raise UsageError(f"{args.target} is neither a folder nor an s3:// URL")
-
-        async def merge() -> str:
-            async with AsyncExitStack() as stack:
-                destination = await _destination_at(args.target, args.endpoint_url, stack)
-                name, manifest = await merge_at(destination, args.split, args.config, args.shards)
-                return (
-                    f"{destination.location(name)}: {len(manifest.parts)} part(s), "
-                    f"{manifest.documents:,} documents"
-                )
-
+        endpoint = s3_endpoint(args.endpoint_url) if args.target.startswith("s3://") else None
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            text = runner.run(merge())
+            if args.command == "verify":
+                text, ok = runner.run(_verify(args.target, endpoint))
+            else:
+                text, ok = runner.run(_merge(args, endpoint)), True
     except Aioc4Error as exc:
-        _fail(redact(str(exc)))
+        print_error(str(exc), redactor)
         return exc.exit_code
-    print(text, flush=True)
-    return EXIT_OK
+    except OSError as exc:
+        print_error(f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}", redactor)
+        return EXIT_FAILED
+    print(redactor.text(text), flush=True)
+    if not ok:
+        print_error(f"{args.target} does not match its manifest(s)", redactor)
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+async def _merge(args: argparse.Namespace, endpoint: str | None) -> str:
+    from .merge import merge_at
+
+    async with AsyncExitStack() as stack:
+        destination = await _destination_at(args.target, endpoint, stack)
+        name, manifest = await merge_at(destination, args.split, args.config, args.shards)
+        return (
+            f"{destination.location(name)}: {len(manifest.parts)} part(s), {manifest.documents:,} documents"
+        )
 
 
 async def _destination_at(target: str, endpoint_url: str | None, stack: AsyncExitStack) -> Destination:
@@ -478,34 +585,6 @@ async def _destination_at(target: str, endpoint_url: str | None, stack: AsyncExi
         cleanup_local=True,  # a manifest saved there is not also kept in the current folder
     )
     return await stack.enter_async_context(s3)
-
-
-def _verify_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="aioc4 verify",
-        description="Check every part listed in the manifests at a folder or S3 prefix: present, size, "
-        "CRC-32 and line count. Exits 1 on any mismatch.",
-    )
-    parser.add_argument("target", help="a local folder or s3://bucket/prefix")
-    parser.add_argument("--endpoint-url", help="S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 / AWS)")
-    return parser
-
-
-def _run_verify(argv: Sequence[str]) -> int:
-    redact = _redactor()
-    try:
-        args = _verify_parser().parse_args(argv)
-        if not args.target.startswith("s3://") and not Path(args.target).is_dir():
-            raise UsageError(f"{args.target} is neither a folder nor an s3:// URL")
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            text, ok = runner.run(_verify(args.target, args.endpoint_url))
-    except Aioc4Error as exc:
-        _fail(redact(str(exc)))
-        return exc.exit_code
-    print(text, flush=True)
-    if not ok:
-        _fail(f"{args.target} does not match its manifest(s)")
-    return EXIT_OK if ok else EXIT_FAILED
 
 
 async def _verify(target: str, endpoint_url: str | None) -> tuple[str, bool]:
@@ -559,63 +638,3 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
         return None
     return uvloop.new_event_loop
-
-
-def _redactor() -> Callable[[str], str]:
-    """Replaces any secret this process knows (HF token, AWS keys) with '***'."""
-    secrets = {
-        os.environ.get(name, "") for name in ("HF_TOKEN", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
-    }
-    secrets.add(os.environ.get("AWS_ACCESS_KEY_ID", ""))
-    try:
-        from huggingface_hub import get_token
-
-        secrets.add(get_token() or "")
-    except Exception:  # pragma: no cover - a broken token cache must not stop error reporting
-        pass
-    secrets = {secret for secret in secrets if len(secret) >= 4}
-
-    def redact(text: str) -> str:
-        for secret in secrets:
-            text = text.replace(secret, "***")
-        return text
-
-    return redact
-
-
-class _RedactingFilter(logging.Filter):
-    def __init__(self, redact: Callable[[str], str]) -> None:
-        super().__init__()
-        self._redact = redact
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = self._redact(record.getMessage())
-        record.args = None
-        return True
-
-
-class _ConsoleHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """stderr; while a progress bar is showing, lines are written around it (tqdm clears and redraws it)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        tqdm_module = sys.modules.get("tqdm")  # not imported: no bar can be showing
-        if tqdm_module is None or not getattr(tqdm_module.tqdm, "_instances", None):
-            super().emit(record)
-            return
-        try:
-            tqdm_module.tqdm.write(self.format(record), file=self.stream)
-        except Exception:  # pragma: no cover - as logging does for a broken stream
-            self.handleError(record)
-
-
-def _configure_logging(*, quiet: bool, redact: Callable[[str], str], verbose: bool = False) -> None:
-    handler = _ConsoleHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("aioc4: %(message)s"))
-    handler.addFilter(_RedactingFilter(redact))
-    log.addHandler(handler)
-    log.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
-    log.propagate = False
-
-
-def _fail(message: str) -> None:
-    print(f"aioc4: error: {message}", file=sys.stderr, flush=True)

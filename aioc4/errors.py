@@ -3,6 +3,7 @@
     Aioc4Error                 (exit 1 unless stated)
     ├── UsageError             bad flags or arguments (exit 2)
     ├── Interrupted            SIGINT / SIGTERM: state saved, resumable (exit 130 / 143)
+    ├── ChildrenFailedError    some `--procs` worker processes failed (their most telling exit code)
     ├── SourceError            the Hub: repo, revision, auth, network
     │   └── CorruptShardError  a shard that is not gzip'd JSON Lines of objects
     └── DestinationError       local disk or S3
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 __all__ = [
     "Aioc4Error",
+    "ChildrenFailedError",
     "CorruptShardError",
     "DestinationError",
     "Interrupted",
@@ -38,6 +40,14 @@ class UsageError(Aioc4Error):
 
 class Interrupted(Aioc4Error):
     """The run was stopped by a signal after saving what it finished; rerunning resumes it."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class ChildrenFailedError(Aioc4Error):
+    """Some `--procs` worker processes failed; the exit code is the most telling of theirs."""
 
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)

@@ -27,7 +27,7 @@ from .destination import Destination, LocalDestination
 from .errors import Aioc4Error, DestinationError, Interrupted, UsageError
 from .hub import HubSource, Shard
 from .manifest import Manifest, PartRecord, RequestInfo, ResumePoint, manifest_name, resume_point
-from .naming import CountNaming, PartNaming, job_stem, renames_for_short_split
+from .naming import CountNaming, PartNaming, job_stem, part_index, renames_for_short_split
 from .progress import Counters, ProgressDisplay
 from .report import RunSummary, preview
 from .retry import RetryBudget, RetryPolicy
@@ -40,6 +40,7 @@ __all__ = [
     "PartPipeline",
     "StopRequest",
     "all_intact",
+    "check_output_dir",
     "intact_parts",
     "open_destination",
     "prepare_output_dir",
@@ -89,11 +90,18 @@ async def run(
     """Download the first `config.num_samples` documents into parts and deliver them (or resume that)."""
     stop = stop or StopRequest()
     started = time.monotonic()
+    check_output_dir(config.output_dir)
     async with AsyncExitStack() as stack:
         destination = await open_destination(config, stack)
         await destination.check()
         request = request_for(config)
         manifest = await previous_job(destination, request, overwrite=config.overwrite)
+        if manifest is not None:
+            log.debug(
+                "earlier run of this job: %d part(s) recorded, %s",
+                len(manifest.parts),
+                "complete" if manifest.complete else "unfinished",
+            )
         if manifest is not None and manifest.complete and await all_intact(destination, manifest.parts):
             name = manifest_name(config.split, config.num_samples, config.config_name)
             log.info("%s is already complete: nothing to do", name)
@@ -112,6 +120,7 @@ async def run(
         shards = await hub.list_shards(commit, config.config_name, config.split)
         log.info("%s@%s: %d %s shard(s) available", config.repo_id, commit[:12], len(shards), config.split)
         shards = [shards[position] for position in select_shards(range(len(shards)), config.shards)]
+        log.debug("%d shard(s) selected, the first %s", len(shards), shards[0].path if shards else "none")
         created_dirs = prepare_output_dir(config.output_dir)  # last check: nothing is created on bad input
         summary = await _produce(config, hub, shards, destination, manifest, stop, display)
         summary.elapsed_seconds = time.monotonic() - started
@@ -148,6 +157,13 @@ async def _produce(
         log.info(
             "resuming after %d part(s) (%d documents) already in place", point.next_index - 1, point.documents
         )
+        assert point.start is not None
+        log.debug(
+            "resume point: part %d, from %s line %d", point.next_index, point.start.shard, point.start.line
+        )
+    later = [part.name for part in manifest.parts if part_index(part.name) >= point.next_index]
+    if later:
+        log.debug("intact later part(s) to be kept, not uploaded again: %s", ", ".join(later))
     progress = SourceProgress()
     documents = read_documents(
         hub,
@@ -184,7 +200,7 @@ async def open_destination(config: RunConfig, stack: AsyncExitStack) -> Destinat
         job_prefix="" if config.bulk else job_stem(config.split, config.num_samples, config.config_name),
         endpoint_url=config.endpoint_url,
         workers=config.upload_workers,
-        cleanup_local=config.cleanup_local,
+        cleanup_local=bool(config.cleanup_local),
         checksum=config.s3_checksum,
     )
     return await stack.enter_async_context(s3)
@@ -422,6 +438,7 @@ class PartPipeline:
         for part in manifest.parts:
             if part.name in pairs:
                 await self.destination.rename(part.name, pairs[part.name])
+                log.info("renamed %s to %s (the real count)", part.name, pairs[part.name])
                 part.name = pairs[part.name]
         await self.save_manifest(final=False)
 
@@ -444,6 +461,15 @@ def _leaves(group: BaseExceptionGroup[Exception]) -> list[Exception]:
     for exc in group.exceptions:
         found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
     return found
+
+
+def check_output_dir(directory: Path) -> None:
+    """Before any request: the output folder is one, or can be created, and is writable (nothing created)."""
+    if directory.exists() and not directory.is_dir():
+        raise DestinationError(f"--output-dir {directory} exists and is not a folder")
+    existing = next((folder for folder in (directory, *directory.parents) if folder.exists()), Path("."))
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise DestinationError(f"--output-dir {directory} cannot be created or written ({existing})")
 
 
 def prepare_output_dir(directory: Path) -> list[Path]:

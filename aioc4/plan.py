@@ -8,15 +8,13 @@ real run would. Which shards the first N documents need is an estimate from the 
 
 from __future__ import annotations
 
-import os
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 from .config import RunConfig
 from .destination import Destination
-from .errors import DestinationError, UsageError
+from .errors import UsageError
 from .hub import HubSource, Shard
 from .manifest import Manifest, manifest_name
 from .naming import ShardNaming, part_names, part_sizes
@@ -179,22 +177,13 @@ def _bulk_plan(config: RunConfig, commit: str, shards: list[Shard]) -> Plan:
 
 
 async def _preflight(config: RunConfig, stack: AsyncExitStack) -> Destination:
-    from .pipeline import open_destination  # the real run's destination, so the names agree
+    from .pipeline import check_output_dir, open_destination  # the real run's checks and names
 
-    _check_output_dir(config.output_dir)
+    check_output_dir(config.output_dir)
     destination = await open_destination(config, stack)
     if isinstance(destination, S3Destination):
         await destination.preflight()  # not check(): a dry run must not abort another run's uploads
     return destination
-
-
-def _check_output_dir(directory: Path) -> None:
-    """What the real run's folder preparation checks, without creating anything."""
-    if directory.exists() and not directory.is_dir():
-        raise DestinationError(f"--output-dir {directory} exists and is not a folder")
-    existing = next((folder for folder in (directory, *directory.parents) if folder.exists()), Path("."))
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise DestinationError(f"--output-dir {directory} cannot be created or written ({existing})")
 
 
 async def _previous(config: RunConfig, destination: Destination) -> tuple[Manifest | None, str | None]:
@@ -239,7 +228,7 @@ def format_plan(plan: Plan) -> str:
         *(f"  {shard.path}  {shard.size:,} bytes" for shard in plan.needed),
         f"Bytes to read:  ~{plan.bytes_to_read:,} gzip bytes (estimate)",
         f"Parts:          {len(plan.parts)} (names assume the split holds {config.num_samples:,} documents)",
-        *(f"  {part.name}  {part.lines:,} lines -> {part.url or part.path}" for part in plan.parts),
+        *(f"  {part.name}  {_lines(part.lines)} -> {part.url or part.path}" for part in plan.parts),
         f"Destination:    {destination_of(config)} (checked{', write probe passed' if config.s3 else ''})",
         f"Manifest:       {manifest_location(config)}",
     ]
@@ -266,6 +255,10 @@ def _format_bulk_plan(plan: Plan, shards: list[PlannedShard]) -> str:
         f"Destination:    {destination_of(config)} (checked{', write probe passed' if config.s3 else ''})",
     ]
     return "\n".join(lines)
+
+
+def _lines(count: int) -> str:
+    return f"{count:,} line" if count == 1 else f"{count:,} lines"
 
 
 def _total(shards: list[Shard]) -> int:

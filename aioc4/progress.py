@@ -117,17 +117,26 @@ class ProgressDisplay:
         self.stream = stream
 
     async def run(self, read: Callable[[], Counters]) -> None:
-        """Sample `read()` every `interval_s` seconds; never returns on its own (cancel it)."""
+        """Sample `read()` every `interval_s` seconds; never returns on its own (cancel it).
+
+        When cancelled at the end of the work, the bar gets one last frame with the final counters
+        (the parts delivered after the last tick included), so it never ends on stale figures.
+        """
         start, started = read(), time.monotonic()
         report = self._bar(start) if self.bar else self._log
+
+        def sample() -> None:
+            now = read()
+            report(now, rates(start, now, time.monotonic() - started, self.total))
+
         try:
             while True:
                 await asyncio.sleep(self.interval_s)
-                now = read()
-                report(now, rates(start, now, time.monotonic() - started, self.total))
+                sample()
         finally:
             close = getattr(report, "close", None)
             if close is not None:
+                sample()  # the bar's last frame: what was really done
                 close()
 
     def _log(self, now: Counters, speed: Rates) -> None:

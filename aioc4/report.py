@@ -43,6 +43,16 @@ class RunSummary:
     def documents(self) -> int:
         return self.manifest.documents
 
+    def add_reading_of(self, child: dict[str, Any] | None) -> None:
+        """Add what a `--procs` child process read and wrote (its `--json` summary) to this run's totals."""
+        if child is None:
+            return
+        read, written = child.get("read", {}), child.get("written", {})
+        self.compressed_bytes += int(read.get("compressed_bytes", 0))
+        self.documents_read += int(read.get("documents", 0))
+        self.shards_read += int(read.get("shards", 0))
+        self.bytes_written_now += int(written.get("bytes", 0))
+
     @property
     def bytes_written(self) -> int:
         return sum(part.size for part in self.manifest.parts)
@@ -187,6 +197,9 @@ def summary_to_json(
             "compressed_bytes": summary.compressed_bytes,
             "shards": summary.shards_read,
         },
+        "written": {
+            "bytes": summary.bytes_written_now
+        },  # by this run: parts kept from earlier runs not counted
         "timings": {
             "seconds": round(summary.elapsed_seconds, 3),
             "docs_per_s": round(summary.docs_per_second, 1),

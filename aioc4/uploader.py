@@ -28,6 +28,7 @@ import hashlib
 import logging
 import math
 import os
+import time
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
@@ -100,6 +101,11 @@ class S3Destination:
         self._client = await self._stack.enter_async_context(
             self._session.create_client("s3", endpoint_url=self.endpoint_url, config=self._config)
         )
+        if log.isEnabledFor(logging.DEBUG):
+            events = self._client.meta.events
+            events.register("before-call.s3", _note_call_start)
+            events.register("after-call.s3", _log_call)
+            events.register("after-call-error.s3", _log_call_error)
         return self
 
     async def __aexit__(
@@ -403,6 +409,39 @@ class S3Destination:
                     self._client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
                 )
             raise
+
+
+def _note_call_start(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+    """botocore's before-call event: remember when the call started and what it sends."""
+    context["aioc4_started"] = time.monotonic()
+    context["aioc4_sent"] = params.get("headers", {}).get("Content-Length", 0)
+    context["aioc4_url"] = str(params.get("url", "")).split("?", 1)[0]
+
+
+def _log_call(
+    http_response: Any, parsed: dict[str, Any], model: Any, context: dict[str, Any], **_: Any
+) -> None:
+    """botocore's after-call event (after its retries): one debug line per S3 request."""
+    seconds = time.monotonic() - context.get("aioc4_started", time.monotonic())
+    retries = parsed.get("ResponseMetadata", {}).get("RetryAttempts", 0)
+    received = http_response.headers.get("Content-Length", "?") if http_response is not None else "?"
+    log.debug(
+        "S3 %s %s -> %s, %s bytes sent, %s received, %.3f s%s",
+        model.name,
+        context.get("aioc4_url", ""),
+        getattr(http_response, "status_code", "?"),
+        context.get("aioc4_sent", 0),
+        received,
+        seconds,
+        f", {retries} retries" if retries else "",
+    )
+
+
+def _log_call_error(exception: BaseException, context: dict[str, Any], **_: Any) -> None:
+    seconds = time.monotonic() - context.get("aioc4_started", time.monotonic())
+    log.debug(
+        "S3 request %s failed after %.3f s: %s", context.get("aioc4_url", ""), seconds, _reason(exception)
+    )
 
 
 def _content_type(name: str) -> dict[str, str]:

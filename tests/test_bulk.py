@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -46,13 +48,19 @@ def expected_parts(
 
 
 def test_a_bulk_pull_with_two_processes_writes_every_shard_once_and_merges(
-    aioc4: Aioc4, fake_repo: FakeRepo
+    aioc4: Aioc4, fake_repo: FakeRepo, hub_bytes: Callable[[], int]
 ) -> None:
     out = aioc4.cwd / "out"
     result = aioc4("--num-samples", "all", "--split", "validation", "--max-lines-per-file", "300",
-                   "--procs", "2", "--output-dir", str(out))  # fmt: skip
+                   "--procs", "2", "--output-dir", str(out), "--json")  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert parts_in(out) == expected_parts(fake_repo, "validation", 300)
+    summary = json.loads(result.stdout)  # what the two children read, added up by the parent
+    assert summary["read"] == {"documents": 2 * 700, "compressed_bytes": hub_bytes(), "shards": 2}
+    assert summary["written"] == {
+        "bytes": sum(map(len, expected_parts(fake_repo, "validation", 300).values()))
+    }
+    assert summary["timings"]["mb_per_s"] > 0
     manifests = sorted(path.name for path in out.glob("*.manifest.json"))
     assert manifests == [
         "c4_validation_all.manifest.json",
@@ -159,8 +167,10 @@ def test_shards_select_the_source_of_a_count_job_too(aioc4: Aioc4, fake_repo: Fa
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--num-workers", "2", "--worker-index", "0"], "--num-workers, --worker-index split bulk pulls: "
-         "they need --num-samples all"),
+        (["--num-workers", "2", "--worker-index", "0"], "--num-workers, --worker-index are only for bulk "
+         "pulls: add --num-samples all"),
+        (["--procs", "2"], "--procs is only for bulk pulls: add --num-samples all"),
+        (["--num-samples", "all", "--procs", "300"], "argument --procs: must be at most 256, got 300"),
         (["--num-samples", "all", "--num-workers", "2", "--worker-index", "2"],
          "worker index 2 (from flags) is not within 0..1"),
         (["--num-samples", "all", "--shards", "1-x"], "argument --shards: '1-x' is not a shard number"),
@@ -196,10 +206,13 @@ def test_the_scheduler_examples_are_valid_aioc4_commands(monkeypatch: pytest.Mon
     monkeypatch.setenv("AWS_BATCH_JOB_ARRAY_INDEX", "5")
     monkeypatch.setenv("AWS_BATCH_JOB_ARRAY_SIZE", "8")
     batch_definition = json.loads((REPO_ROOT / "examples/aws-batch-job-definition.json").read_text())
-    batch = config_from_args(build_parser().parse_args(batch_definition["containerProperties"]["command"]))
+    container_properties = batch_definition["containerProperties"]
+    batch = config_from_args(build_parser().parse_args(container_properties["command"]))
     assert batch.bulk is not None
     assert (batch.bulk.worker_index, batch.bulk.num_workers) == (5, 8)
     assert (batch.s3, batch.revision) == (k8s.s3, k8s.revision)
+    if container_properties.get("secrets"):  # Batch reads them with the execution role, not the job role
+        assert container_properties["executionRoleArn"].startswith("arn:aws:iam::")
 
 
 def test_a_bad_bucket_stops_a_multi_process_pull_with_one_line_and_no_folder(aioc4: Aioc4) -> None:
@@ -210,6 +223,18 @@ def test_a_bad_bucket_stops_a_multi_process_pull_with_one_line_and_no_folder(aio
     assert result.returncode == 1
     assert result.error_lines == ["aioc4: error: S3 bucket 'no-such-bucket' does not exist"], result.stderr
     assert not out.exists()
+
+
+def test_the_default_process_count_follows_the_cpus_this_process_may_use(aioc4: Aioc4) -> None:
+    """Under an affinity of one CPU (`taskset -c 0`) a bulk pull runs one process, on any host."""
+    one_cpu = {min(os.sched_getaffinity(0))}
+    result = subprocess.run(
+        [*aioc4.command(), "--num-samples", "all", "--dry-run"],
+        cwd=aioc4.cwd, env=aioc4.env, capture_output=True, text=True, timeout=120, check=False,
+        preexec_fn=lambda: os.sched_setaffinity(0, one_cpu),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "This worker:    1 of 1, 1 process(es): 3 shard(s)" in result.stdout
 
 
 def test_a_bulk_dry_run_lists_this_workers_shards_and_transfers_nothing(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -56,6 +57,21 @@ def assert_one_line_error(result: Result, code: int, starts_with: str, *, alone:
         (["--s3-path", "s3://b-1/c4", "--cleanup-local", "--no-cleanup"], "--cleanup-local and --no-cleanup"),
         (["--cleanup-local"], "--cleanup-local deletes parts after their upload, so it needs --s3-path"),
         (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+        (["--num-sample", "10"], "unrecognized arguments: --num-sample 10"),  # no prefix matching
+        (["--output", "x"], "unrecognized arguments: --output x"),
+        (["--upload-workers", "1000000"], "argument --upload-workers: must be at most 64, got 1,000,000"),
+        (["--retry-budget", "nan"], "argument --retry-budget: must be a number of seconds within 0..604800"),
+        (["--retry-budget", "inf"], "argument --retry-budget: must be a number of seconds within 0..604800"),
+        (["--num-samples", "٣"], "argument --num-samples: must be a positive integer, got '٣'"),
+        (["--num-samples", "1_0"], "argument --num-samples: must be a positive integer, got '1_0'"),
+        (["--num-samples", " 7"], "argument --num-samples: must be a positive integer, got ' 7'"),
+        (["--num-samples", str(2**64)], "argument --num-samples: must be at most 1,000,000,000,000"),
+        (["--max-lines-per-file", str(2**64)], "argument --max-lines-per-file: must be at most"),
+        (["--repo-id", ""], "--repo-id must look like namespace/name"),
+        (["--repo-id", "a/b/c"], "--repo-id must look like namespace/name"),
+        (["--repo-id", "../../etc"], "--repo-id must look like namespace/name"),
+        (["--endpoint-url", "notaurl", "--s3-path", "s3://b-1/c4"], "--endpoint-url must be an http:// or"),
+        (["verify"], "the following arguments are required: target"),
     ],
 )
 def test_usage_errors_exit_2_before_any_work(
@@ -65,6 +81,46 @@ def test_usage_errors_exit_2_before_any_work(
     assert_one_line_error(result, 2, starts_with)
     assert hub_requests() == 0
     assert list(aioc4.cwd.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "starts_with"),
+    [
+        ({"HF_ENDPOINT": "notaurl"}, [], "HF_ENDPOINT must be an http:// or https:// URL with a host, got"),
+        ({"HF_ENDPOINT": "not a url"}, [], "HF_ENDPOINT must be an http:// or https:// URL"),
+        ({"HF_ENDPOINT": "ftp://hub.example.com"}, [], "HF_ENDPOINT must be an http:// or https:// URL"),
+        ({"AWS_ENDPOINT_URL_S3": "localhost:50123"}, ["--s3-path", "s3://b-1/x"],
+         "AWS_ENDPOINT_URL_S3 must be"),
+        ({"JOB_COMPLETION_INDEX": "²"}, ["--num-samples", "all", "--num-workers", "2"],
+         "JOB_COMPLETION_INDEX must be a non-negative integer, got '²'"),
+    ],
+)  # fmt: skip
+def test_malformed_environment_is_a_usage_error_at_once(
+    aioc4: Aioc4, hub_requests: Callable[[], int], env: dict[str, str], args: list[str], starts_with: str
+) -> None:
+    result = aioc4(*args, env=env, timeout=20)
+    assert_one_line_error(result, 2, starts_with)
+    assert hub_requests() == 0
+    assert list(aioc4.cwd.iterdir()) == []
+
+
+def test_an_output_dir_that_is_a_file_is_one_line_before_any_request(
+    aioc4: Aioc4, hub_requests: Callable[[], int]
+) -> None:
+    (aioc4.cwd / "afile").write_text("not a folder\n")
+    for output in ("afile", "afile/sub"):
+        result = aioc4("--output-dir", output, "--json")
+        assert_one_line_error(result, 1, f"--output-dir {output} ")
+        assert json.loads(result.stdout)["error"] == result.error_lines[0].removeprefix("aioc4: error: ")
+    assert hub_requests() == 0
+    assert (aioc4.cwd / "afile").read_text() == "not a folder\n"
+
+
+def test_a_cache_dir_that_is_a_file_is_a_usage_error(aioc4: Aioc4, hub_requests: Callable[[], int]) -> None:
+    (aioc4.cwd / "cache").write_text("")
+    result = aioc4("--no-streaming", "--cache-dir", "cache")
+    assert_one_line_error(result, 2, "--cache-dir cache exists and is not a folder")
+    assert hub_requests() == 0
 
 
 def test_unknown_repo(aioc4: Aioc4, hub_requests: Callable[[], int]) -> None:
@@ -81,9 +137,11 @@ def test_unknown_revision(aioc4: Aioc4) -> None:
 
 
 def test_unreachable_hub(aioc4: Aioc4) -> None:
-    result = aioc4("--retry-budget", "2", env={"HF_ENDPOINT": "http://127.0.0.1:9"})
-    assert_one_line_error(result, 1, "cannot reach the Hub at http://127.0.0.1:9", alone=False)
+    result = aioc4("--retry-budget", "2", env={"HF_ENDPOINT": "http://user:hunter2pass@127.0.0.1:9"})
+    assert_one_line_error(result, 1, "cannot reach the Hub at http://127.0.0.1:9 (", alone=False)
+    assert "check HF_ENDPOINT and the network" in result.error_lines[0]
     assert "gave up after" in result.error_lines[0]
+    assert "hunter2pass" not in result.stderr + result.stdout  # userinfo is never shown
 
 
 @pytest.fixture(scope="module")

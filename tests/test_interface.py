@@ -6,6 +6,7 @@ End to end against the local Hub and moto's S3 (tests/conftest.py); the formatti
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -27,7 +28,7 @@ from aioc4 import (
     parse_s3_path,
     pull_sync,
 )
-from aioc4.errors import DestinationError, SourceError
+from aioc4.errors import DestinationError, SourceError, UsageError
 from aioc4.hub import Shard
 from aioc4.naming import part_names
 from aioc4.plan import bytes_to_read, shards_needed
@@ -49,8 +50,9 @@ from .conftest import (
 )
 
 Lines = Callable[[str], list[bytes]]
+TIMESTAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ "  # on log lines that do not go to a terminal
 PROGRESS_LINE = re.compile(
-    r"^aioc4: [\d,]+/30,000 documents \(\d+%\), [\d,.]+ MB, [\d,]+ docs/s, [\d,.]+ MB/s, "
+    rf"^{TIMESTAMP}aioc4: [\d,]+/30,000 documents \(\d+%\), [\d,.]+ MB, [\d,]+ docs/s, [\d,.]+ MB/s, "
     r"\d+ part\(s\) (written|uploaded), ETA (\d+:\d\d:\d\d|unknown)$"
 )
 
@@ -135,10 +137,29 @@ def test_the_plain_display_logs_one_line_per_interval(caplog: pytest.LogCaptureF
     display = ProgressDisplay(30_000, bar=False, interval_s=0.01, parts_label="written")
     with caplog.at_level(logging.INFO, logger="aioc4"):
         asyncio.run(_display_output(display, [Counters(0, 0, 0), Counters(12_000, 31_200_000, 1)]))
-    lines = [f"aioc4: {record.getMessage()}" for record in caplog.records]
+    lines = [f"2026-01-01T00:00:00Z aioc4: {record.getMessage()}" for record in caplog.records]
     assert lines
     assert all(PROGRESS_LINE.match(line) for line in lines), lines
-    assert lines[-1].startswith("aioc4: 12,000/30,000 documents (40%), 31.2 MB, ")
+    assert lines[-1].startswith("2026-01-01T00:00:00Z aioc4: 12,000/30,000 documents (40%), 31.2 MB, ")
+
+
+def test_the_bars_last_frame_shows_the_final_counts() -> None:
+    """Parts delivered after the last tick (the end of the work cancels the display) are on the bar."""
+    stream = io.StringIO()
+    display = ProgressDisplay(100, bar=True, interval_s=3600, parts_label="uploaded", stream=stream)
+    counters = iter([Counters(0, 0, 0), Counters(100, 10_000_000, 4)])
+
+    async def run_then_finish() -> None:
+        task = asyncio.ensure_future(display.run(lambda: next(counters)))
+        await asyncio.sleep(0.05)  # the bar is drawn; no tick comes in an hour
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run_then_finish())
+    final = stream.getvalue().split("\r")[-1]
+    assert " 100/100 docs, 10.0 MB, " in final, final
+    assert "4 part(s) uploaded" in final, final
 
 
 # -- progress end to end ---------------------------------------------------------------------------
@@ -161,21 +182,79 @@ def test_progress_lines_off_a_terminal_and_silence_with_q(
     progress = [line for line in result.stderr.splitlines() if "/30,000 documents" in line]
     assert len(progress) >= 3, result.stderr
     assert all(PROGRESS_LINE.match(line) for line in progress), progress
-    counts = [int(line.split()[1].split("/")[0].replace(",", "")) for line in progress]
+    counts = [int(line.split()[2].split("/")[0].replace(",", "")) for line in progress]
     assert counts == sorted(counts)
 
-    quiet = aioc4("-q", "--num-samples", "30000", "--output-dir", "q", env=fast)
+    quiet = aioc4(
+        "-q", "--num-samples", "30000", "--max-lines-per-file", "10000", "--output-dir", "q", env=fast
+    )
     assert quiet.returncode == 0
     assert quiet.stderr == ""
+    assert quiet.stdout.splitlines() == [f"q/{name}" for name in part_names("train", 30000, 10000)]
 
 
-def test_verbose_logs_debug_lines_and_contradicts_quiet(aioc4: Aioc4) -> None:
-    result = aioc4("-v", "--num-samples", "5", "--output-dir", "o")
+def test_verbose_logs_debug_lines_and_contradicts_quiet(
+    aioc4: Aioc4, hub: HubServerProcess, bucket: str
+) -> None:
+    result = aioc4("-v", "--num-samples", "5", "--output-dir", "o", "--s3-path", f"s3://{bucket}/v")
     assert result.returncode == 0, result.stderr
-    assert "aioc4: progress: a line every 5.0 s" in result.stderr.splitlines()
+    lines = result.stderr.splitlines()
+    assert all(re.match(rf"^{TIMESTAMP}aioc4: ", line) for line in lines), result.stderr
+    messages = [line.split(" aioc4: ", 1)[1] for line in lines]
+    assert "progress: a line every 5.0 s" in messages
+    hub_line = (
+        rf"^GET {re.escape(hub.endpoint)}/api/datasets/allenai/c4/revision/main -> 200, \d+ bytes, [\d.]+ s$"
+    )
+    assert any(re.match(hub_line, message) for message in messages), result.stderr
+    storage_line = (
+        rf"^GET {re.escape(hub.storage)}/cdn/[0-9a-f]+/c4-train\.00000-of-00003\.json\.gz -> 200, \d+ bytes"
+    )
+    assert any(re.match(storage_line, message) for message in messages), result.stderr
+    assert not any("sig=" in message for message in messages)  # signed URLs are logged without their query
+    s3_line = rf"^S3 PutObject .*/{bucket}/v/c4_train_5\.jsonl -> 200, \d+ bytes sent"
+    assert any(re.match(s3_line, message) for message in messages), result.stderr
     both = aioc4("-q", "-v", "--num-samples", "5")
     assert both.returncode == 2
     assert both.error_lines == ["aioc4: error: --quiet and --verbose contradict each other; pass one of them"]
+
+
+def test_help_lists_the_other_commands_and_each_has_its_own_help(aioc4: Aioc4) -> None:
+    main = aioc4("--help")
+    assert main.returncode == 0
+    assert re.search(r"^\s+verify\s+check every part", main.stdout, re.MULTILINE), main.stdout
+    assert re.search(r"^\s+merge\s+combine the shard manifests", main.stdout, re.MULTILINE), main.stdout
+    for command in ("verify", "merge"):
+        sub_help = aioc4(command, "--help")
+        assert sub_help.returncode == 0
+        assert sub_help.stdout.startswith(f"usage: aioc4 {command} ")
+
+
+def test_short_test_credentials_never_rewrite_paths_or_urls(aioc4: Aioc4, bucket: str) -> None:
+    """LocalStack/MinIO-style `test`/`test` credentials are not secrets; a real-looking one is hidden
+    wherever it is not part of the run's own paths."""
+    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
+    result = aioc4(
+        "--json", "--num-samples", "5", "--s3-path", f"s3://{bucket}/latest", "--no-cleanup",
+        "--output-dir", "tests_out", env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    document = one_json_object(result.stdout)
+    assert document["destination"] == f"s3://{bucket}/latest"
+    assert document["manifest"] == f"s3://{bucket}/latest/c4_train_5.manifest.json"
+    assert [(part["path"], part["url"]) for part in document["parts"]] == [
+        ("tests_out/c4_train_5.jsonl", f"s3://{bucket}/latest/c4_train_5.jsonl")
+    ]
+    assert f"s3://{bucket}/latest/c4_train_5.jsonl" in result.stderr  # the human summary agrees
+
+    folder = f"runs/{AWS_SECRET.replace('/', '_')}"  # a long secret inside the run's own folder name
+    secret = AWS_SECRET.replace("/", "_")
+    own = aioc4("--json", "--num-samples", "5", "--output-dir", folder, env={"HF_TOKEN": secret})
+    assert own.returncode == 0, own.stderr
+    assert one_json_object(own.stdout)["parts"][0]["path"] == f"{folder}/c4_train_5.jsonl"
+    echoed = aioc4("--json", "--num-samples", "5", "--revision", secret, env={"HF_TOKEN": secret})
+    assert echoed.returncode == 1
+    assert secret not in echoed.stdout + echoed.stderr
+    assert one_json_object(echoed.stdout)["error"] == "revision '***' not found in dataset 'allenai/c4'"
 
 
 # -- --json and GITHUB_STEP_SUMMARY ----------------------------------------------------------------
@@ -209,6 +288,7 @@ def test_json_summary_local(aioc4: Aioc4, hub: HubServerProcess, source_lines: L
     read = document.pop("read")
     assert read["documents"] == 2500
     assert read["shards"] == 1
+    assert document.pop("written") == {"bytes": sum(len(body) for body in expected.values())}
     parts = document.pop("parts")
     assert [(part["name"], part["lines"], part["bytes"], part["path"], part["url"]) for part in parts] == [
         (name, len(body.splitlines()), len(body), f"o/{name}", None) for name, body in expected.items()
@@ -395,6 +475,9 @@ def test_dry_run_text_and_the_same_preflight_as_a_real_run(
         "Manifest:       o/c4_train_3000.manifest.json",
     ]
 
+    one = aioc4("--dry-run", "--num-samples", "1", "--output-dir", "o")
+    assert "  c4_train_1.jsonl  1 line -> o/c4_train_1.jsonl" in one.stdout.splitlines()
+
     no_credentials = aioc4("--dry-run", "--s3-path", "s3://some-bucket/x", env={"AWS_ACCESS_KEY_ID": None})
     assert no_credentials.returncode == 1
     assert no_credentials.error_lines[0].startswith("aioc4: error: no AWS credentials found")
@@ -474,6 +557,31 @@ def test_pull_sync_in_process_locally_and_its_errors(in_process: Path, source_li
             )
         )
     assert issubclass(PartsNotUploadedError, DestinationError)
+
+
+def test_the_library_takes_str_paths_and_the_command_lines_cleanup_default(
+    in_process: Path, s3: MotoServerProcess, bucket: str
+) -> None:
+    summary = pull_sync(RunConfig(num_samples=10, output_dir=str(in_process / "as-str")))  # type: ignore[arg-type]
+    assert summary.locations == [str(in_process / "as-str" / "c4_train_10.jsonl")]
+    with pytest.raises(
+        UsageError, match=r"RunConfig.output_dir must be a path \(str or os.PathLike\), got int"
+    ):
+        RunConfig(output_dir=5)  # type: ignore[arg-type]
+    to_s3 = RunConfig(num_samples=10, output_dir=in_process / "staging", s3=parse_s3_path(f"s3://{bucket}/c"))
+    assert to_s3.cleanup_local is True  # as on the command line: S3 runs keep no local copies
+    assert RunConfig().cleanup_local is False
+    assert pull_sync(to_s3).locations == [f"s3://{bucket}/c/c4_train_10.jsonl"]  # one kind of location
+
+
+def test_pull_sync_inside_a_running_loop_says_to_await_pull() -> None:
+    async def notebook_cell() -> None:
+        pull_sync(RunConfig(num_samples=10))
+
+    with pytest.raises(
+        UsageError, match=r"cannot run inside a running event loop.*await aioc4.pull\(config\)"
+    ):
+        asyncio.run(notebook_cell())
 
 
 def test_on_a_terminal_the_progress_is_a_bar(paced_hub: HubServerProcess, aioc4: Aioc4) -> None:
