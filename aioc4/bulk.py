@@ -33,6 +33,7 @@ from .pipeline import (
     StopRequest,
     all_intact,
     check_output_dir,
+    hub_for,
     intact_parts,
     open_destination,
     prepare_output_dir,
@@ -42,7 +43,6 @@ from .pipeline import (
     summary_of,
 )
 from .report import RunSummary
-from .retry import RetryBudget, RetryPolicy
 from .sharding import WorkerSlot, select_shards, worker_share
 from .source import SourceProgress, read_documents
 
@@ -61,10 +61,7 @@ async def run_bulk(config: RunConfig, stop: StopRequest | None = None) -> RunSum
     async with AsyncExitStack() as stack:
         destination = await open_destination(config, stack)
         await destination.check()
-        budget = RetryBudget(RetryPolicy(total_wait_s=config.retry_budget_s))
-        hub = await stack.enter_async_context(
-            HubSource(config.repo_id, cache_dir=config.cache_dir, budget=budget)
-        )
+        hub = await stack.enter_async_context(hub_for(config))
         commit = await hub.resolve_commit(config.revision)
         shards = await hub.list_shards(commit, config.config_name, config.split)
         selection = select_shards(range(len(shards)), config.shards)
@@ -238,8 +235,7 @@ async def check_destination(config: RunConfig) -> None:
 async def count_my_shards(config: RunConfig) -> int:
     """How many shards this worker (all its processes) pulls: `--procs` starts no more processes."""
     assert config.bulk is not None
-    budget = RetryBudget(RetryPolicy(total_wait_s=config.retry_budget_s))
-    async with HubSource(config.repo_id, cache_dir=config.cache_dir, budget=budget) as hub:
+    async with hub_for(config) as hub:
         commit = await hub.resolve_commit(config.revision)
         shards = await hub.list_shards(commit, config.config_name, config.split)
     selection = select_shards(range(len(shards)), config.shards)

@@ -28,6 +28,7 @@ from .config import (
     MAX_COUNT,
     MAX_PROCS,
     MAX_RETRY_BUDGET_S,
+    MAX_TIMEOUT_S,
     MAX_UPLOAD_WORKERS,
     S3_CHECKSUMS,
     SPLITS,
@@ -101,6 +102,16 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(
             f"must be a number of seconds within 0..{MAX_RETRY_BUDGET_S:.0f}, got {text!r}"
         )
+    return value
+
+
+def _timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or not 0 < value <= MAX_TIMEOUT_S:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds within 0..{MAX_TIMEOUT_S:.0f}")
     return value
 
 
@@ -252,6 +263,14 @@ def _add_pull_arguments(parser: argparse.ArgumentParser) -> None:
         help="total time the run may spend waiting between Hub retries (default: %(default)s)",
     )
     add(
+        "--timeout",
+        type=_timeout,
+        default=30.0,
+        metavar="SECONDS",
+        help="a Hub, storage or S3 connection silent this long has failed; it is retried within "
+        "--retry-budget (default: %(default)s)",
+    )
+    add(
         "--overwrite",
         action="store_true",
         help="replace an earlier, different job with the same manifest name (its parts are deleted)",
@@ -330,6 +349,7 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str] = os.e
         endpoint_url=endpoint,
         upload_workers=args.upload_workers,
         retry_budget_s=args.retry_budget,
+        timeout_s=args.timeout,
         overwrite=args.overwrite,
         s3_checksum=args.s3_checksum,
         compression=args.compression,
@@ -447,7 +467,7 @@ def _dry_run(config: RunConfig, *, as_json: bool, redactor: Redactor) -> int:
     from .hub import install_hub_client
     from .plan import format_plan, make_plan, plan_to_json
 
-    install_hub_client()
+    install_hub_client(config.timeout_s)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         plan = runner.run(make_plan(config))
     if as_json:
@@ -465,7 +485,7 @@ def _execute(config: RunConfig, display: ProgressDisplay | None = None) -> RunSu
     from .pipeline import StopRequest, run
 
     disable_progress_bars()  # aioc4 reports its own progress
-    install_hub_client()
+    install_hub_client(config.timeout_s)
     _tune_malloc()
 
     async def main_task() -> RunSummary:
@@ -508,7 +528,7 @@ def _execute_processes(arguments: Sequence[str], config: RunConfig) -> RunSummar
     from .pipeline import prepare_output_dir, remove_if_empty
 
     assert config.bulk is not None
-    install_hub_client()
+    install_hub_client(config.timeout_s)
     child_arguments = [argument for argument in arguments if argument != "--json"]  # one summary: ours
     started = time.monotonic()
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:

@@ -43,6 +43,7 @@ MAX_COUNT = 10**12
 MAX_UPLOAD_WORKERS = 64
 MAX_PROCS = 256
 MAX_RETRY_BUDGET_S = 7 * 24 * 3600.0
+MAX_TIMEOUT_S = 3600.0
 DEFAULT_HUB_ENDPOINT = "https://huggingface.co"
 
 # https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html (general purpose buckets)
@@ -175,6 +176,7 @@ class RunConfig:
     endpoint_url: str | None = None
     upload_workers: int = 4
     retry_budget_s: float = 600.0
+    timeout_s: float = 30.0  # a connection silent this long has failed (Hub, storage, S3)
     overwrite: bool = False
     s3_checksum: str = "crc32"
     compression: str = "none"
@@ -209,6 +211,8 @@ class RunConfig:
                 f"--retry-budget must be a number of seconds within 0..{MAX_RETRY_BUDGET_S:.0f}, "
                 f"got {self.retry_budget_s}"
             )
+        if not (math.isfinite(self.timeout_s) and 0 < self.timeout_s <= MAX_TIMEOUT_S):
+            raise UsageError(f"--timeout must be within 0..{MAX_TIMEOUT_S:.0f} seconds, got {self.timeout_s}")
         if self.s3_checksum not in S3_CHECKSUMS:
             raise UsageError(
                 f"--s3-checksum must be one of {', '.join(S3_CHECKSUMS)}, got {self.s3_checksum!r}"

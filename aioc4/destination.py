@@ -35,6 +35,7 @@ class Delivery:
     name: str
     uploaded: bool
     error: str | None = None
+    permanent: bool = False  # the error will not go away by trying again (no bucket, no access)
 
 
 class Destination(Protocol):

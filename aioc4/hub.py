@@ -88,9 +88,15 @@ class HubSource:
     """
 
     def __init__(
-        self, repo_id: str, *, cache_dir: Path | None = None, budget: RetryBudget | None = None
+        self,
+        repo_id: str,
+        *,
+        cache_dir: Path | None = None,
+        budget: RetryBudget | None = None,
+        timeout_s: float = HUB_TIMEOUT_S,
     ) -> None:
         self.repo_id = repo_id
+        self.timeout_s = timeout_s
         self.endpoint = constants.ENDPOINT.rstrip("/")
         self.shown_endpoint = display_url(self.endpoint)  # what messages say: never a password
         self.cache_dir = cache_dir
@@ -103,7 +109,7 @@ class HubSource:
 
     async def __aenter__(self) -> HubSource:
         timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=HUB_CONNECT_TIMEOUT_S, sock_read=HUB_TIMEOUT_S
+            total=None, sock_connect=min(HUB_CONNECT_TIMEOUT_S, self.timeout_s), sock_read=self.timeout_s
         )
         self._session = aiohttp.ClientSession(timeout=timeout, auto_decompress=False)
         return self
@@ -118,7 +124,9 @@ class HubSource:
 
     async def resolve_commit(self, revision: str) -> str:
         """The commit sha `revision` points at now; every shard is then read at that sha."""
-        info = await self._call_hub(lambda: self._api.dataset_info(self.repo_id, revision=revision), revision)
+        info = await self._call_hub(
+            lambda: self._api.dataset_info(self.repo_id, revision=revision, timeout=self.timeout_s), revision
+        )
         if info.sha:
             self._cards[info.sha] = _card_of(info)  # the card at that commit: no second request for it
         return info.sha or revision  # a Hub that does not name the commit: read at the revision itself
@@ -126,7 +134,9 @@ class HubSource:
     async def variants(self, commit: str) -> Variants:
         """The configs the dataset card declares at `commit`, or the built-in table if it declares none."""
         if commit not in self._cards:
-            info = await self._call_hub(lambda: self._api.dataset_info(self.repo_id, revision=commit), commit)
+            info = await self._call_hub(
+                lambda: self._api.dataset_info(self.repo_id, revision=commit, timeout=self.timeout_s), commit
+            )
             self._cards[commit] = _card_of(info)
         variants = variants_to_use(self._cards[commit])
         if not variants.from_card:
@@ -171,7 +181,7 @@ class HubSource:
         revision: str,
         folder: str | None = None,
         *,
-        limit_s: float | None = HUB_CALL_TIMEOUT_S,
+        limit_s: float | None = -1.0,
     ) -> _T:
         """Run a blocking huggingface_hub call in a thread, retrying what is worth retrying.
 
@@ -180,6 +190,8 @@ class HubSource:
         own timeouts, or `limit_s` in all) is a failed attempt, and the time it took counts against
         the retry budget like a wait.
         """
+        if limit_s is not None and limit_s < 0:  # the default: a listing may walk many pages
+            limit_s = max(HUB_CALL_TIMEOUT_S, 4 * self.timeout_s)
         attempt = 0
         while True:
             started = time.monotonic()
@@ -274,6 +286,8 @@ class HubSource:
             except _Retryable as exc:
                 failure = exc
             except (aiohttp.ClientError, TimeoutError) as exc:
+                if isinstance(exc, TimeoutError):  # a silent storage host uses up the budget too
+                    self.budget.spend(self.timeout_s)
                 failure = _Retryable(f"connection lost at byte {received:,} ({exc or type(exc).__name__})")
             finally:
                 if response is not None:
@@ -498,7 +512,7 @@ def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) ->
 _request_started: weakref.WeakKeyDictionary[httpx2.Request, float] = weakref.WeakKeyDictionary()
 
 
-def install_hub_client() -> None:
+def install_hub_client(timeout_s: float = HUB_TIMEOUT_S) -> None:
     """Give huggingface_hub's shared HTTP client timeouts (its default waits forever on a silent Hub)
     and, at debug level, a log line per request. Process-wide, so only the command line calls it;
     `HubSource` bounds each call on its own side as well."""
@@ -509,20 +523,27 @@ def install_hub_client() -> None:
         def default_client_factory() -> httpx2.Client:
             return httpx2.Client(follow_redirects=True)
 
+    bounds = httpx2.Timeout(timeout_s, connect=min(HUB_CONNECT_TIMEOUT_S, timeout_s)).as_dict()
+
+    def bound(request: httpx2.Request) -> None:
+        """huggingface_hub passes `timeout=None` on some calls (listings), which switches the client's
+        timeout off: put ours back wherever a request has none."""
+        asked = request.extensions.get("timeout") or {}
+        request.extensions["timeout"] = {
+            key: asked.get(key) if asked.get(key) is not None else limit for key, limit in bounds.items()
+        }
+        _request_started[request] = time.monotonic()
+
     def factory() -> httpx2.Client:
         client = default_client_factory()
-        client.timeout = httpx2.Timeout(HUB_TIMEOUT_S, connect=HUB_CONNECT_TIMEOUT_S)
+        client.timeout = httpx2.Timeout(**bounds)
         hooks = client.event_hooks
-        hooks["request"] = [*hooks.get("request", []), _note_start]
+        hooks["request"] = [*hooks.get("request", []), bound]
         hooks["response"] = [*hooks.get("response", []), _log_hub_response]
         client.event_hooks = hooks
         return client
 
     set_client_factory(factory)
-
-
-def _note_start(request: httpx2.Request) -> None:
-    _request_started[request] = time.monotonic()
 
 
 def _log_hub_response(response: httpx2.Response) -> None:

@@ -41,6 +41,7 @@ __all__ = [
     "StopRequest",
     "all_intact",
     "check_output_dir",
+    "hub_for",
     "intact_parts",
     "open_destination",
     "prepare_output_dir",
@@ -65,9 +66,11 @@ class StopRequest:
     signum: int = 0
     grace_s: float = 10.0
     pipeline_running: bool = False
+    deadline: float | None = None  # loop time by which everything after the signal must be done
 
     def request(self, signum: int) -> None:
         self.signum = signum
+        self.deadline = asyncio.get_running_loop().time() + self.grace_s
         self.event.set()
 
     def error(self, kept: int | None) -> Interrupted:
@@ -106,10 +109,7 @@ async def run(
             name = manifest_name(config.split, config.num_samples, config.config_name)
             log.info("%s is already complete: nothing to do", name)
             return summary_of(manifest, destination, already_complete=True)
-        budget = RetryBudget(RetryPolicy(total_wait_s=config.retry_budget_s))
-        hub = await stack.enter_async_context(
-            HubSource(config.repo_id, cache_dir=config.cache_dir, budget=budget)
-        )
+        hub = await stack.enter_async_context(hub_for(config))
         if manifest is None:
             commit = await hub.resolve_commit(config.revision)
             manifest = Manifest(request=replace(request, commit=commit))
@@ -127,6 +127,12 @@ async def run(
         if config.s3 is not None and config.cleanup_local:
             remove_if_empty(created_dirs)
         return summary
+
+
+def hub_for(config: RunConfig) -> HubSource:
+    """The Hub source of a run: its repo, cache, timeout, and one retry budget for the whole run."""
+    budget = RetryBudget(RetryPolicy(total_wait_s=config.retry_budget_s))
+    return HubSource(config.repo_id, cache_dir=config.cache_dir, budget=budget, timeout_s=config.timeout_s)
 
 
 def request_for(config: RunConfig) -> RequestInfo:
@@ -202,6 +208,7 @@ async def open_destination(config: RunConfig, stack: AsyncExitStack) -> Destinat
         workers=config.upload_workers,
         cleanup_local=bool(config.cleanup_local),
         checksum=config.s3_checksum,
+        timeout_s=config.timeout_s,
     )
     return await stack.enter_async_context(s3)
 
@@ -292,6 +299,7 @@ class PartPipeline:
         )
         self.failed: dict[str, str] = {}
         self.source_error: Aioc4Error | None = None
+        self.fatal_upload: str | None = None  # a permanent upload failure (no bucket, no access): stop
         self._already_there = {part.name: part.crc32 for part in manifest.parts}
         self._manifest_lock = asyncio.Lock()
         self._stopping = False
@@ -312,7 +320,8 @@ class PartPipeline:
                 writer = group.create_task(self._write())
                 deliverers = [group.create_task(self._deliver()) for _ in range(self.config.upload_workers)]
                 work = [reader, writer, *deliverers]
-                helpers = [group.create_task(self._stop_on(stop, reader, [writer, *deliverers]))]
+                self._halt = _Halt(reader, writer, deliverers, self.finished)
+                helpers = [group.create_task(self._stop_on(stop)), group.create_task(self._halt.on_request())]
                 if display is not None:
                     helpers.append(group.create_task(display.run(self._counters)))
                 group.create_task(_cancel_when_done(helpers, work))
@@ -323,8 +332,15 @@ class PartPipeline:
             stop.pipeline_running = False
         self.manifest.split_exhausted = progress.exhausted and self.writer.documents < self.config.num_samples
         if self._stopping:
-            await self.save_manifest(final=False)
+            await self._save_before(stop.deadline)
             raise stop.error(kept=len(self.manifest.parts))
+        if self.fatal_upload is not None:
+            await self.save_manifest(final=False)
+            kept = sorted(self.failed)
+            raise DestinationError(
+                f"{self.fatal_upload}: stopped reading; {len(kept)} finished part(s) kept locally in "
+                f"{self.destination.directory}: {', '.join(kept) or 'none'}"
+            )
         if self.source_error is not None:
             await self.save_manifest(final=False)
             raise self.source_error
@@ -335,22 +351,34 @@ class PartPipeline:
         delivered = sum(part.uploaded for part in parts) if self.config.s3 is not None else len(parts)
         return Counters(self.writer.documents, self.writer.bytes_written, delivered)
 
-    async def _stop_on(
-        self, stop: StopRequest, reader: asyncio.Task[None], rest: list[asyncio.Task[None]]
-    ) -> None:
-        """On a signal: stop reading now; cancel uploads still running after the grace period."""
+    async def _stop_on(self, stop: StopRequest) -> None:
+        """On a signal: stop reading and writing now (the part being written is dropped), let the uploads
+        in flight finish until the grace period ends, then cancel what is left. A second signal cancels
+        the whole run at once (the CLI cancels the main task)."""
         await stop.event.wait()
         log.warning(
             "stopping: finishing the uploads in flight (up to %.0f s), then saving the manifest", stop.grace_s
         )
         self._stopping = True
-        reader.cancel()
-        await asyncio.sleep(stop.grace_s)
-        for task in rest:
-            task.cancel()
+        try:
+            async with asyncio.timeout_at(stop.deadline):
+                self._halt.requested.set()
+                await self._halt.wait_for_deliveries()
+        except TimeoutError:
+            log.warning("stopping: the grace period is over; uploads still running are abandoned")
+        self._halt.cancel_deliveries()
+
+    async def _save_before(self, deadline: float | None) -> None:
+        """The manifest after a stop, within the grace period: the local copy is written first, so a
+        frozen S3 costs only its remote copy."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self.save_manifest(final=False)
+        except TimeoutError:
+            log.warning("could not save the manifest at the destination in time; the local copy is current")
 
     async def _read(self, documents: AsyncGenerator[Batch, None]) -> None:
-        """Producer: batches of documents in order; a source failure or a stop ends the stream early."""
+        """Producer: batches of documents in order; a source failure ends the stream early."""
         try:
             async with aclosing(documents):
                 async for batch in documents:
@@ -363,12 +391,6 @@ class PartPipeline:
                     await self.batches.put(batch)
         except Aioc4Error as exc:
             self.source_error = exc
-        except asyncio.CancelledError:
-            if not self._stopping:
-                raise
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()  # a soft stop: the writer still needs the end-of-stream marker
         await self.batches.put(None)
 
     async def _write(self) -> None:
@@ -403,6 +425,9 @@ class PartPipeline:
             if delivery.error is not None:
                 log.error("%s did not reach S3: %s (kept at %s)", part.name, delivery.error, part.path)
                 self.failed[part.name] = delivery.error
+                if delivery.permanent and self.fatal_upload is None:
+                    self.fatal_upload = f"S3 refuses every upload ({delivery.error})"
+                    self._halt.requested.set()  # reading stops; the parts already finished stay local
             elif delivery.uploaded:
                 log.info("uploaded %s", self.destination.location(part.name))
             part.record.uploaded = delivery.uploaded
@@ -441,6 +466,39 @@ class PartPipeline:
                 log.info("renamed %s to %s (the real count)", part.name, pairs[part.name])
                 part.name = pairs[part.name]
         await self.save_manifest(final=False)
+
+
+@dataclass(slots=True)
+class _Halt:
+    """Stops a running pipeline from outside its stages: no task swallows a cancellation to do it."""
+
+    reader: asyncio.Task[None]
+    writer: asyncio.Task[None]
+    deliverers: list[asyncio.Task[None]]
+    finished: asyncio.Queue[FinishedPart | None]
+    requested: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def on_request(self) -> None:
+        """A pipeline helper: halt reading and writing once a stage asks for it (`requested`)."""
+        await self.requested.wait()
+        await self.reading_and_writing()
+
+    async def reading_and_writing(self) -> None:
+        """Cancel the reader and the writer (which drops its unfinished part), then end the deliverers'
+        queue if the writer could not: they deliver what is already finished, then stop."""
+        for task in (self.reader, self.writer):
+            task.cancel()
+        await asyncio.wait([self.reader, self.writer])
+        if self.writer.cancelled():
+            for _ in self.deliverers:
+                await self.finished.put(None)
+
+    async def wait_for_deliveries(self) -> None:
+        await asyncio.wait(self.deliverers)
+
+    def cancel_deliveries(self) -> None:
+        for task in self.deliverers:
+            task.cancel()
 
 
 async def _cancel_when_done(helpers: list[asyncio.Task[None]], work: list[asyncio.Task[None]]) -> None:

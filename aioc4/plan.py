@@ -15,11 +15,10 @@ from typing import Any
 from .config import RunConfig
 from .destination import Destination
 from .errors import UsageError
-from .hub import HubSource, Shard
+from .hub import Shard
 from .manifest import Manifest, manifest_name
 from .naming import ShardNaming, part_names, part_sizes
 from .report import destination_of, manifest_location, request_fields
-from .retry import RetryBudget, RetryPolicy
 from .sharding import select_shards
 from .uploader import S3Destination
 
@@ -115,13 +114,12 @@ def planned_parts(config: RunConfig) -> list[PlannedPart]:
 
 async def make_plan(config: RunConfig) -> Plan:
     """Preflight the destination, read the earlier job's manifest, ask the Hub for metadata."""
+    from .pipeline import hub_for
+
     async with AsyncExitStack() as stack:
         destination = await _preflight(config, stack)
         manifest, previous = await _previous(config, destination)
-        budget = RetryBudget(RetryPolicy(total_wait_s=config.retry_budget_s))
-        hub = await stack.enter_async_context(
-            HubSource(config.repo_id, cache_dir=config.cache_dir, budget=budget)
-        )
+        hub = await stack.enter_async_context(hub_for(config))
         commit = (
             manifest.request.commit if manifest is not None else await hub.resolve_commit(config.revision)
         )

@@ -55,6 +55,20 @@ MULTIPART_CHUNK = 8 * 1024 * 1024
 BODIES_IN_MEMORY = 2  # request bodies (at most one chunk each) held at once, over all workers: 16 MiB
 _MAX_CHUNKS = 10_000  # S3's limit on parts per multipart upload
 _PROBE_NAME = ".aioc4-write-check"
+PERMANENT_ERRORS = frozenset(
+    {
+        "NoSuchBucket",
+        "AccessDenied",
+        "AllAccessDisabled",
+        "AccountProblem",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "InvalidToken",
+        "InvalidBucketState",
+    }
+)
+"""S3 error codes no retry fixes: a run that meets one stops reading instead of piling parts up locally."""
 _CRC32_METADATA = "crc32"
 
 log = logging.getLogger("aioc4")
@@ -78,6 +92,7 @@ class S3Destination:
         workers: int,
         cleanup_local: bool,
         checksum: str = "crc32",
+        timeout_s: float = 60.0,
     ) -> None:
         self.target = target
         self.directory = directory
@@ -89,8 +104,8 @@ class S3Destination:
         self._config = AioConfig(
             max_pool_connections=max(10, workers + BODIES_IN_MEMORY),
             retries=_retry_policy(),
-            connect_timeout=20,
-            read_timeout=120,
+            connect_timeout=min(10.0, timeout_s),
+            read_timeout=timeout_s,
             **_checksum_config(checksum),
         )
         self._stack = AsyncExitStack()
@@ -211,7 +226,8 @@ class S3Destination:
         except UploadError as exc:
             return Delivery(name=part.name, uploaded=False, error=exc.reason)
         except (ClientError, BotoCoreError, OSError) as exc:
-            return Delivery(name=part.name, uploaded=False, error=_reason(exc))
+            permanent = _code(exc) in PERMANENT_ERRORS or isinstance(exc, NoCredentialsError)
+            return Delivery(name=part.name, uploaded=False, error=_reason(exc), permanent=permanent)
         if self.cleanup_local:
             await asyncio.to_thread(part.path.unlink)
         return Delivery(name=part.name, uploaded=True)

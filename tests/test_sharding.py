@@ -90,8 +90,18 @@ def test_aws_batch_array_jobs_give_index_and_size() -> None:
     [
         (4, 4, {}, r"worker index 4 \(from flags\) is not within 0..3"),
         (4, None, {}, "--num-workers 4 needs --worker-index"),
-        (2, None, {"JOB_COMPLETION_INDEX": "²"}, "JOB_COMPLETION_INDEX must be a non-negative integer, got '²'"),
-        (2, None, {"JOB_COMPLETION_INDEX": " 1"}, "JOB_COMPLETION_INDEX must be a non-negative integer, got ' 1'"),
+        (
+            2,
+            None,
+            {"JOB_COMPLETION_INDEX": "²"},
+            "JOB_COMPLETION_INDEX must be a non-negative integer, got '²'",
+        ),
+        (
+            2,
+            None,
+            {"JOB_COMPLETION_INDEX": " 1"},
+            "JOB_COMPLETION_INDEX must be a non-negative integer, got ' 1'",
+        ),
         (None, 2, {}, "give the number of workers with --num-workers"),
         (
             None,
