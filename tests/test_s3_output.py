@@ -113,10 +113,8 @@ def test_short_split_renames_uploaded_parts_to_the_real_count(
     names = part_names("validation", total, 500)
     assert objects(s3, bucket) == keyed("v", split_expected(source_lines("validation"), names, 500))
     renamed = [line.split(" aioc4: ", 1)[1] for line in result.stderr.splitlines() if " renamed " in line]
-    assert renamed == [  # the log names each part as it finally is
-        f"renamed {old} to {new} (the real count)"
-        for old, new in zip(part_names("validation", 5000, 500), names[:-1], strict=False)
-    ]
+    pairs = zip(part_names("validation", 5000, 500), names[:-1], strict=False)
+    assert renamed == [f"renamed {old} to {new} (the real count)" for old, new in pairs]  # as they end up
 
 
 @pytest.fixture
