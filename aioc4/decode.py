@@ -1,23 +1,27 @@
 """Bytes of a gzip'd JSON Lines shard in, checked documents out. Pure: no I/O.
 
 The decoder is fed compressed chunks as they arrive, so a shard can be read over HTTP and stopped
-after its first documents without fetching the rest. Documents are never split into Python
-objects one by one: a block of whole lines is passed through as one `bytes`, its shape is checked
-with a few C-level scans (every line is `{...}`: no blank or broken line), and a sample of lines
-(the first, and the one after every `SAMPLE_STRIDE` bytes, which is not biased towards long
-documents) is parsed in full for the text-length statistic and as a deeper check. A block that
-fails the scan is split up to name the first bad line.
+after its first documents without fetching the rest. A block of whole lines is passed through as
+one `bytes`, and every line of it is checked, whatever its position: valid UTF-8 (an incremental
+decoder over the block, skipped when the block is ASCII) and one JSON object with a string `text`
+(msgspec's validating decoder, which builds no Python string for the text). A block that fails
+is split up to name the first bad line. A sample of lines (the first, and the one after every
+`SAMPLE_STRIDE` bytes, which is not biased towards long documents) is parsed in full for the
+text-length statistic. No line may be longer than `MAX_LINE_BYTES`, and inflating never holds
+more than that plus `_INFLATE_PIECE` of a line that is still being read.
 
 Inflating uses python-isal (ISA-L, 2-3x faster than zlib) when it is installed, zlib otherwise.
 """
 
 from __future__ import annotations
 
+import codecs
 import zlib
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
+import msgspec
 import orjson
 
 from .errors import CorruptShardError
@@ -29,10 +33,25 @@ except ImportError:  # pragma: no cover - isal is a dependency; zlib keeps aioc4
     _inflate_module = zlib
 _INFLATE_ERRORS: tuple[type[Exception], ...] = (zlib.error, _inflate_module.error)
 
-__all__ = ["SAMPLE_STRIDE", "Batch", "GzipLineDecoder", "parse_block"]
+__all__ = ["MAX_LINE_BYTES", "SAMPLE_STRIDE", "Batch", "GzipLineDecoder", "check_documents", "parse_block"]
 
 SAMPLE_STRIDE = 64 * 1024
+MAX_LINE_BYTES = 64 * 1024 * 1024
+"""C4's longest documents are well under 1 MB; a longer line is refused, memory staying bounded."""
+_INFLATE_PIECE = 8 * 1024 * 1024  # inflated bytes produced per call, so a huge line is caught early
+_FEED_LIMIT = 256 * 1024 * 1024  # inflated bytes one compressed chunk may expand to (a gzip bomb)
+_UTF8_PIECE = 64 * 1024  # UTF-8 is checked in pieces: small strings, made and dropped in cache
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
+
+
+class _Document(msgspec.Struct):
+    """What every line must be: an object with a `text` (kept raw: its string is not built)."""
+
+    text: msgspec.Raw
+
+
+_DOCUMENTS = msgspec.json.Decoder(_Document)
+_QUOTE = ord('"')  # a raw JSON value that is a string starts with it
 
 
 @dataclass(slots=True)
@@ -94,14 +113,17 @@ class GzipLineDecoder:
 
     def feed(self, chunk: bytes) -> bytes:
         """The complete lines found so far (newline-terminated); a partial last line waits."""
-        inflated = self._inflate(chunk)
-        end = inflated.rfind(b"\n") + 1
-        if not end:
-            self._pending += inflated
-            return b""
-        block = b"".join((self._pending, memoryview(inflated)[:end]))  # the block's only copy
-        self._pending = inflated[end:]
-        return block
+        blocks = []
+        for piece in self._inflate(chunk):
+            end = piece.rfind(b"\n") + 1
+            if not end:
+                self._pending += piece
+                self._check_line_length(len(self._pending))
+                continue
+            self._check_line_length(len(self._pending) + piece.find(b"\n"))
+            blocks.append(b"".join((self._pending, memoryview(piece)[:end])))  # the block's only copy
+            self._pending = piece[end:]
+        return blocks[0] if len(blocks) == 1 else b"".join(blocks)
 
     def finish(self) -> bytes:
         """The last line once the input is over; raises if the gzip stream is truncated."""
@@ -110,17 +132,91 @@ class GzipLineDecoder:
         rest, self._pending = self._pending, b""
         return rest + b"\n" if rest else b""
 
-    def _inflate(self, chunk: bytes) -> bytes:
-        out = []
+    def _check_line_length(self, length: int) -> None:
+        if length > MAX_LINE_BYTES:
+            raise CorruptShardError(
+                f"{self._shard}: a line is longer than {MAX_LINE_BYTES // (1024 * 1024)} MiB: "
+                "not a C4 document"
+            )
+
+    def _inflate(self, chunk: bytes) -> list[bytes]:
+        """The chunk inflated, in pieces of at most `_INFLATE_PIECE` bytes (gzip members may follow
+        each other); more than `_FEED_LIMIT` from one chunk is refused."""
+        pieces: list[bytes] = []
+        total, data = 0, chunk
         try:
-            while chunk:
-                if self._inflater.eof:  # a new gzip member follows the previous one
-                    self._inflater = _inflate_module.decompressobj(_GZIP_WBITS)
-                out.append(self._inflater.decompress(chunk))
-                chunk = self._inflater.unused_data
+            while True:
+                if self._inflater.eof:
+                    data = data or self._inflater.unused_data
+                    if not data:
+                        break
+                    self._inflater = _inflate_module.decompressobj(_GZIP_WBITS)  # the next member
+                piece = self._inflater.decompress(data, _INFLATE_PIECE)
+                data = self._inflater.unconsumed_tail
+                if piece:
+                    pieces.append(piece)
+                    total += len(piece)
+                    if total > _FEED_LIMIT:
+                        raise CorruptShardError(
+                            f"{self._shard}: {len(chunk):,} compressed bytes inflate to more than "
+                            f"{_FEED_LIMIT // (1024 * 1024)} MiB: not C4 data"
+                        )
+                if len(piece) < _INFLATE_PIECE and not data and not self._inflater.eof:
+                    break  # every input byte is used and no output is held back
         except _INFLATE_ERRORS as exc:
             raise CorruptShardError(f"{self._shard}: not valid gzip data ({exc})") from None
-        return b"".join(out)
+        return pieces
+
+
+def check_documents(data: bytes, *, shard: str, first_line_number: int, count: int) -> None:
+    """Every line of a block of `count` whole lines is valid UTF-8 and one JSON object with a string
+    `text`; otherwise CorruptShardError naming the first bad line."""
+    if data.isascii() or _valid_utf8(data):
+        try:
+            documents = _DOCUMENTS.decode_lines(data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            pass
+        else:  # blank lines are skipped by decode_lines, and two objects on a line count twice
+            if len(documents) == count and all(memoryview(doc.text)[0] == _QUOTE for doc in documents):
+                return
+    _raise_for_first_bad_line(data, shard, first_line_number)
+
+
+def _valid_utf8(data: bytes) -> bool:
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    view = memoryview(data)
+    try:
+        for start in range(0, len(data), _UTF8_PIECE):
+            decoder.decode(view[start : start + _UTF8_PIECE])
+        decoder.decode(b"", True)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _raise_for_first_bad_line(data: bytes, shard: str, first_line_number: int) -> None:
+    """Slow path, only for a block that failed: find and name the first line that is not a document."""
+    for offset, line in enumerate(data.split(b"\n")[:-1]):
+        problem = _line_problem(line)
+        if problem is not None:
+            raise CorruptShardError(f"{shard}: line {first_line_number + offset} {problem}")
+    raise CorruptShardError(f"{shard}: lines {first_line_number}.. are not JSON Lines of documents")
+
+
+def _line_problem(line: bytes) -> str | None:
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"is not valid UTF-8 (byte {exc.start})"
+    try:
+        document = _DOCUMENTS.decode(line)
+    except msgspec.ValidationError as exc:
+        return f"is not a JSON object with a 'text' string ({exc})"
+    except msgspec.DecodeError as exc:
+        return f"is not valid JSON ({exc})"
+    if memoryview(document.text)[0] != _QUOTE:
+        return "is not a JSON object with a 'text' string"
+    return None
 
 
 def parse_block(
@@ -134,8 +230,7 @@ def parse_block(
     are all parsed (so small jobs get exact statistics), the rest sampled.
     """
     count = data.count(b"\n") if count is None else count
-    if data[:2] != b'{"' or data[-3:] != b'"}\n' or data.count(b'"}\n{"') != count - 1:
-        _check_each_line(data, shard, first_line_number)
+    check_documents(data, shard=shard, first_line_number=first_line_number, count=count)
     text_of = _TextOf(data, shard, first_line_number)
     first_text = text_of(0, data[: data.find(b"\n")])
     samples = [(0, len(first_text))]
@@ -182,15 +277,3 @@ def _record_text(line: bytes) -> str:
         raise ValueError("is not a JSON object with a 'text' string")
     text: str = record["text"]
     return text
-
-
-def _check_each_line(data: bytes, shard: str, first_line_number: int) -> None:
-    """Slow path, only for a block that did not match the scan: every line must be a JSON object."""
-    for offset, line in enumerate(data.split(b"\n")[:-1]):
-        number = first_line_number + offset
-        if line[:1] != b"{" or line[-1:] != b"}":
-            raise CorruptShardError(f"{shard}: line {number} is not a JSON object")
-        try:
-            _record_text(line)
-        except ValueError as exc:
-            raise CorruptShardError(f"{shard}: line {number} {exc}") from None

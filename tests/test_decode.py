@@ -5,10 +5,11 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import zlib
 
 import pytest
 
-from aioc4.decode import SAMPLE_STRIDE, GzipLineDecoder, parse_block
+from aioc4.decode import MAX_LINE_BYTES, SAMPLE_STRIDE, GzipLineDecoder, parse_block
 from aioc4.errors import CorruptShardError
 
 DOCS = [
@@ -99,3 +100,59 @@ def test_sampled_lines_are_parsed_in_full(bad: bytes) -> None:
     """Braces alone pass the scan; the first line of a block (and every sampled line) is parsed."""
     with pytest.raises(CorruptShardError, match=r"^en/x\.json\.gz: line 7 "):
         parse_block(bad + b"\n" + LINES[0] + b"\n", shard="en/x.json.gz", first_line_number=7)
+
+
+BAD_LINES = [
+    pytest.param(b'{"text":"caf\xe9","url":"x"}', "is not valid UTF-8", id="invalid-utf8-in-text"),
+    pytest.param(b'{"text":"a","url":"\xff"}', "is not valid UTF-8", id="invalid-utf8-elsewhere"),
+    pytest.param(b'{"text":"abc\\"}', "is not valid JSON", id="unterminated-string"),
+    pytest.param(b'{"text":"a"}{"text":"b"}', "is not valid JSON", id="two-objects"),
+    pytest.param(b'{"text":"a\x01b"}', "is not valid JSON", id="raw-control-character"),
+    pytest.param(b'{"text":12}', "is not a JSON object with a 'text' string", id="text-not-a-string"),
+    pytest.param(b'{"url":"no text"}', "is not a JSON object with a 'text' string", id="no-text"),
+    pytest.param(b"", "is not valid JSON", id="blank-line"),
+]
+
+
+@pytest.mark.parametrize(("bad", "problem"), BAD_LINES)
+@pytest.mark.parametrize("position", [0, 1, 15_000])
+def test_every_line_of_every_block_is_checked_whatever_its_position(
+    bad: bytes, problem: str, position: int
+) -> None:
+    """Not only the first documents or a sample: a bad line at line 15,000 of a block is found too."""
+    lines = [LINES[index % len(LINES)] for index in range(max(position + 2, len(LINES)))]
+    lines[position] = bad
+    data = b"".join(line + b"\n" for line in lines)
+    with pytest.raises(CorruptShardError, match=rf"^en/x\.json\.gz: line {100 + position} {problem}"):
+        parse_block(data, shard="en/x.json.gz", first_line_number=100)
+
+
+def test_other_valid_json_documents_pass() -> None:
+    odd = [b'  {"text":"padded"}  ', b'{"meta":{"a":[1,2]},"text":"nested first"}', b'{"text":"\\u00e9"}']
+    data = b"".join(line + b"\n" for line in odd)
+    assert len(parse_block(data, shard="s", first_line_number=1)) == 3
+
+
+def test_a_line_longer_than_the_limit_is_refused_with_memory_bounded() -> None:
+    """A 1 GiB line packed into ~1 MB of gzip fails once 64 MiB of it are pending, not after."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+    chunk = compressor.compress(b'{"text":"' + b"a" * (8 << 20)) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    decoder = GzipLineDecoder("en/big.json.gz")
+
+    def feed_a_gibibyte_line() -> None:
+        nonlocal chunk
+        for _ in range(128):
+            decoder.feed(chunk)
+            chunk = compressor.compress(b"a" * (8 << 20)) + compressor.flush(zlib.Z_SYNC_FLUSH)
+
+    with pytest.raises(CorruptShardError, match=r"^en/big\.json\.gz: a line is longer than 64 MiB"):
+        feed_a_gibibyte_line()
+    assert len(decoder._pending) <= MAX_LINE_BYTES + (8 << 20)
+
+
+def test_a_chunk_is_inflated_in_bounded_pieces_and_members_follow_each_other() -> None:
+    data = b"".join(line + b"\n" for line in LINES) * 50
+    stream = gzip.compress(data[: len(data) // 2]) + gzip.compress(data[len(data) // 2 :])
+    decoder = GzipLineDecoder("s")
+    out = b"".join(decoder.feed(stream[start : start + 100_000]) for start in range(0, len(stream), 100_000))
+    assert out + decoder.finish() == data

@@ -3,6 +3,9 @@ a storage host that ignores Range. Output must still be exactly the first N docu
 
 from __future__ import annotations
 
+import gzip
+import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -12,7 +15,15 @@ from aioc4.naming import part_names
 from scripts.hub_server import HubServerProcess
 from scripts.shards import FakeRepo
 
-from .conftest import DOCS_PER_TRAIN_SHARD, HUB_TOKEN, Aioc4, clean_env, parts_in, split_expected
+from .conftest import (
+    DOCS_PER_TRAIN_SHARD,
+    HUB_TOKEN,
+    Aioc4,
+    clean_env,
+    parts_in,
+    shard_paths,
+    split_expected,
+)
 
 Lines = Callable[[str], list[bytes]]
 
@@ -131,3 +142,44 @@ def test_the_token_goes_to_the_hub_only_even_when_resuming(
     assert stats["faults_injected"].get("auth_forbidden", 0) == 0
     if streaming:
         assert stats["faults_injected"].get("reset", 0) > 0
+
+
+def repo_with_shard(fake_repo: FakeRepo, where: Path, shard: str, lines: list[bytes]) -> Path:
+    """A copy of the fake repo (hard links) whose `shard` holds `lines` instead."""
+    root = where / "repo"
+    shutil.copytree(fake_repo.root, root, copy_function=os.link)
+    (root / shard).unlink()
+    (root / shard).write_bytes(gzip.compress(b"".join(line + b"\n" for line in lines), mtime=0))
+    return root
+
+
+@pytest.mark.parametrize(
+    ("bad", "problem"),
+    [
+        (b'{"text":"caf\xe9"}', "is not valid UTF-8"),
+        (b'{"text":"abc\\"}', "is not valid JSON"),
+        (b'{"text":"a"}{"text":"b"}', "is not valid JSON"),
+        (b'{"text":"a\x07b"}', "is not valid JSON"),
+        (b'{"text":12}', "is not a JSON object with a 'text' string"),
+        (b'{"url":"https://example.com"}', "is not a JSON object with a 'text' string"),
+    ],
+)
+def test_a_bad_line_past_the_first_10000_stops_the_run_and_reaches_no_part(
+    fake_repo: FakeRepo, tmp_path: Path, source_lines: Lines, bad: bytes, problem: str
+) -> None:
+    shard = shard_paths(fake_repo, "train")[0]
+    lines = list(source_lines("train")[:DOCS_PER_TRAIN_SHARD])
+    lines[10_499] = bad  # line 10,500: beyond the documents that were all parsed before
+    with HubServerProcess(repo_with_shard(fake_repo, tmp_path, shard, lines)) as hub:
+        aioc4 = Aioc4(cwd=tmp_path, env=clean_env(hub.endpoint, {}, tmp_path))
+        result = aioc4("--num-samples", "11000", "--max-lines-per-file", "1000", "--output-dir", "o")
+    assert result.returncode == 1, result.stderr
+    assert len(result.error_lines) == 1, result.stderr
+    assert result.error_lines[0].startswith(f"aioc4: error: {shard}: line 10500 {problem}"), result.stderr
+    written = parts_in(tmp_path / "o")
+    assert all(bad not in body for body in written.values())
+    names = part_names("train", 11000, 1000)
+    assert written == {
+        name: body for name, body in split_expected(lines, names, 1000).items() if name in written
+    }
+    assert names[10] not in written  # the part that would hold line 10,500
