@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -62,6 +63,9 @@ class Destination(Protocol):
     async def remove(self, name: str) -> None:
         """Delete a part of an earlier job (`--overwrite`)."""
 
+    async def existing(self, names: Sequence[str]) -> list[str]:
+        """Those of `names` that are already taken at the destination (or in the local folder)."""
+
     async def save_manifest(self, name: str, data: bytes, *, final: bool) -> None:
         """Store the manifest next to the parts, atomically."""
 
@@ -105,6 +109,9 @@ class LocalDestination:
     async def remove(self, name: str) -> None:
         await asyncio.to_thread((self.directory / name).unlink, missing_ok=True)
 
+    async def existing(self, names: Sequence[str]) -> list[str]:
+        return await asyncio.to_thread(local_names_taken, self.directory, names)
+
     async def save_manifest(self, name: str, data: bytes, *, final: bool) -> None:
         await save_local_manifest(self.directory / name, data)
 
@@ -121,6 +128,10 @@ class LocalDestination:
 
     async def inspect(self, name: str) -> PartFacts | None:
         return await asyncio.to_thread(facts_of_file, self.directory / name)
+
+
+def local_names_taken(directory: Path, names: Sequence[str]) -> list[str]:
+    return [name for name in names if os.path.lexists(directory / name)]
 
 
 async def local_part_intact(path: Path, record: PartRecord) -> bool:

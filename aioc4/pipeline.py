@@ -27,7 +27,7 @@ from .destination import Destination, LocalDestination
 from .errors import Aioc4Error, DestinationError, Interrupted, UsageError
 from .hub import HubSource, Shard
 from .manifest import Manifest, PartRecord, RequestInfo, ResumePoint, manifest_name, resume_point
-from .naming import CountNaming, PartNaming, job_stem, part_index, renames_for_short_split
+from .naming import CountNaming, PartNaming, job_stem, part_index, part_names, renames_for_short_split
 from .progress import Counters, ProgressDisplay
 from .report import RunSummary, preview
 from .retry import RetryBudget, RetryPolicy
@@ -110,6 +110,7 @@ async def run(
             log.info("%s is already complete: nothing to do", name)
             return summary_of(manifest, destination, already_complete=True)
         hub = await stack.enter_async_context(hub_for(config))
+        resumed = manifest is not None
         if manifest is None:
             commit = await hub.resolve_commit(config.revision)
             manifest = Manifest(request=replace(request, commit=commit))
@@ -122,6 +123,19 @@ async def run(
         shards = [shards[position] for position in select_shards(range(len(shards)), config.shards)]
         log.debug("%d shard(s) selected, the first %s", len(shards), shards[0].path if shards else "none")
         created_dirs = prepare_output_dir(config.output_dir)  # last check: nothing is created on bad input
+        planned = part_names(
+            config.split,
+            config.num_samples,
+            config.max_lines_per_file,
+            config.config_name,
+            config.compression,
+        )
+        await claim_part_names(destination, planned, manifest, resumed=resumed, overwrite=config.overwrite)
+        await destination.save_manifest(  # from now on a killed run leaves a manifest behind
+            manifest_name(config.split, config.num_samples, config.config_name),
+            manifest.to_json(),
+            final=False,
+        )
         summary = await _produce(config, hub, shards, destination, manifest, stop, display)
         summary.elapsed_seconds = time.monotonic() - started
         if config.s3 is not None and config.cleanup_local:
@@ -184,7 +198,7 @@ async def _produce(
     if swept := await asyncio.to_thread(pipeline.writer.sweep):
         log.info("removed %d unfinished part file(s) left by an earlier run", swept)
     await pipeline.execute(documents, progress, stop, display=display)
-    if manifest.split_exhausted:
+    if manifest.split_exhausted and pipeline.real_count_names:
         await pipeline.rename_for_real_count()
     manifest.complete = not pipeline.failed
     await pipeline.save_manifest(final=True)
@@ -231,10 +245,39 @@ async def previous_job(
             f"{destination.location(name)} records a different job ({'; '.join(differences)}); "
             "rerun with the same arguments to resume it, or pass --overwrite to replace it"
         )
-    log.warning("--overwrite: deleting the %d part(s) of the earlier job", len(manifest.parts))
+    own = [part.name for part in manifest.parts if belongs_to(part.name, manifest, name)]
+    log.warning("--overwrite: deleting the %d part(s) of the earlier job", len(own))
     for part in manifest.parts:
-        await destination.remove(part.name)
+        if part.name in own:
+            await destination.remove(part.name)
+        else:  # a hand-edited manifest must not make --overwrite delete another job's part
+            log.warning("--overwrite: %s is not a name of the earlier job; left alone", part.name)
     return None
+
+
+def belongs_to(part: str, manifest: Manifest, name: str) -> bool:
+    """Whether a part name is one the job of `manifest` (saved as `name`) gives its parts."""
+    request = manifest.request
+    stems = [name.removesuffix(".manifest.json")]
+    if manifest.split_exhausted:  # a short split's parts carry the real count
+        stems.append(job_stem(request.split, manifest.documents, request.config_name))
+    return any(part.startswith((f"{stem}.", f"{stem}_part")) for stem in stems)
+
+
+async def claim_part_names(
+    destination: Destination, names: Sequence[str], manifest: Manifest, *, resumed: bool, overwrite: bool
+) -> None:
+    """Refuse to write over files that carry this job's part names but that no run of it made: a file
+    left by another tool, or another job's part. Leftovers of a killed run of this job (it has a
+    manifest) are its own, and are replaced."""
+    recorded = {part.name for part in manifest.parts}
+    foreign = [name for name in await destination.existing(names) if name not in recorded]
+    if foreign and not resumed and not overwrite:
+        shown = ", ".join(destination.location(name) for name in foreign[:3]) + (", ..." * (len(foreign) > 3))
+        raise UsageError(
+            f"{shown} already exist(s) and no manifest of this job records them (another job's parts, or "
+            "files from another tool): move them away, or pass --overwrite to replace them"
+        )
 
 
 async def intact_parts(destination: Destination, parts: Sequence[PartRecord]) -> list[PartRecord]:
@@ -300,6 +343,8 @@ class PartPipeline:
         self.failed: dict[str, str] = {}
         self.source_error: Aioc4Error | None = None
         self.fatal_upload: str | None = None  # a permanent upload failure (no bucket, no access): stop
+        self.real_count_names = True  # a short split's parts are named after what it holds, if free
+        self._progress: SourceProgress | None = None
         self._already_there = {part.name: part.crc32 for part in manifest.parts}
         self._manifest_lock = asyncio.Lock()
         self._stopping = False
@@ -314,6 +359,7 @@ class PartPipeline:
     ) -> None:
         """Write `documents` into parts and deliver them; a source error is raised after delivery."""
         stop = stop or StopRequest()
+        self._progress = progress
         try:
             async with asyncio.TaskGroup() as group:
                 reader = group.create_task(self._read(documents))
@@ -400,7 +446,11 @@ class PartPipeline:
                 for part in await self.writer.write(batch):
                     await self._hand_over(part)
             if self.source_error is None and not self._stopping:
-                last = await self.writer.close()
+                total = None
+                if self._ended_short():
+                    self.real_count_names = await self._real_count_names_are_free()
+                    total = None if self.real_count_names else self.config.num_samples
+                last = await self.writer.close(total)
                 if last is not None:
                     await self._hand_over(last)
             else:
@@ -441,6 +491,37 @@ class PartPipeline:
 
     async def _save(self, *, final: bool) -> None:
         await self.destination.save_manifest(self.naming.manifest(), self.manifest.to_json(), final=final)
+
+    def _ended_short(self) -> bool:
+        """A count job whose split held fewer documents than asked for."""
+        return (
+            isinstance(self.naming, CountNaming)
+            and self._progress is not None
+            and self._progress.exhausted
+            and self.writer.documents < self.config.num_samples
+        )
+
+    async def _real_count_names_are_free(self) -> bool:
+        """Real-count names (`c4_validation_10000_...` for a split of 10,000) may belong to another,
+        finished job in the same place: then every part keeps the name the request gave it."""
+        config = self.config
+        names = part_names(
+            config.split,
+            self.writer.documents,
+            config.max_lines_per_file,
+            config.config_name,
+            config.compression,
+        )
+        taken = await self.destination.existing(names)
+        if taken:
+            log.warning(
+                "the split ended at %d documents, but %s already exist(s): the parts keep the names of the "
+                "%d requested, so that nothing is overwritten",
+                self.writer.documents,
+                ", ".join(taken),
+                config.num_samples,
+            )
+        return not taken
 
     async def rename_for_real_count(self) -> None:
         """The split ended before N: give parts named after N their real-count names."""

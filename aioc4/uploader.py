@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
@@ -42,7 +43,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from .checksum import crc32, crc32_base64
 from .compression import CONTENT_TYPES, compression_of
 from .config import S3Target
-from .destination import Delivery, read_if_exists, save_local_manifest
+from .destination import Delivery, local_names_taken, read_if_exists, save_local_manifest
 from .errors import DestinationError, UploadError
 from .manifest import PartRecord
 from .verify import FactsAccumulator, PartFacts
@@ -271,6 +272,21 @@ class S3Destination:
             await self._client.delete_object(Bucket=self.target.bucket, Key=self.target.key_for(name))
         except (ClientError, BotoCoreError) as exc:
             raise DestinationError(f"cannot delete {self.location(name)}: {_reason(exc)}") from None
+
+    async def existing(self, names: Sequence[str]) -> list[str]:
+        """Names taken in S3 (one listing of their common prefix) or in the local staging folder."""
+        taken = set(await asyncio.to_thread(local_names_taken, self.directory, names))
+        if names:
+            common = os.path.commonprefix(list(names))  # noqa: RUF071 - names, not paths
+            start = len(self.target.key_for(""))
+            try:
+                paginator = self._client.get_paginator("list_objects_v2")
+                pages = paginator.paginate(Bucket=self.target.bucket, Prefix=self.target.key_for(common))
+                async for page in pages:
+                    taken.update(item["Key"][start:] for item in page.get("Contents", []))
+            except (ClientError, BotoCoreError) as exc:
+                raise DestinationError(f"cannot list {self.where}: {_reason(exc)}") from None
+        return [name for name in names if name in taken]
 
     async def list_manifests(self) -> list[str]:
         prefix = self.target.key_for("")

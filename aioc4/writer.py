@@ -119,11 +119,11 @@ class PartWriter:
         self.documents += len(chunk)
         self.bytes_written += len(chunk.data)
 
-    async def close(self) -> FinishedPart | None:
-        """Finish the last part, named after the number of documents actually written."""
+    async def close(self, total: int | None = None) -> FinishedPart | None:
+        """Finish the last part, named after the number of documents actually written (or `total`)."""
         if self._file is None:
             return None
-        return await self._finish(self.documents)
+        return await self._finish(self.documents if total is None else total)
 
     async def abort(self) -> None:
         """Drop the part being written, whatever state it is in; finished parts are untouched."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 
 import pytest
@@ -80,6 +80,9 @@ class SlowCleaningDestination:
 
     async def inspect(self, name: str) -> PartFacts | None:
         raise AssertionError("not expected")
+
+    async def existing(self, names: Sequence[str]) -> list[str]:
+        return []
 
 
 def pipeline_for(config: RunConfig, destination: SlowCleaningDestination) -> PartPipeline:

@@ -22,6 +22,7 @@ from .conftest import (
     DOCS_PER_TRAIN_SHARD,
     Aioc4,
     clean_env,
+    jsonl,
     objects,
     open_multipart_uploads,
     parts_in,
@@ -125,6 +126,61 @@ def test_a_different_job_in_the_same_place_is_refused_unless_overwrite(
     assert replaced.returncode == 0, replaced.stderr
     names = part_names("train", 2000, 500)
     assert parts_in(aioc4.cwd / "o") == split_expected(source_lines("train"), names, 500)
+
+
+@pytest.mark.parametrize("output", ["local", "s3"])
+def test_a_short_split_never_renames_its_parts_onto_another_finished_job(
+    aioc4: Aioc4, s3: MotoServerProcess, bucket: str, source_lines: Lines, output: str
+) -> None:
+    """Job A asks for exactly what the split holds; job B asks for more, with other part sizes: B's
+    real-count names would be A's. B keeps the names of its request, and A still verifies."""
+    total = len(source_lines("validation"))
+    where = ["--output-dir", "o"] if output == "local" else ["--s3-path", f"s3://{bucket}/v", "--no-cleanup"]
+    job_a = ["--split", "validation", "--num-samples", str(total), "--max-lines-per-file", "300", *where]
+    job_b = ["--split", "validation", "--num-samples", "5000", "--max-lines-per-file", "400", *where]
+    assert aioc4(*job_a).returncode == 0
+    b = aioc4(*job_b)
+    assert b.returncode == 0, b.stderr
+    assert "the parts keep the names of the 5000 requested" in b.stderr
+    lines = source_lines("validation")
+    a_parts = split_expected(lines, part_names("validation", total, 300), 300)
+    b_parts = split_expected(lines, part_names("validation", 5000, 400)[: -(-total // 400)], 400)
+    found = parts_in(aioc4.cwd / "o") if output == "local" else {
+        key.removeprefix("v/"): body for key, body in objects(s3, bucket, "v/").items()
+    }  # fmt: skip
+    assert found == {**a_parts, **b_parts}
+    verify = aioc4("verify", "o" if output == "local" else f"s3://{bucket}/v")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_files_with_this_jobs_names_but_no_manifest_are_not_overwritten(
+    aioc4: Aioc4, source_lines: Lines
+) -> None:
+    folder = aioc4.cwd / "o"
+    folder.mkdir()
+    (folder / "c4_train_10.jsonl").write_bytes(b"my own notes\n")  # e.g. left by the tool aioc4 replaces
+    refused = aioc4("--num-samples", "10", "--output-dir", "o")
+    assert refused.returncode == 2
+    assert len(refused.error_lines) == 1
+    assert "c4_train_10.jsonl already exist(s) and no manifest of this job records them" in refused.stderr
+    assert (folder / "c4_train_10.jsonl").read_bytes() == b"my own notes\n"
+    replaced = aioc4("--num-samples", "10", "--output-dir", "o", "--overwrite")
+    assert replaced.returncode == 0, replaced.stderr
+    assert parts_in(folder) == {"c4_train_10.jsonl": jsonl(source_lines("train")[:10])}
+
+
+def test_overwrite_deletes_only_the_names_of_the_job_it_replaces(aioc4: Aioc4) -> None:
+    assert aioc4("--num-samples", "500", "--output-dir", "o").returncode == 0
+    assert aioc4("--num-samples", "20", "--max-lines-per-file", "10", "--output-dir", "o").returncode == 0
+    folder = aioc4.cwd / "o"
+    manifest = json.loads((folder / "c4_train_20.manifest.json").read_bytes())
+    manifest["parts"].append({**manifest["parts"][0], "name": "c4_train_500.jsonl"})  # hand-edited
+    (folder / "c4_train_20.manifest.json").write_text(json.dumps(manifest))
+    replaced = aioc4("--num-samples", "20", "--output-dir", "o", "--overwrite")
+    assert replaced.returncode == 0, replaced.stderr
+    assert "c4_train_500.jsonl is not a name of the earlier job; left alone" in replaced.stderr
+    assert (folder / "c4_train_500.jsonl").exists()  # the other job's part survives
+    assert not (folder / "c4_train_20_part001.jsonl").exists()
 
 
 def test_verify_checks_every_part_against_the_manifest(aioc4: Aioc4) -> None:
