@@ -158,3 +158,5 @@ def read_if_exists(path: Path) -> bytes | None:
         return path.read_bytes()
     except FileNotFoundError:
         return None
+    except OSError as exc:  # a folder in its place, no permission
+        raise DestinationError(f"cannot read {path}: {exc.strerror or exc}") from None

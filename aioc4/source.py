@@ -129,6 +129,10 @@ async def _read_shard(
         if batch := await loop.run_in_executor(checker, _finish, decoder, position):
             yield batch
     finally:
+        for checked, _ in in_flight:  # after a failure: later chunks' outcomes are not wanted
+            checked.cancel()
+            if checked.done() and not checked.cancelled():
+                checked.exception()  # retrieved, so asyncio does not print "never retrieved"
         inflater.shutdown(wait=False, cancel_futures=True)
         checker.shutdown(wait=False, cancel_futures=True)
 

@@ -31,6 +31,7 @@ class PartFacts:
     crc32: str
     lines: int
     problem: str | None = None  # a compressed part that does not decompress (corrupt, truncated)
+    readable: bool = True
 
 
 @dataclass(slots=True)
@@ -70,6 +71,8 @@ def facts_of_file(path: Path, *, lines: bool = True) -> PartFacts | None:
                 accumulator.feed(chunk)
     except FileNotFoundError:
         return None
+    except OSError as exc:  # a folder in its place, no permission: a problem of that part, not a crash
+        return PartFacts(0, "", 0, problem=f"cannot be read ({exc.strerror or exc})", readable=False)
     return accumulator.facts()
 
 
@@ -78,6 +81,8 @@ def problems_with(record: PartRecord, facts: PartFacts | None) -> list[str]:
     if facts is None:
         return [f"{record.name}: missing"]
     found = [f"{record.name}: {facts.problem}"] if facts.problem is not None else []
+    if not facts.readable:
+        return found
     if facts.size != record.size:
         found.append(f"{record.name}: {facts.size:,} bytes, the manifest says {record.size:,}")
     if facts.lines != record.lines and facts.problem is None:  # a broken stream's count means nothing

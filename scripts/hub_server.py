@@ -262,6 +262,12 @@ class Faults:
         False, "storage answers 400 to any request with an Authorization header"
     )
     card: str = _knob("full", f"dataset card in the dataset info: {', '.join(CARD_MODES)}")
+    redirect_location: str = _knob(
+        "", "resolve redirects LFS files to this Location instead of storage (any text, even not a URL)"
+    )
+    portal_page: bool = _knob(
+        False, "resolve answers LFS files with 200 and an HTML page, as a captive portal or proxy does"
+    )
 
     def __post_init__(self) -> None:
         for name in ("hub_error_rate", "storage_error_rate", "reset_rate"):
@@ -692,6 +698,14 @@ class HubOrigin:
         if file.pointer_size is None:
             headers = {**commit_header, "ETag": f'"{file.oid}"', "Content-Type": "text/plain; charset=utf-8"}
             return await send_file(request, self.repo.root / path, file.size, headers)
+        settings = self.state.faults.settings
+        if settings.portal_page:
+            self.state.count_fault("portal_page")
+            page = "<!DOCTYPE html><html><head><title>Sign in</title></head><body>Log in</body></html>"
+            return web.Response(status=200, text=page, content_type="text/html")
+        if settings.redirect_location:
+            self.state.count_fault("redirect_location")
+            return web.Response(status=302, headers={"Location": settings.redirect_location})
         return self._redirect_to_storage(file)
 
     def _redirect_to_storage(self, file: RepoFile) -> web.Response:

@@ -183,3 +183,47 @@ def test_a_bad_line_past_the_first_10000_stops_the_run_and_reaches_no_part(
         name: body for name, body in split_expected(lines, names, 1000).items() if name in written
     }
     assert names[10] not in written  # the part that would hold line 10,500
+
+
+def test_an_html_page_instead_of_a_shard_is_named_at_once_not_retried(
+    hub_with: tuple[HubServerProcess, Aioc4],
+) -> None:
+    hub, aioc4 = hub_with
+    hub.set_faults(portal_page=True)
+    result = aioc4("--num-samples", "10", "--output-dir", "o", timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert len(result.error_lines) == 1, result.stderr
+    assert "answered HTTP 200 (text/html" in result.error_lines[0]
+    assert "that are not gzip (they start b'<!DOCTYPE html>" in result.error_lines[0]
+    assert "retry" not in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "never retrieved" not in result.stderr
+
+
+@pytest.mark.parametrize("location", ["file:///etc/passwd", "ftp://example.com/x.json.gz", "http://[::1"])
+def test_a_redirect_to_an_unusable_url_is_one_line_at_once(
+    hub_with: tuple[HubServerProcess, Aioc4], location: str
+) -> None:
+    hub, aioc4 = hub_with
+    hub.set_faults(redirect_location=location)
+    result = aioc4("--num-samples", "10", "--output-dir", "o", timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert len(result.error_lines) == 1, result.stderr
+    assert "the Hub redirected to an unusable URL" in result.error_lines[0]
+    assert "retry" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_truncated_cache_file_is_downloaded_again(
+    hub_with: tuple[HubServerProcess, Aioc4], source_lines: Lines
+) -> None:
+    _, aioc4 = hub_with
+    args = ["--num-samples", "100", "--no-streaming", "--cache-dir", "cache", "--output-dir", "o"]
+    assert aioc4(*args).returncode == 0
+    (blob,) = [path for path in (aioc4.cwd / "cache").rglob("*") if path.is_file() and "blobs" in path.parts]
+    blob.write_bytes(blob.read_bytes()[:4000])  # a truncated blob: every later read used to fail
+    again = aioc4(*args[:-1], "o2")
+    assert again.returncode == 0, again.stderr
+    assert "downloading it again" in again.stderr
+    expected = b"".join(line + b"\n" for line in source_lines("train")[:100])
+    assert parts_in(aioc4.cwd / "o2") == {"c4_train_100.jsonl": expected}

@@ -173,3 +173,26 @@ def test_sigterm_lets_uploads_in_flight_finish_saves_the_manifest_and_a_rerun_co
     expected = split_expected(source_lines("train")[:12000], names, 1000)
     assert objects(s3, bucket) == {f"t/{name}": body for name, body in expected.items()}
     assert f"resuming after {len(stored)} part(s)" in rerun.stderr
+
+
+def test_a_bucket_gone_mid_run_stops_reading_and_keeps_disk_bounded(
+    aioc4: Aioc4, s3: MotoServerProcess, bucket: str
+) -> None:
+    """A permanent upload error (NoSuchBucket, AccessDenied) is not retried forever while the Hub keeps
+    being read: reading stops, finished parts stay local, and the error lists them."""
+    with S3FaultProxyProcess(s3.endpoint) as proxy:
+        proxy.set_rules([{"name": "gone", "methods": ["PUT"], "path": r"_part0(0[2-9]|[1-9]\d)",
+                          "status": 404, "code": "NoSuchBucket"}])  # fmt: skip
+        result = aioc4(
+            "--num-samples", "30000", "--max-lines-per-file", "1000", "--s3-path", f"s3://{bucket}/gone",
+            "--output-dir", "staging", env={"AWS_ENDPOINT_URL_S3": proxy.endpoint},
+        )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert len(result.error_lines) == 1, result.stderr
+    error = result.error_lines[0]
+    assert error.startswith("aioc4: error: S3 refuses every upload (NoSuchBucket"), error
+    kept = sorted(path.name for path in (aioc4.cwd / "staging").glob("c4_train_30000_part*.jsonl"))
+    assert kept, result.stderr
+    assert len(kept) <= 2 * 4 + 1  # the disk bound of 4 upload workers, not 29 parts piled up
+    assert all(name in error for name in kept)
+    assert list(objects(s3, bucket, "gone/")) == ["gone/c4_train_30000_part001.jsonl"]

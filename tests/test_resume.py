@@ -247,3 +247,24 @@ def test_kill_9_at_random_points_then_rerun_gives_byte_identical_output(
     leftovers = tmp_path / "data" / "c4_subset"  # created by a killed run, so it may stay, but empty
     assert not leftovers.exists() or list(leftovers.iterdir()) == []
     assert aioc4("verify", f"s3://{bucket}/k").returncode == 0
+
+
+def test_a_folder_where_the_manifest_or_a_part_should_be_is_one_line_not_a_traceback(
+    aioc4: Aioc4,
+) -> None:
+    assert aioc4("--num-samples", "20", "--max-lines-per-file", "10", "--output-dir", "o").returncode == 0
+    folder = aioc4.cwd / "o"
+    (folder / "c4_train_20_part002.jsonl").unlink()
+    (folder / "c4_train_20_part002.jsonl").mkdir()  # unreadable as a part
+    verify = aioc4("verify", "o")
+    assert verify.returncode == 1
+    assert "Traceback" not in verify.stderr
+    assert "  c4_train_20_part002.jsonl: cannot be read (Is a directory)" in verify.stdout.splitlines()
+
+    (folder / "c4_train_30.manifest.json").mkdir()  # unreadable as a manifest
+    run = aioc4("--num-samples", "30", "--output-dir", "o")
+    assert run.returncode == 1
+    assert "Traceback" not in run.stderr
+    assert run.error_lines == [
+        f"aioc4: error: cannot read {Path('o') / 'c4_train_30.manifest.json'}: Is a directory"
+    ]
