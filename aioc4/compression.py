@@ -52,7 +52,7 @@ _GZIP_WBITS = 31  # a gzip container (header and CRC-32/size trailer), not a raw
 
 
 class Compressor(Protocol):
-    def compress(self, data: bytes, /) -> bytes: ...
+    def compress(self, data: bytes | memoryview, /) -> bytes: ...
 
     def flush(self) -> bytes:
         """The rest of the stream, ending it: what follows would be another file."""

@@ -25,7 +25,9 @@ from .manifest import PartRecord, SourcePosition
 from .naming import CountNaming, PartNaming
 from .variants import DEFAULT_CONFIG
 
-__all__ = ["FinishedPart", "PartWriter"]
+__all__ = ["COMPRESS_BLOCK", "FinishedPart", "PartWriter"]
+
+COMPRESS_BLOCK = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,11 +229,17 @@ class _PlainFile:
 
 class _CompressedFile:
     """One compressor per part. Compressing, the CRC and the write of a batch are one worker-thread
-    call (each releases the GIL), so the loop thread never compresses."""
+    call (each releases the GIL), so the loop thread never compresses.
+
+    The compressor is always fed `COMPRESS_BLOCK` bytes at a time, whatever the batches were: how
+    the source's bytes arrived (network timing) must not change the compressed bytes, so that a part
+    made again after a resume is byte-identical to the first one.
+    """
 
     def __init__(self, file: BinaryIO, compressor: Compressor) -> None:
         self._file = file
         self._compressor = compressor
+        self._waiting = bytearray()  # less than one block, not yet compressed
         self.size = 0
         self.crc32 = 0
 
@@ -245,9 +253,17 @@ class _CompressedFile:
         await asyncio.to_thread(self._file.close)
 
     def _compress_and_store(self, data: bytes) -> None:
-        self._store(self._compressor.compress(data))
+        self._waiting += data
+        whole = len(self._waiting) - len(self._waiting) % COMPRESS_BLOCK
+        view = memoryview(self._waiting)
+        for start in range(0, whole, COMPRESS_BLOCK):
+            self._store(self._compressor.compress(view[start : start + COMPRESS_BLOCK]))
+        view.release()
+        del self._waiting[:whole]
 
     def _finish(self) -> None:
+        self._store(self._compressor.compress(bytes(self._waiting)))
+        self._waiting.clear()
         self._store(self._compressor.flush())  # ends the gzip member / zstd frame: a standalone file
         self._file.flush()
         os.fsync(self._file.fileno())
