@@ -16,7 +16,7 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncGenerator, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -160,7 +160,7 @@ class HubSource:
         """Blocking: list the globs' folders; keep files matching a glob, in (glob, shard number) order."""
         globs = variant.globs(split)
         pattern = shard_pattern(globs)
-        found: dict[str, tuple[tuple[int, int], Shard]] = {}
+        found: dict[str, tuple[tuple[int, int, int], Shard]] = {}
         for folder, recursive in glob_folders(globs):
             entries = self._api.list_repo_tree(
                 self.repo_id,
@@ -173,7 +173,19 @@ class HubSource:
                 if isinstance(entry, RepoFile) and (key := pattern.key(entry.path)) is not None:
                     sha256 = entry.lfs.sha256 if entry.lfs is not None else None
                     found[entry.path] = (key, Shard(entry.path, key[1], entry.size, sha256))
-        return [shard for _, shard in sorted(found.values(), key=lambda item: (item[0], item[1].path))]
+        ordered = sorted(found.values(), key=lambda item: (item[0], item[1].path))
+        totals = [key[2] for key, _ in ordered if key[2]]
+        if totals:  # every shard of a split says how many there are: one that disagrees is not the split's
+            usual = max(set(totals), key=totals.count)
+            strays = [shard.path for key, shard in ordered if key[2] not in (0, usual)]
+            if strays:
+                log.warning(
+                    "ignoring %d file(s) numbered as another split: %s", len(strays), ", ".join(strays[:3])
+                )
+            ordered = [(key, shard) for key, shard in ordered if key[2] in (0, usual)]
+        if len(globs) == 1:  # shards are known by the number in their names (bulk part names use it)
+            return [shard for _, shard in ordered]
+        return [replace(shard, index=position) for position, (_, shard) in enumerate(ordered)]
 
     async def _call_hub(
         self,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -179,7 +180,7 @@ def resume_point(parts: list[PartRecord]) -> ResumePoint:
 
 def write_atomically(path: Path, data: bytes) -> None:
     """Write to a temp name, fsync, rename: readers see the old file or the new one, never half."""
-    temp = path.with_name(f".{path.name}.tmp")
+    temp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")  # one per writer
     try:
         with open(temp, "wb") as file:
             file.write(data)

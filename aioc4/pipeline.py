@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .config import RunConfig
 from .decode import Batch
-from .destination import Destination, LocalDestination
+from .destination import Destination, LocalDestination, save_local_manifest
 from .errors import Aioc4Error, DestinationError, Interrupted, UsageError
 from .hub import HubSource, Shard
 from .manifest import Manifest, PartRecord, RequestInfo, ResumePoint, manifest_name, resume_point
@@ -417,6 +417,8 @@ class PartPipeline:
     async def _save_before(self, deadline: float | None) -> None:
         """The manifest after a stop, within the grace period: the local copy is written first, so a
         frozen S3 costs only its remote copy."""
+        path = self.destination.directory / self.naming.manifest()
+        await save_local_manifest(path, self.manifest.to_json())  # first, and never cut short
         try:
             async with asyncio.timeout_at(deadline):
                 await self.save_manifest(final=False)

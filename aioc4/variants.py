@@ -178,23 +178,42 @@ def glob_regex(glob: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ShardPattern:
-    """The shards of one split: paths matching one of its globs in full, and carrying a shard number."""
+    """The shards of one split: paths matching one of its globs in full, and carrying a shard number.
+
+    Where a glob has one `*` (every C4 config's), it must stand for exactly `NNNNN-of-MMMMM` (mC4:
+    `tfrecord-NNNNN-of-MMMMM`), as in C4's own names: `c4-train.00000-of-01024 copy.json.gz` in the
+    same folder is not a shard.
+    """
 
     regexes: tuple[re.Pattern[str], ...]
 
-    def key(self, path: str) -> tuple[int, int] | None:
-        """(glob position, shard number): the reading order; None for a path that is not a shard."""
-        number = _SHARD_NUMBER.search(path)
-        if number is None:
-            return None
+    def key(self, path: str) -> tuple[int, int, int] | None:
+        """(glob position, shard number, shard total): the reading order; None if not a shard."""
         for position, regex in enumerate(self.regexes):
-            if regex.fullmatch(path):
-                return position, int(number.group(1))
+            match = regex.fullmatch(path)
+            if match is None:
+                continue
+            if match.groupdict().get("number") is not None:
+                return position, int(match["number"]), int(match["total"])
+            number = _SHARD_NUMBER.search(path)
+            if number is not None:
+                return position, int(number.group(1)), 0
         return None
 
 
 def shard_pattern(globs: Sequence[str]) -> ShardPattern:
-    return ShardPattern(tuple(re.compile(glob_regex(glob)) for glob in globs))
+    return ShardPattern(tuple(re.compile(_shard_regex(glob)) for glob in globs))
+
+
+def _shard_regex(glob: str) -> str:
+    """A glob with a single `*` in its last segment matches C4's `NNNNN-of-MMMMM` there, nothing else."""
+    folder, _, name = glob.rpartition("/")
+    if glob.count("*") != 1 or "*" not in name or "?" in glob:
+        return glob_regex(glob)
+    before, after = name.split("*")
+    prefix = f"{re.escape(folder)}/" if folder else ""
+    star = r"(?:tfrecord-)?(?P<number>[0-9]{5})-of-(?P<total>[0-9]{5})"
+    return f"{prefix}{re.escape(before)}{star}{re.escape(after)}"
 
 
 def glob_folders(globs: Iterable[str]) -> list[tuple[str, bool]]:

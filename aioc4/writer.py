@@ -90,7 +90,7 @@ class PartWriter:
     def sweep(self) -> int:
         """Remove temp files a killed run of this job left behind (blocking; call before writing)."""
         stale = [*self.directory.glob(self.naming.temp_glob())]
-        stale += self.directory.glob(f".{self.naming.manifest()}.tmp")
+        stale += self.directory.glob(f".{self.naming.manifest()}.*tmp")
         for path in stale:
             _remove(path)
         return len(stale)

@@ -643,14 +643,16 @@ class ToolFigures:
 
 
 def round_rate(ns: Sequence[int], runs: Sequence[Run]) -> tuple[float | None, float | None]:
-    """(docs/s, MB/s) of one round: N / T, or the difference of two runs; None when a run failed."""
+    """(docs/s, MB/s) of one round: N / T, or the difference of two runs; None when a run failed.
+
+    When start-up noise is larger than the work between the two N (the larger run was not slower:
+    small N on a busy machine), the larger run's whole-process rate stands in: a lower bound, as it
+    includes start-up."""
     if not all(run.ok for run in runs):
         return None, None
-    if len(runs) == 1:
-        return ns[0] / runs[0].seconds, runs[0].raw_bytes / runs[0].seconds / MB
-    elapsed = runs[1].seconds - runs[0].seconds
+    elapsed = runs[-1].seconds - runs[0].seconds if len(runs) > 1 else 0.0
     if elapsed <= 0:
-        return None, None
+        return ns[-1] / runs[-1].seconds, runs[-1].raw_bytes / runs[-1].seconds / MB
     return (ns[1] - ns[0]) / elapsed, (runs[1].raw_bytes - runs[0].raw_bytes) / elapsed / MB
 
 

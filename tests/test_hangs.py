@@ -128,8 +128,11 @@ def test_sigterm_while_s3_is_frozen_ends_within_the_grace_period(
 ) -> None:
     """Uploads and the manifest's PUT hang; the grace period (10 s) still bounds the whole stop."""
     with S3FaultProxyProcess(s3.endpoint) as frozen:
-        frozen.set_rules([{"name": "freeze", "methods": ["PUT"], "path": "c4_train_", "action": "delay",
-                           "seconds": 600}])  # fmt: skip
+        frozen.set_rules([  # the job's first manifest goes through; then every PUT of the job hangs
+            {"name": "first-manifest", "methods": ["PUT"], "path": "manifest", "times": 1, "action": "delay",
+             "seconds": 0},
+            {"name": "freeze", "methods": ["PUT"], "path": "c4_train_", "action": "delay", "seconds": 600},
+        ])  # fmt: skip
         env = {**clean_env(hub.endpoint, s3.env(), tmp_path), "AWS_ENDPOINT_URL_S3": frozen.endpoint}
         out = tmp_path / "staging"
         process = subprocess.Popen(
@@ -137,7 +140,7 @@ def test_sigterm_while_s3_is_frozen_ends_within_the_grace_period(
              "--output-dir", str(out), "--s3-path", f"s3://{bucket}/frozen"],
             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
-        wait_for(lambda: frozen.stats()["injected"] > 0, HARD_LIMIT_S, "an upload to hang")
+        wait_for(lambda: frozen.stats()["rules"]["freeze"]["injected"] > 0, HARD_LIMIT_S, "an upload to hang")
         sent = time.monotonic()
         process.send_signal(signal.SIGTERM)
         try:

@@ -159,12 +159,29 @@ def test_globs_are_anchored_and_wildcards_stay_within_a_folder(glob: str, path: 
 
 
 def test_shards_are_ordered_by_glob_then_shard_number() -> None:
-    pattern = shard_pattern(["multilingual/c4-af.*.json.gz", "multilingual/c4-am.*.json.gz"])
-    assert pattern.key("multilingual/c4-am.tfrecord-00002-of-00010.json.gz") == (1, 2)
-    assert pattern.key("multilingual/c4-af.tfrecord-00063-of-00064.json.gz") == (0, 63)
+    pattern = shard_pattern(
+        ["multilingual/c4-af.tfrecord-*.json.gz", "multilingual/c4-am.tfrecord-*.json.gz"]
+    )
+    assert pattern.key("multilingual/c4-am.tfrecord-00002-of-00010.json.gz") == (1, 2, 10)
+    assert pattern.key("multilingual/c4-af.tfrecord-00063-of-00064.json.gz") == (0, 63, 64)
     assert pattern.key("multilingual/c4-af-validation.tfrecord-00000-of-00001.json.gz") is None
     assert pattern.key("multilingual/c4-af.json.gz") is None  # no shard number
-    assert shard_pattern(["en/c4-train.*.json.gz"]).key("en/c4-train.01023-of-01024.json.gz") == (0, 1023)
+    en = shard_pattern(["en/c4-train.*.json.gz"])
+    assert en.key("en/c4-train.01023-of-01024.json.gz") == (0, 1023, 1024)
+
+
+@pytest.mark.parametrize(
+    "stray",
+    [
+        "en/c4-train.00000-of-01024 copy.json.gz",
+        "en/c4-train.00000-of-01024.json.gz.bak.json.gz",
+        "en/c4-train.0-of-1024.json.gz",
+        "en/c4-train.00000-of-01024-old.json.gz",
+        "en/c4-train.abcde-of-01024.json.gz",
+    ],
+)
+def test_only_c4s_own_shard_names_are_shards(stray: str) -> None:
+    assert shard_pattern(["en/c4-train.*.json.gz"]).key(stray) is None
 
 
 def test_glob_folders_are_listed_once() -> None:
