@@ -64,7 +64,8 @@ async def run_bulk(config: RunConfig, stop: StopRequest | None = None) -> RunSum
         hub = await stack.enter_async_context(hub_for(config))
         commit = await hub.resolve_commit(config.revision)
         shards = await hub.list_shards(commit, config.config_name, config.split)
-        selection = select_shards(range(len(shards)), config.shards)
+        by_number = {shard.index: shard for shard in shards}  # C4's shard numbers, from the names
+        selection = select_shards(sorted(by_number), config.shards)
         mine = my_shards(selection, options)
         log.info(
             "%s@%s: %d of the %d selected %s shard(s) are this worker's (worker %d of %d, process %d of %d)",
@@ -80,11 +81,11 @@ async def run_bulk(config: RunConfig, stop: StopRequest | None = None) -> RunSum
         )
         created_dirs = prepare_output_dir(config.output_dir)
         child = options.proc_index is not None  # of --procs: the parent combines and tidies up
-        job = _ShardJobs(config, hub, destination, commit, len(shards), stop)
-        for position in mine:
+        job = _ShardJobs(config, hub, destination, commit, max(by_number, default=-1) + 1, stop)
+        for number in mine:
             if stop.event.is_set():
                 raise stop.error(kept=None)
-            await job.pull(position, shards[position])
+            await job.pull(number, by_number[number])
         summary = job.summary(mine)
         summary.elapsed_seconds = time.monotonic() - started
         if not summary.failed and not child:
@@ -238,7 +239,7 @@ async def count_my_shards(config: RunConfig) -> int:
     async with hub_for(config) as hub:
         commit = await hub.resolve_commit(config.revision)
         shards = await hub.list_shards(commit, config.config_name, config.split)
-    selection = select_shards(range(len(shards)), config.shards)
+    selection = select_shards(sorted(shard.index for shard in shards), config.shards)
     return len(my_shards(selection, replace(config.bulk, procs=1, proc_index=None)))
 
 

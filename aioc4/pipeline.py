@@ -120,7 +120,8 @@ async def run(
         commit = manifest.request.commit
         shards = await hub.list_shards(commit, config.config_name, config.split)
         log.info("%s@%s: %d %s shard(s) available", config.repo_id, commit[:12], len(shards), config.split)
-        shards = [shards[position] for position in select_shards(range(len(shards)), config.shards)]
+        by_number = {shard.index: shard for shard in shards}
+        shards = [by_number[number] for number in select_shards(sorted(by_number), config.shards)]
         log.debug("%d shard(s) selected, the first %s", len(shards), shards[0].path if shards else "none")
         created_dirs = prepare_output_dir(config.output_dir)  # last check: nothing is created on bad input
         planned = part_names(

@@ -124,7 +124,8 @@ async def make_plan(config: RunConfig) -> Plan:
             manifest.request.commit if manifest is not None else await hub.resolve_commit(config.revision)
         )
         shards = await hub.list_shards(commit, config.config_name, config.split)
-    selected = [shards[position] for position in select_shards(range(len(shards)), config.shards)]
+    by_number = {shard.index: shard for shard in shards}
+    selected = [by_number[number] for number in select_shards(sorted(by_number), config.shards)]
     if config.bulk is not None:
         return _bulk_plan(config, commit, shards)
     needed = shards_needed(selected, config.num_samples)
@@ -144,14 +145,15 @@ def _bulk_plan(config: RunConfig, commit: str, shards: list[Shard]) -> Plan:
     from .bulk import my_shards
 
     assert config.bulk is not None
-    selection = select_shards(range(len(shards)), config.shards)
+    by_number = {shard.index: shard for shard in shards}
+    selection = select_shards(sorted(by_number), config.shards)
     mine = my_shards(selection, replace(config.bulk, procs=1, proc_index=None))
     planned = []
     for position in mine:
         naming = ShardNaming(
             config.split, position, config.max_lines_per_file, config.config_name, config.compression
         )
-        shard = shards[position]
+        shard = by_number[position]
         planned.append(
             PlannedShard(
                 position,
@@ -166,8 +168,8 @@ def _bulk_plan(config: RunConfig, commit: str, shards: list[Shard]) -> Plan:
         config=config,
         commit=commit,
         split_shards=shards,
-        needed=[shards[position] for position in mine],
-        bytes_to_read=sum(shards[position].size for position in mine),
+        needed=[by_number[position] for position in mine],
+        bytes_to_read=sum(by_number[position].size for position in mine),
         parts=[],
         previous_job=None,
         bulk_shards=planned,

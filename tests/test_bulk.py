@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import signal
@@ -297,3 +298,32 @@ def test_a_bulk_pulls_json_summary_names_the_job_and_its_combined_manifest(aioc4
     assert summary["manifest"] == str(out / "c4_validation_all.manifest.json")
     assert (out / "c4_validation_all.manifest.json").exists()
     assert summary["counts"]["documents"] == 1_400
+
+
+def test_shards_are_known_by_the_number_in_their_names_and_strays_are_not_shards(
+    fake_repo: FakeRepo, tmp_path: Path
+) -> None:
+    """Shard 00001 missing from the listing, a stray copy of shard 00000 beside it: the bulk parts are
+    named shard00000 and shard00002 (C4's numbers, not listing positions), and the stray is not read."""
+    import shutil
+
+    root = tmp_path / "repo"
+    shutil.copytree(fake_repo.root, root, copy_function=os.link)
+    paths = shard_paths(fake_repo, "train")
+    (root / paths[1]).unlink()
+    stray = root / paths[0].replace(".json.gz", " copy.json.gz")
+    stray.write_bytes(gzip.compress(b'{"text":"not a C4 document"}\n'))
+    with HubServerProcess(root) as hub:
+        runner = Aioc4(cwd=tmp_path, env=clean_env(hub.endpoint, {}, tmp_path))
+        bulk = runner("--num-samples", "all", "--procs", "1", "--output-dir", "bulk")
+        count = runner("--num-samples", str(DOCS_PER_TRAIN_SHARD + 5), "--output-dir", "count")
+    assert bulk.returncode == 0, bulk.stderr
+    first = list(iter_shard_lines(fake_repo.root / paths[0]))
+    third = list(iter_shard_lines(fake_repo.root / paths[2]))
+    assert parts_in(tmp_path / "bulk") == {
+        "c4_train_shard00000.jsonl": jsonl(first),
+        "c4_train_shard00002.jsonl": jsonl(third),
+    }
+    assert count.returncode == 0, count.stderr
+    name = f"c4_train_{DOCS_PER_TRAIN_SHARD + 5}.jsonl"
+    assert parts_in(tmp_path / "count") == {name: jsonl([*first, *third[:5]])}
