@@ -33,6 +33,7 @@ from .pipeline import (
     StopRequest,
     all_intact,
     check_output_dir,
+    claim_part_names,
     hub_for,
     intact_parts,
     open_destination,
@@ -165,11 +166,15 @@ class _ShardJobs:
             log.info("shard %d (%s) is already complete", position, shard.path)
             self.manifests[position] = manifest
             return
+        resumed = manifest is not None
         if manifest is None:
             manifest = Manifest(request=replace(request, commit=self.commit))
         else:
             manifest.complete = False
             manifest.parts = await intact_parts(self.destination, manifest.parts)
+        first = [naming.final(1, 0)]  # the shard's first part (or only file): taken means another's
+        await claim_part_names(self.destination, first, manifest, resumed=resumed, overwrite=config.overwrite)
+        await self.destination.save_manifest(naming.manifest(), manifest.to_json(), final=False)
         await self.destination.abort_stale_uploads(naming.stem)
         await self._read(position, shard, naming, manifest)
 

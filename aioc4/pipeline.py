@@ -41,6 +41,7 @@ __all__ = [
     "StopRequest",
     "all_intact",
     "check_output_dir",
+    "claim_part_names",
     "hub_for",
     "intact_parts",
     "open_destination",

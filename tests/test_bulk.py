@@ -327,3 +327,22 @@ def test_shards_are_known_by_the_number_in_their_names_and_strays_are_not_shards
     assert count.returncode == 0, count.stderr
     name = f"c4_train_{DOCS_PER_TRAIN_SHARD + 5}.jsonl"
     assert parts_in(tmp_path / "count") == {name: jsonl([*first, *third[:5]])}
+
+
+def test_a_bulk_pull_does_not_write_over_a_shard_file_it_did_not_make(
+    aioc4: Aioc4, fake_repo: FakeRepo
+) -> None:
+    out = aioc4.cwd / "out"
+    out.mkdir()
+    (out / "c4_validation_shard00001.jsonl").write_bytes(b"someone else's\n")
+    args = ["--num-samples", "all", "--split", "validation", "--procs", "1", "--output-dir", str(out)]
+    refused = aioc4(*args)
+    assert refused.returncode == 2, refused.stderr
+    assert (
+        "c4_validation_shard00001.jsonl already exist(s) and no manifest of this job records them"
+        in (refused.error_lines[0])
+    )
+    assert (out / "c4_validation_shard00001.jsonl").read_bytes() == b"someone else's\n"
+    replaced = aioc4(*args, "--overwrite")
+    assert replaced.returncode == 0, replaced.stderr
+    assert parts_in(out) == expected_parts(fake_repo, "validation", None)
