@@ -143,6 +143,7 @@ class _ShardJobs:
         self.compressed_bytes = 0
         self.documents_read = 0
         self.shards_read = 0
+        self.skipped_records = 0
         self.bytes_written_now = 0
 
     async def pull(self, position: int, shard: Shard) -> None:
@@ -189,6 +190,7 @@ class _ShardJobs:
             streaming=self.config.streaming,
             progress=progress,
             start=point.start,
+            skip_bad_records=self.config.skip_bad_records,
         )
         pipeline = PartPipeline(self.config, self.destination, manifest, point, naming=naming)
         await asyncio.to_thread(pipeline.writer.sweep)
@@ -202,6 +204,7 @@ class _ShardJobs:
         self.compressed_bytes += progress.compressed_bytes
         self.documents_read += progress.documents
         self.shards_read += progress.shards_opened
+        self.skipped_records += progress.skipped_records
         self.bytes_written_now += pipeline.writer.bytes_written
         log.info(
             "shard %d (%s): %d documents in %d part(s)",
@@ -226,6 +229,7 @@ class _ShardJobs:
         summary.compressed_bytes = self.compressed_bytes
         summary.documents_read = self.documents_read
         summary.shards_read = self.shards_read
+        summary.skipped_records = self.skipped_records
         summary.bytes_written_now = self.bytes_written_now
         return summary
 

@@ -271,6 +271,12 @@ def _add_pull_arguments(parser: argparse.ArgumentParser) -> None:
         "--retry-budget (default: %(default)s)",
     )
     add(
+        "--skip-bad-records",
+        action="store_true",
+        help="drop lines that are not valid UTF-8 JSON objects with a string text (each is logged and "
+        "counted) instead of stopping the run at the first one",
+    )
+    add(
         "--overwrite",
         action="store_true",
         help="replace an earlier, different job with the same manifest name (its parts are deleted)",
@@ -350,6 +356,7 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str] = os.e
         upload_workers=args.upload_workers,
         retry_budget_s=args.retry_budget,
         timeout_s=args.timeout,
+        skip_bad_records=args.skip_bad_records,
         overwrite=args.overwrite,
         s3_checksum=args.s3_checksum,
         compression=args.compression,

@@ -177,6 +177,7 @@ class RunConfig:
     upload_workers: int = 4
     retry_budget_s: float = 600.0
     timeout_s: float = 30.0  # a connection silent this long has failed (Hub, storage, S3)
+    skip_bad_records: bool = False  # drop (and count) lines that are not documents instead of failing
     overwrite: bool = False
     s3_checksum: str = "crc32"
     compression: str = "none"

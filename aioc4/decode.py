@@ -33,7 +33,15 @@ except ImportError:  # pragma: no cover - isal is a dependency; zlib keeps aioc4
     _inflate_module = zlib
 _INFLATE_ERRORS: tuple[type[Exception], ...] = (zlib.error, _inflate_module.error)
 
-__all__ = ["MAX_LINE_BYTES", "SAMPLE_STRIDE", "Batch", "GzipLineDecoder", "check_documents", "parse_block"]
+__all__ = [
+    "MAX_LINE_BYTES",
+    "SAMPLE_STRIDE",
+    "Batch",
+    "GzipLineDecoder",
+    "check_documents",
+    "good_runs",
+    "parse_block",
+]
 
 SAMPLE_STRIDE = 64 * 1024
 MAX_LINE_BYTES = 64 * 1024 * 1024
@@ -192,6 +200,27 @@ def _valid_utf8(data: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+def good_runs(data: bytes, first_line_number: int) -> tuple[list[tuple[int, bytes]], list[tuple[int, str]]]:
+    """A block split around its bad lines: (first line number, bytes) of each run of good lines, and
+    (line number, problem) of each bad one. For `--skip-bad-records`; only called on a failed block."""
+    runs: list[tuple[int, bytes]] = []
+    bad: list[tuple[int, str]] = []
+    start: int | None = None
+    lines = data.split(b"\n")[:-1]
+    for offset, line in enumerate(lines):
+        problem = _line_problem(line)
+        if problem is None:
+            start = offset if start is None else start
+            continue
+        bad.append((first_line_number + offset, problem))
+        if start is not None:
+            runs.append((first_line_number + start, b"".join(item + b"\n" for item in lines[start:offset])))
+            start = None
+    if start is not None:
+        runs.append((first_line_number + start, b"".join(item + b"\n" for item in lines[start:])))
+    return runs, bad
 
 
 def _raise_for_first_bad_line(data: bytes, shard: str, first_line_number: int) -> None:

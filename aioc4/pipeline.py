@@ -195,6 +195,7 @@ async def _produce(
         streaming=config.streaming,
         progress=progress,
         start=point.start,
+        skip_bad_records=config.skip_bad_records,
     )
     pipeline = PartPipeline(config, destination, manifest, point)
     if swept := await asyncio.to_thread(pipeline.writer.sweep):
@@ -208,6 +209,7 @@ async def _produce(
     summary.failed = {str(destination.directory / name): error for name, error in pipeline.failed.items()}
     summary.compressed_bytes = progress.compressed_bytes
     summary.shards_read = progress.shards_opened
+    summary.skipped_records = progress.skipped_records
     summary.documents_read = progress.documents
     summary.bytes_written_now = pipeline.writer.bytes_written
     return summary

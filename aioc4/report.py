@@ -38,6 +38,7 @@ class RunSummary:
     elapsed_seconds: float = 0.0
     already_complete: bool = False
     bytes_written_now: int = 0  # by this run (parts kept from earlier runs are not counted)
+    skipped_records: int = 0  # bad lines dropped by this run (--skip-bad-records)
 
     @property
     def documents(self) -> int:
@@ -51,6 +52,7 @@ class RunSummary:
         self.compressed_bytes += int(read.get("compressed_bytes", 0))
         self.documents_read += int(read.get("documents", 0))
         self.shards_read += int(read.get("shards", 0))
+        self.skipped_records += int(read.get("skipped_records", 0))
         self.bytes_written_now += int(written.get("bytes", 0))
 
     @property
@@ -106,6 +108,8 @@ def format_summary(summary: RunSummary) -> str:
         f"  Elapsed:              {seconds:.2f} s ({summary.documents_read:,} documents read now, "
         f"{rate:,.0f} docs/s)",
     ]
+    if summary.skipped_records:
+        lines.append(f"  Bad records skipped:  {summary.skipped_records:,} (--skip-bad-records; see the log)")
     if manifest.first_text_preview is not None:
         lines.append(f"  Sample text preview:  {manifest.first_text_preview}")
     uploaded = [location for location in summary.locations if location.startswith("s3://")]
@@ -196,6 +200,7 @@ def summary_to_json(
             "documents": summary.documents_read,
             "compressed_bytes": summary.compressed_bytes,
             "shards": summary.shards_read,
+            "skipped_records": summary.skipped_records,
         },
         "written": {
             "bytes": summary.bytes_written_now

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass
 
-from .decode import Batch, GzipLineDecoder, parse_block
-from .errors import SourceError
+from .decode import Batch, GzipLineDecoder, good_runs, parse_block
+from .errors import CorruptShardError, SourceError
 from .hub import HubSource, Shard, chunks_of
 from .manifest import SourcePosition
 
 __all__ = ["SourceProgress", "read_documents"]
 
+log = logging.getLogger("aioc4")
+
 _DECODES_AHEAD = 2
+_SHOWN_BAD_RECORDS = 10  # skipped lines named in the log; the rest are only counted
 EXACT_DOCUMENTS = 10_000  # the first documents of a run are all parsed: exact statistics for small jobs
 
 
@@ -28,6 +32,7 @@ class SourceProgress:
     documents: int = 0
     compressed_bytes: int = 0
     exhausted: bool = False  # the split ended before N documents
+    skipped_records: int = 0  # bad lines dropped with --skip-bad-records
 
     @property
     def documents_per_byte(self) -> float:
@@ -44,6 +49,7 @@ async def read_documents(
     streaming: bool,
     progress: SourceProgress,
     start: SourcePosition | None = None,
+    skip_bad_records: bool = False,
 ) -> AsyncGenerator[Batch, None]:
     """Batches holding exactly the next `limit` documents from `start` (default: the first line of the
     first shard); stops reading as soon as they are out.
@@ -65,6 +71,7 @@ async def read_documents(
             skip_before=first_line if first else 1,
             exact_documents=EXACT_DOCUMENTS if first else 0,
             wanted=lambda: limit - progress.documents,
+            skip_bad_records=skip_bad_records,
         )
         async with aclosing(batches):
             async for batch in batches:
@@ -95,6 +102,7 @@ async def _read_shard(
     skip_before: int,
     exact_documents: int,
     wanted: Callable[[], int],
+    skip_bad_records: bool = False,
 ) -> AsyncGenerator[Batch, None]:
     """The shard's documents from line `skip_before` on (earlier lines are inflated, not checked).
 
@@ -105,11 +113,11 @@ async def _read_shard(
     early stop stays early.
     """
     decoder = GzipLineDecoder(shard.path)
-    position = _Position(shard.path, skip_before, exact_documents)
+    position = _Position(shard.path, skip_before, exact_documents, progress if skip_bad_records else None)
     loop = asyncio.get_running_loop()
     inflater = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aioc4-inflate")
     checker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aioc4-check")
-    in_flight: deque[tuple[asyncio.Future[Batch | None], int]] = deque()
+    in_flight: deque[tuple[asyncio.Future[list[Batch]], int]] = deque()
     try:
         # aclosing: stop the transfer as soon as we stop reading, not when the generator is collected
         async with aclosing(chunks_of(source, shard, commit, streaming=streaming)) as chunks:
@@ -121,12 +129,12 @@ async def _read_shard(
                 while in_flight and (
                     len(in_flight) > _DECODES_AHEAD or _enough(in_flight, progress, wanted())
                 ):
-                    if batch := await in_flight.popleft()[0]:
+                    for batch in await in_flight.popleft()[0]:
                         yield batch
         while in_flight:
-            if batch := await in_flight.popleft()[0]:
+            for batch in await in_flight.popleft()[0]:
                 yield batch
-        if batch := await loop.run_in_executor(checker, _finish, decoder, position):
+        for batch in await loop.run_in_executor(checker, _finish, decoder, position):
             yield batch
     finally:
         for checked, _ in in_flight:  # after a failure: later chunks' outcomes are not wanted
@@ -138,18 +146,18 @@ async def _read_shard(
 
 
 def _enough(
-    in_flight: deque[tuple[asyncio.Future[Batch | None], int]], progress: SourceProgress, wanted: int
+    in_flight: deque[tuple[asyncio.Future[list[Batch]], int]], progress: SourceProgress, wanted: int
 ) -> bool:
     """Whether the chunks being decoded probably hold every document still wanted."""
     return bool(progress.documents_per_byte * sum(size for _, size in in_flight) >= wanted)
 
 
-def _check(inflating: Future[bytes], position: _Position) -> Batch | None:
+def _check(inflating: Future[bytes], position: _Position) -> list[Batch]:
     """On the checker thread: wait for the chunk's lines (submitted in order), then check them."""
     return position.take(inflating.result())
 
 
-def _finish(decoder: GzipLineDecoder, position: _Position) -> Batch | None:
+def _finish(decoder: GzipLineDecoder, position: _Position) -> list[Batch]:
     return position.take(decoder.finish())
 
 
@@ -157,21 +165,44 @@ class _Position:
     """Turns blocks of whole lines into batches, numbering lines and dropping those before a start.
     The first `exact_documents` kept lines are all parsed, for exact statistics on small jobs."""
 
-    def __init__(self, shard: str, skip_before: int, exact_documents: int) -> None:
+    def __init__(
+        self, shard: str, skip_before: int, exact_documents: int, skipping: SourceProgress | None = None
+    ) -> None:
         self.shard = shard
         self.skip_before = skip_before
         self.exact_documents = exact_documents
         self.next_line = 1
+        self.skipping = skipping  # with --skip-bad-records: where dropped lines are counted
 
-    def take(self, data: bytes) -> Batch | None:
+    def take(self, data: bytes) -> list[Batch]:
+        """The block's documents as batches of consecutive lines (one, unless bad lines were skipped)."""
         count = data.count(b"\n")
         first, self.next_line = self.next_line, self.next_line + count
         skip = min(count, max(0, self.skip_before - first))
         if skip == count:
-            return None
+            return []
         if skip:
             data = Batch(self.shard, first, data, count).slice(skip, count).data
         exact, self.exact_documents = self.exact_documents, max(0, self.exact_documents - (count - skip))
-        return parse_block(
-            data, shard=self.shard, first_line_number=first + skip, count=count - skip, exact_lines=exact
-        )
+        try:
+            return [
+                parse_block(
+                    data,
+                    shard=self.shard,
+                    first_line_number=first + skip,
+                    count=count - skip,
+                    exact_lines=exact,
+                )
+            ]
+        except CorruptShardError:
+            if self.skipping is None:
+                raise
+        runs, bad = good_runs(data, first + skip)
+        for line, problem in bad:
+            self.skipping.skipped_records += 1
+            if self.skipping.skipped_records <= _SHOWN_BAD_RECORDS:
+                log.warning("skipped %s line %d: it %s", self.shard, line, problem)
+        return [
+            parse_block(block, shard=self.shard, first_line_number=line, exact_lines=exact)
+            for line, block in runs
+        ]

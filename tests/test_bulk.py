@@ -57,7 +57,12 @@ def test_a_bulk_pull_with_two_processes_writes_every_shard_once_and_merges(
     assert result.returncode == 0, result.stderr
     assert parts_in(out) == expected_parts(fake_repo, "validation", 300)
     summary = json.loads(result.stdout)  # what the two children read, added up by the parent
-    assert summary["read"] == {"documents": 2 * 700, "compressed_bytes": hub_bytes(), "shards": 2}
+    assert summary["read"] == {
+        "documents": 2 * 700,
+        "compressed_bytes": hub_bytes(),
+        "shards": 2,
+        "skipped_records": 0,
+    }
     assert summary["written"] == {
         "bytes": sum(map(len, expected_parts(fake_repo, "validation", 300).values()))
     }

@@ -4,6 +4,7 @@ a storage host that ignores Range. Output must still be exactly the first N docu
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -227,3 +228,28 @@ def test_a_truncated_cache_file_is_downloaded_again(
     assert "downloading it again" in again.stderr
     expected = b"".join(line + b"\n" for line in source_lines("train")[:100])
     assert parts_in(aioc4.cwd / "o2") == {"c4_train_100.jsonl": expected}
+
+
+def test_skip_bad_records_drops_counts_and_names_them_and_keeps_everything_else(
+    fake_repo: FakeRepo, tmp_path: Path, source_lines: Lines
+) -> None:
+    shard = shard_paths(fake_repo, "train")[0]
+    lines = list(source_lines("train")[:DOCS_PER_TRAIN_SHARD])
+    bad_at = [0, 4_999, 10_499, 10_500, DOCS_PER_TRAIN_SHARD - 1]  # first, middle, adjacent, last
+    for index in bad_at:
+        lines[index] = b'{"text":"broken\\"}'
+    good = [line for index, line in enumerate(lines) if index not in bad_at]
+    with HubServerProcess(repo_with_shard(fake_repo, tmp_path, shard, lines)) as hub:
+        aioc4 = Aioc4(cwd=tmp_path, env=clean_env(hub.endpoint, {}, tmp_path))
+        args = ["--num-samples", str(len(good) + 100), "--max-lines-per-file", "3000", "--output-dir", "o"]
+        result = aioc4(*args, "--skip-bad-records", "--json")
+        again = aioc4(*args, "--skip-bad-records")  # a finished job: nothing read again
+    assert result.returncode == 0, result.stderr
+    wanted = [*good, *source_lines("train")[DOCS_PER_TRAIN_SHARD : DOCS_PER_TRAIN_SHARD + 100]]
+    names = part_names("train", len(wanted), 3000)
+    assert parts_in(tmp_path / "o") == split_expected(wanted, names, 3000)
+    summary = json.loads(result.stdout)
+    assert summary["read"]["skipped_records"] == len(bad_at)
+    skipped = [line for line in result.stderr.splitlines() if " skipped " in line]
+    assert [line.split(" line ")[1].split(":")[0] for line in skipped] == [str(i + 1) for i in bad_at]
+    assert again.returncode == 0, again.stderr
