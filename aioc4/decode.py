@@ -38,6 +38,7 @@ __all__ = [
     "SAMPLE_STRIDE",
     "Batch",
     "GzipLineDecoder",
+    "LineTooLongError",
     "check_documents",
     "good_runs",
     "parse_block",
@@ -50,6 +51,18 @@ _INFLATE_PIECE = 8 * 1024 * 1024  # inflated bytes produced per call, so a huge 
 _FEED_LIMIT = 256 * 1024 * 1024  # inflated bytes one compressed chunk may expand to (a gzip bomb)
 _UTF8_PIECE = 64 * 1024  # UTF-8 is checked in pieces: small strings, made and dropped in cache
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
+
+
+class LineTooLongError(CorruptShardError):
+    """A line over `MAX_LINE_BYTES`; `lines_before` whole lines of the same chunk came before it (the
+    reader, which numbers lines, adds the lines of earlier chunks: `line_number`)."""
+
+    def __init__(self, shard: str, lines_before: int, line_number: int | None = None) -> None:
+        where = f"line {line_number}" if line_number is not None else "a line"
+        limit = MAX_LINE_BYTES // (1024 * 1024)
+        super().__init__(f"{shard}: {where} is longer than {limit} MiB: not a C4 document")
+        self.shard = shard
+        self.lines_before = lines_before
 
 
 class _Document(msgspec.Struct):
@@ -121,14 +134,14 @@ class GzipLineDecoder:
 
     def feed(self, chunk: bytes) -> bytes:
         """The complete lines found so far (newline-terminated); a partial last line waits."""
-        blocks = []
+        blocks: list[bytes] = []
         for piece in self._inflate(chunk):
             end = piece.rfind(b"\n") + 1
             if not end:
                 self._pending += piece
-                self._check_line_length(len(self._pending))
+                self._check_line_length(len(self._pending), blocks)
                 continue
-            self._check_line_length(len(self._pending) + piece.find(b"\n"))
+            self._check_line_length(len(self._pending) + piece.find(b"\n"), blocks)
             blocks.append(b"".join((self._pending, memoryview(piece)[:end])))  # the block's only copy
             self._pending = piece[end:]
         return blocks[0] if len(blocks) == 1 else b"".join(blocks)
@@ -140,12 +153,9 @@ class GzipLineDecoder:
         rest, self._pending = self._pending, b""
         return rest + b"\n" if rest else b""
 
-    def _check_line_length(self, length: int) -> None:
+    def _check_line_length(self, length: int, blocks: list[bytes]) -> None:
         if length > MAX_LINE_BYTES:
-            raise CorruptShardError(
-                f"{self._shard}: a line is longer than {MAX_LINE_BYTES // (1024 * 1024)} MiB: "
-                "not a C4 document"
-            )
+            raise LineTooLongError(self._shard, sum(block.count(b"\n") for block in blocks))
 
     def _inflate(self, chunk: bytes) -> list[bytes]:
         """The chunk inflated, in pieces of at most `_INFLATE_PIECE` bytes (gzip members may follow

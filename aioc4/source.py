@@ -10,7 +10,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass
 
-from .decode import Batch, GzipLineDecoder, good_runs, parse_block
+from .decode import Batch, GzipLineDecoder, LineTooLongError, good_runs, parse_block
 from .errors import CorruptShardError, SourceError
 from .hub import HubSource, Shard, chunks_of
 from .manifest import SourcePosition
@@ -154,7 +154,11 @@ def _enough(
 
 def _check(inflating: Future[bytes], position: _Position) -> list[Batch]:
     """On the checker thread: wait for the chunk's lines (submitted in order), then check them."""
-    return position.take(inflating.result())
+    try:
+        lines = inflating.result()
+    except LineTooLongError as exc:  # every earlier chunk is checked: its line number is known here
+        raise LineTooLongError(exc.shard, 0, position.next_line + exc.lines_before) from None
+    return position.take(lines)
 
 
 def _finish(decoder: GzipLineDecoder, position: _Position) -> list[Batch]:

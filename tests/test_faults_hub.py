@@ -253,3 +253,19 @@ def test_skip_bad_records_drops_counts_and_names_them_and_keeps_everything_else(
     skipped = [line for line in result.stderr.splitlines() if " skipped " in line]
     assert [line.split(" line ")[1].split(":")[0] for line in skipped] == [str(i + 1) for i in bad_at]
     assert again.returncode == 0, again.stderr
+
+
+def test_a_line_over_64_mib_is_named_by_shard_and_line(
+    fake_repo: FakeRepo, tmp_path: Path, source_lines: Lines
+) -> None:
+    shard = shard_paths(fake_repo, "train")[0]
+    lines = list(source_lines("train")[:3000])
+    lines[2_499] = b'{"text":"' + b"a" * (65 << 20) + b'"}'  # packs into ~65 KB of gzip
+    with HubServerProcess(repo_with_shard(fake_repo, tmp_path, shard, lines)) as hub:
+        aioc4 = Aioc4(cwd=tmp_path, env=clean_env(hub.endpoint, {}, tmp_path))
+        result = aioc4("--num-samples", "3000", "--max-lines-per-file", "1000", "--output-dir", "o")
+    assert result.returncode == 1, result.stderr
+    assert result.error_lines == [
+        f"aioc4: error: {shard}: line 2500 is longer than 64 MiB: not a C4 document"
+    ]
+    assert parts_in(tmp_path / "o") == split_expected(lines, part_names("train", 3000, 1000)[:2], 1000)
