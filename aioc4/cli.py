@@ -93,26 +93,21 @@ def _count_or_all(text: str) -> int | str:
     return "all" if text == "all" else _count()(text)
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
-    if not math.isfinite(value) or not 0 <= value <= MAX_RETRY_BUDGET_S:
-        raise argparse.ArgumentTypeError(
-            f"must be a number of seconds within 0..{MAX_RETRY_BUDGET_S:.0f}, got {text!r}"
-        )
-    return value
+def _seconds(maximum: float, *, zero: bool) -> Callable[[str], float]:
+    """An argparse type: a finite number of seconds up to `maximum` (0 itself only with `zero`)."""
 
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+        if not math.isfinite(value) or value > maximum or value < 0 or (value == 0 and not zero):
+            raise argparse.ArgumentTypeError(
+                f"must be a number of seconds within 0..{maximum:.0f}, got {text!r}"
+            )
+        return value
 
-def _timeout(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
-    if not math.isfinite(value) or not 0 < value <= MAX_TIMEOUT_S:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds within 0..{MAX_TIMEOUT_S:.0f}")
-    return value
+    return parse
 
 
 def _shard_selection(text: str) -> tuple[int, ...]:
@@ -257,14 +252,14 @@ def _add_pull_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add(
         "--retry-budget",
-        type=_seconds,
+        type=_seconds(MAX_RETRY_BUDGET_S, zero=True),
         default=600.0,
         metavar="SECONDS",
         help="total time the run may spend waiting between Hub retries (default: %(default)s)",
     )
     add(
         "--timeout",
-        type=_timeout,
+        type=_seconds(MAX_TIMEOUT_S, zero=False),
         default=30.0,
         metavar="SECONDS",
         help="a Hub, storage or S3 connection silent this long has failed; it is retried within "
