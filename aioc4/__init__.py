@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "Aioc4Error",
@@ -26,13 +26,13 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .api import PartsNotUploadedError, dry_run, dry_run_sync, pull, pull_sync
+    from .api import dry_run, dry_run_sync, pull, pull_sync
     from .config import BulkOptions, RunConfig, S3Target, parse_s3_path
-    from .errors import Aioc4Error
+    from .errors import Aioc4Error, PartsNotUploadedError
     from .report import RunSummary
 
 _LAZY = {
-    "PartsNotUploadedError": "api",
+    "PartsNotUploadedError": "errors",
     "dry_run": "api",
     "dry_run_sync": "api",
     "pull": "api",

@@ -16,7 +16,7 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 from .config import RunConfig
-from .errors import DestinationError, UsageError
+from .errors import PartsNotUploadedError, UsageError
 from .plan import Plan, make_plan
 from .progress import ProgressDisplay
 from .report import RunSummary
@@ -24,15 +24,6 @@ from .report import RunSummary
 __all__ = ["PartsNotUploadedError", "dry_run", "dry_run_sync", "pull", "pull_sync"]
 
 _T = TypeVar("_T")
-
-
-class PartsNotUploadedError(DestinationError):
-    """Some parts did not reach S3 (they are kept locally); `summary` has the rest of the run."""
-
-    def __init__(self, summary: RunSummary) -> None:
-        names = ", ".join(sorted(path.rsplit("/", 1)[-1] for path in summary.failed))
-        super().__init__(f"{len(summary.failed)} part(s) did not reach S3 and are kept locally: {names}")
-        self.summary = summary
 
 
 async def pull(config: RunConfig, *, progress_interval_s: float | None = None) -> RunSummary:

@@ -23,10 +23,10 @@ from pathlib import Path
 
 from .config import BulkOptions, RunConfig
 from .destination import Destination
-from .errors import UsageError
+from .errors import IncompleteJobError, UsageError
 from .hub import HubSource, Shard
 from .manifest import Manifest, resume_point
-from .merge import IncompleteJob, load_shard_manifests, merge_at
+from .merge import load_shard_manifests, merge_at
 from .naming import ShardNaming
 from .pipeline import (
     PartPipeline,
@@ -108,7 +108,7 @@ async def combine_if_complete(
     """Write the job's manifest if every selected shard is complete; None (and a log line) if not."""
     try:
         name, manifest = await merge_at(destination, config.split, config.config_name, wanted)
-    except IncompleteJob as exc:
+    except IncompleteJobError as exc:
         log.info("the job's manifest waits for the other workers: %s", exc)
         return None
     log.info(

@@ -21,7 +21,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from . import __version__
+from ._version import __version__
 from .config import (
     COMPRESSIONS,
     DEFAULT_OUTPUT_DIR,
@@ -610,8 +610,9 @@ async def _destination_at(target: str, endpoint_url: str | None, stack: AsyncExi
 
 
 async def _verify(target: str, endpoint_url: str | None) -> tuple[str, bool]:
+    from .facts import PartFacts
     from .manifest import Manifest
-    from .verify import PartFacts, format_report, verify_manifest
+    from .verify import format_report, verify_manifest
 
     async with AsyncExitStack() as stack:
         destination = await _destination_at(target, endpoint_url, stack)

@@ -24,7 +24,7 @@ from typing import Any
 import msgspec
 import orjson
 
-from .errors import CorruptShardError
+from .errors import MAX_LINE_BYTES, CorruptShardError, LineTooLongError
 
 _inflate_module: ModuleType
 try:
@@ -45,24 +45,10 @@ __all__ = [
 ]
 
 SAMPLE_STRIDE = 64 * 1024
-MAX_LINE_BYTES = 64 * 1024 * 1024
-"""C4's longest documents are well under 1 MB; a longer line is refused, memory staying bounded."""
 _INFLATE_PIECE = 8 * 1024 * 1024  # inflated bytes produced per call, so a huge line is caught early
 _FEED_LIMIT = 256 * 1024 * 1024  # inflated bytes one compressed chunk may expand to (a gzip bomb)
 _UTF8_PIECE = 64 * 1024  # UTF-8 is checked in pieces: small strings, made and dropped in cache
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
-
-
-class LineTooLongError(CorruptShardError):
-    """A line over `MAX_LINE_BYTES`; `lines_before` whole lines of the same chunk came before it (the
-    reader, which numbers lines, adds the lines of earlier chunks: `line_number`)."""
-
-    def __init__(self, shard: str, lines_before: int, line_number: int | None = None) -> None:
-        where = f"line {line_number}" if line_number is not None else "a line"
-        limit = MAX_LINE_BYTES // (1024 * 1024)
-        super().__init__(f"{shard}: {where} is longer than {limit} MiB: not a C4 document")
-        self.shard = shard
-        self.lines_before = lines_before
 
 
 class _Document(msgspec.Struct):

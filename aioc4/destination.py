@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Protocol
 
 from .errors import DestinationError
+from .facts import PartFacts, facts_of_file
 from .manifest import PartRecord, write_atomically
-from .verify import PartFacts, facts_of_file
 from .writer import FinishedPart
 
 __all__ = [

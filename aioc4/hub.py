@@ -37,7 +37,7 @@ from huggingface_hub.errors import (
 from huggingface_hub.hf_api import DatasetInfo, RepoFile
 from huggingface_hub.utils._headers import build_hf_headers
 
-from . import __version__
+from ._version import __version__
 from .errors import CorruptShardError, SourceError
 from .redact import display_url
 from .retry import RETRYABLE_STATUSES, RetryBudget, retry_after_seconds

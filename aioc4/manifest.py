@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from .errors import Aioc4Error
+from .errors import ManifestError
 from .naming import PART_EXTENSIONS, PART_NAME, job_stem, part_index
 from .variants import DEFAULT_CONFIG, is_valid_config_name
 
@@ -36,10 +36,6 @@ __all__ = [
 
 MANIFEST_VERSION = 2  # 2: parts carry a CRC-32 instead of a SHA-256
 _CRC32 = re.compile(r"^[0-9a-f]{8}$")
-
-
-class ManifestError(Aioc4Error):
-    """A manifest that cannot be read or does not describe this job."""
 
 
 def manifest_name(split: str, requested: int, config: str = DEFAULT_CONFIG) -> str:

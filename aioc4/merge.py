@@ -15,13 +15,12 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from .destination import Destination
-from .errors import Aioc4Error
+from .errors import Aioc4Error, IncompleteJobError
 from .manifest import Manifest, RequestInfo
 from .naming import combined_manifest_name, split_stem
 from .sharding import selection_text
 
 __all__ = [
-    "IncompleteJob",
     "combine",
     "load_shard_manifests",
     "merge_at",
@@ -29,10 +28,6 @@ __all__ = [
 ]
 
 _SHARD_MANIFEST = re.compile(r"_shard(\d{5})\.manifest\.json$")
-
-
-class IncompleteJob(Aioc4Error):
-    """Not every shard of the selection has a complete manifest yet."""
 
 
 def shard_manifest_position(name: str) -> int | None:
@@ -43,11 +38,11 @@ def shard_manifest_position(name: str) -> int | None:
 def combine(shards: dict[int, Manifest], wanted: Sequence[int] | None) -> Manifest:
     """One manifest for the shards `wanted` (all the split's shards when None), in shard order.
 
-    Raises IncompleteJob naming the shards still missing or unfinished, and Aioc4Error when the
+    Raises IncompleteJobError naming the shards still missing or unfinished, and Aioc4Error when the
     shard manifests disagree on what they are (repo, config, split, part size, commit).
     """
     if not shards:
-        raise IncompleteJob("no shard manifest found")
+        raise IncompleteJobError("no shard manifest found")
     first = next(iter(shards.values())).request
     identity = _identity(first)
     for position, manifest in shards.items():
@@ -63,7 +58,7 @@ def combine(shards: dict[int, Manifest], wanted: Sequence[int] | None) -> Manife
     missing = [position for position in expected if position not in shards or not shards[position].complete]
     if missing:
         shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
-        raise IncompleteJob(f"{len(missing)} of {len(expected)} shard(s) not complete yet: {shown}")
+        raise IncompleteJobError(f"{len(missing)} of {len(expected)} shard(s) not complete yet: {shown}")
     parts = [part for position in expected for part in shards[position].parts]
     request = replace(
         first,

@@ -86,10 +86,6 @@ class WorkerSlot:
     count: int
     source: str = "flags"
 
-    @property
-    def is_alone(self) -> bool:
-        return self.count == 1
-
 
 def worker_slot(
     num_workers: int | None, worker_index: int | None, environment: Mapping[str, str]

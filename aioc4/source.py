@@ -10,8 +10,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass
 
-from .decode import Batch, GzipLineDecoder, LineTooLongError, good_runs, parse_block
-from .errors import CorruptShardError, SourceError
+from .decode import Batch, GzipLineDecoder, good_runs, parse_block
+from .errors import CorruptShardError, LineTooLongError, SourceError
 from .hub import HubSource, Shard, chunks_of
 from .manifest import SourcePosition
 

@@ -45,8 +45,8 @@ from .compression import CONTENT_TYPES, compression_of
 from .config import S3Target
 from .destination import Delivery, local_names_taken, read_if_exists, save_local_manifest
 from .errors import DestinationError, UploadError
+from .facts import FactsAccumulator, PartFacts
 from .manifest import PartRecord
-from .verify import FactsAccumulator, PartFacts
 from .writer import FinishedPart
 
 __all__ = ["MULTIPART_CHUNK", "MULTIPART_THRESHOLD", "S3Destination", "multipart_chunk_size"]

@@ -5,33 +5,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-from .checksum import crc32, crc32_hex
-from .compression import LineCounter, line_counter_for
+from .facts import PartFacts
 from .manifest import Manifest, PartRecord
 
 __all__ = [
-    "FactsAccumulator",
-    "PartFacts",
     "VerifyReport",
-    "facts_of_file",
     "format_report",
     "problems_with",
     "verify_manifest",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class PartFacts:
-    """What a part's bytes really are: size and CRC-32 of the stored bytes, lines of the documents
-    (of the decompressed bytes for a compressed part)."""
-
-    size: int
-    crc32: str
-    lines: int
-    problem: str | None = None  # a compressed part that does not decompress (corrupt, truncated)
-    readable: bool = True
 
 
 @dataclass(slots=True)
@@ -40,40 +23,6 @@ class VerifyReport:
     parts: int
     documents: int
     problems: list[str]
-
-
-class FactsAccumulator:
-    """CRC-32, size and line count of a part's stored bytes fed in chunks, in one pass; the lines of a
-    `.jsonl.gz` / `.jsonl.zst` part are counted while decompressing it (in bounded pieces)."""
-
-    def __init__(self, name: str = "") -> None:
-        self._crc32 = 0
-        self._size = 0
-        self._lines: LineCounter = line_counter_for(name)
-
-    def feed(self, chunk: bytes) -> None:
-        self._crc32 = crc32(chunk, self._crc32)
-        self._size += len(chunk)
-        self._lines.feed(chunk)
-
-    def facts(self) -> PartFacts:
-        self._lines.finish()
-        return PartFacts(self._size, crc32_hex(self._crc32), self._lines.lines, self._lines.problem)
-
-
-def facts_of_file(path: Path, *, lines: bool = True) -> PartFacts | None:
-    """Blocking: read a local part once. Without `lines` a compressed part is not decompressed (its
-    line count is then meaningless): enough to tell an intact part by size and CRC-32."""
-    accumulator = FactsAccumulator(path.name if lines else "")
-    try:
-        with open(path, "rb") as file:
-            while chunk := file.read(1 << 20):
-                accumulator.feed(chunk)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:  # a folder in its place, no permission: a problem of that part, not a crash
-        return PartFacts(0, "", 0, problem=f"cannot be read ({exc.strerror or exc})", readable=False)
-    return accumulator.facts()
 
 
 def problems_with(record: PartRecord, facts: PartFacts | None) -> list[str]:

@@ -20,6 +20,7 @@ import zstandard
 from aioc4.compression import compression_of, line_counter_for, new_compressor
 from aioc4.config import COMPRESSIONS
 from aioc4.decode import parse_block
+from aioc4.facts import FactsAccumulator
 from aioc4.manifest import Manifest, ManifestError
 from aioc4.naming import (
     PART_EXTENSIONS,
@@ -31,7 +32,6 @@ from aioc4.naming import (
     renames_for_short_split,
 )
 from aioc4.uploader import _content_type
-from aioc4.verify import FactsAccumulator
 from aioc4.writer import FinishedPart, PartWriter
 from scripts.s3_server import MotoServerProcess, s3_client
 from scripts.shards import FakeRepo, iter_shard_lines

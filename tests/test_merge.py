@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from aioc4.errors import Aioc4Error
+from aioc4.errors import Aioc4Error, IncompleteJobError
 from aioc4.manifest import Manifest, PartRecord, RequestInfo, SourcePosition
-from aioc4.merge import IncompleteJob, combine, shard_manifest_position
+from aioc4.merge import combine, shard_manifest_position
 from aioc4.naming import PART_NAME, ShardNaming, combined_manifest_name
 
 COMMIT = "c" * 40
@@ -49,7 +49,7 @@ def test_combining_joins_the_shards_parts_in_shard_order() -> None:
 
 def test_missing_or_unfinished_shards_are_named() -> None:
     shards = {0: shard_manifest(0, [10]), 2: shard_manifest(2, [4], complete=False)}
-    with pytest.raises(IncompleteJob, match=r"^3 of 4 shard\(s\) not complete yet: 1, 2, 3$"):
+    with pytest.raises(IncompleteJobError, match=r"^3 of 4 shard\(s\) not complete yet: 1, 2, 3$"):
         combine(shards, None)
     assert combine(shards, [0]).documents == 10
 

@@ -12,10 +12,10 @@ from aioc4.config import RunConfig
 from aioc4.decode import Batch, parse_block
 from aioc4.destination import Delivery
 from aioc4.errors import CorruptShardError, SourceError
+from aioc4.facts import PartFacts
 from aioc4.manifest import Manifest, PartRecord, RequestInfo
 from aioc4.pipeline import PartPipeline
 from aioc4.source import SourceProgress
-from aioc4.verify import PartFacts
 from aioc4.writer import FinishedPart
 
 LINES = [b'{"text":"document %d","url":"u"}' % i for i in range(200)]
