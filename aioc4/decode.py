@@ -117,23 +117,37 @@ class GzipLineDecoder:
         self._shard = shard
         self._inflater: Any = _inflate_module.decompressobj(_GZIP_WBITS)
         self._pending = b""
+        self._too_long: LineTooLongError | None = None  # found; raised once the lines before it are out
 
     def feed(self, chunk: bytes) -> bytes:
-        """The complete lines found so far (newline-terminated); a partial last line waits."""
+        """The complete lines found so far (newline-terminated); a partial last line waits.
+
+        A line over the limit is refused; the whole lines before it in the same chunk are returned
+        first, and the error comes with the next call (so that where it is does not depend on how
+        the bytes were chunked)."""
+        if self._too_long is not None:
+            raise self._too_long
         blocks: list[bytes] = []
-        for piece in self._inflate(chunk):
-            end = piece.rfind(b"\n") + 1
-            if not end:
-                self._pending += piece
-                self._check_line_length(len(self._pending), blocks)
-                continue
-            self._check_line_length(len(self._pending) + piece.find(b"\n"), blocks)
-            blocks.append(b"".join((self._pending, memoryview(piece)[:end])))  # the block's only copy
-            self._pending = piece[end:]
+        try:
+            for piece in self._inflate(chunk):
+                end = piece.rfind(b"\n") + 1
+                if not end:
+                    self._pending += piece
+                    self._check_line_length(len(self._pending), blocks)
+                    continue
+                self._check_line_length(len(self._pending) + piece.find(b"\n"), blocks)
+                blocks.append(b"".join((self._pending, memoryview(piece)[:end])))  # the block's only copy
+                self._pending = piece[end:]
+        except LineTooLongError:
+            if not blocks:
+                raise
+            self._too_long, self._pending = LineTooLongError(self._shard, 0), b""
         return blocks[0] if len(blocks) == 1 else b"".join(blocks)
 
     def finish(self) -> bytes:
         """The last line once the input is over; raises if the gzip stream is truncated."""
+        if self._too_long is not None:
+            raise self._too_long
         if not self._inflater.eof:
             raise CorruptShardError(f"{self._shard}: gzip stream is truncated")
         rest, self._pending = self._pending, b""

@@ -156,3 +156,14 @@ def test_a_chunk_is_inflated_in_bounded_pieces_and_members_follow_each_other() -
     decoder = GzipLineDecoder("s")
     out = b"".join(decoder.feed(stream[start : start + 100_000]) for start in range(0, len(stream), 100_000))
     assert out + decoder.finish() == data
+
+
+def test_the_lines_before_a_too_long_line_come_out_whatever_the_chunking() -> None:
+    """The error comes after every whole line before the long one, even from the same chunk."""
+    good = b"".join(line + b"\n" for line in LINES[:50])
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+    chunk = compressor.compress(good + b'{"text":"' + b"a" * (MAX_LINE_BYTES + 1)) + compressor.flush()
+    decoder = GzipLineDecoder("en/x.json.gz")
+    assert decoder.feed(chunk) == good
+    with pytest.raises(CorruptShardError, match=r"^en/x\.json\.gz: a line is longer than 64 MiB"):
+        decoder.feed(b"")
