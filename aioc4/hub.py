@@ -97,6 +97,7 @@ class HubSource:
     ) -> None:
         self.repo_id = repo_id
         self.timeout_s = timeout_s
+        self.call_limit_s = max(HUB_CALL_TIMEOUT_S, 4 * timeout_s)  # a listing may walk many pages
         self.endpoint = constants.ENDPOINT.rstrip("/")
         self.shown_endpoint = display_url(self.endpoint)  # what messages say: never a password
         self.cache_dir = cache_dir
@@ -193,17 +194,16 @@ class HubSource:
         revision: str,
         folder: str | None = None,
         *,
-        limit_s: float | None = -1.0,
+        unbounded: bool = False,
     ) -> _T:
         """Run a blocking huggingface_hub call in a thread, retrying what is worth retrying.
 
         The thread is a daemon that nobody waits for: a stop (a signal, a cancelled task) returns at
         once even while the call is blocked on a silent server. A call that times out (the client's
-        own timeouts, or `limit_s` in all) is a failed attempt, and the time it took counts against
-        the retry budget like a wait.
+        own timeouts, or `call_limit_s` in all unless `unbounded`, as a whole-file download is) is a
+        failed attempt, and the time it took counts against the retry budget like a wait.
         """
-        if limit_s is not None and limit_s < 0:  # the default: a listing may walk many pages
-            limit_s = max(HUB_CALL_TIMEOUT_S, 4 * self.timeout_s)
+        limit_s = None if unbounded else self.call_limit_s
         attempt = 0
         while True:
             started = time.monotonic()
@@ -365,7 +365,7 @@ class HubSource:
             )
 
         for force in (False, True):
-            path = Path(await self._call_hub(functools.partial(fetch, force), commit, limit_s=None))
+            path = Path(await self._call_hub(functools.partial(fetch, force), commit, unbounded=True))
             problem = await asyncio.to_thread(_cache_problem, path, shard)
             if problem is None:
                 return path

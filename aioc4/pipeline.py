@@ -350,7 +350,7 @@ class PartPipeline:
         self.real_count_names = True  # a short split's parts are named after what it holds, if free
         self._progress: SourceProgress | None = None
         self._already_there = {part.name: part.crc32 for part in manifest.parts}
-        self._undelivered: set[str] = set()  # finished parts of this run not delivered (yet)
+        self._delivered: set[str] = set()  # parts of this run that reached their destination
         self._manifest_lock = asyncio.Lock()
         self._stopping = False
 
@@ -387,7 +387,7 @@ class PartPipeline:
             raise stop.error(kept=len(self.manifest.parts))
         if self.fatal_upload is not None:
             await self.save_manifest(final=False)
-            kept = sorted(self._undelivered)  # failed, and finished but never handed to an upload
+            kept = sorted(set(self.writer.finished_names) - self._delivered)  # failed, or never sent
             raise DestinationError(
                 f"{self.fatal_upload}: stopped reading; {len(kept)} finished part(s) kept locally in "
                 f"{self.destination.directory}: {', '.join(kept) or 'none'}"
@@ -470,7 +470,6 @@ class PartPipeline:
 
     async def _hand_over(self, part: FinishedPart) -> None:
         log.info("finished %s (%d lines, %d bytes)", part.name, part.record.lines, part.size)
-        self._undelivered.add(part.name)  # on disk from now on, until it is delivered
         await self.finished.put(part)
 
     async def _deliver(self) -> None:
@@ -490,7 +489,7 @@ class PartPipeline:
                 log.info("uploaded %s", self.destination.location(part.name))
             part.record.uploaded = delivery.uploaded
             if delivery.error is None:
-                self._undelivered.discard(part.name)
+                self._delivered.add(part.name)
             async with self._manifest_lock:
                 self.manifest.record(part.record)
                 await self._save(final=False)

@@ -75,6 +75,7 @@ class PartWriter:
         self.max_lines = max_lines
         self.documents = documents
         self.bytes_written = 0  # document bytes (before compression) by this run, for progress rates
+        self.finished_names: list[str] = []  # parts this run finished, in order
         self.index = first_index
         self._file: _PartFile | None = None
         self._lines = 0
@@ -150,6 +151,7 @@ class PartWriter:
             await self.abort()
             raise DestinationError(f"cannot finish {self.directory / name}: {exc.strerror or exc}") from None
         self._file = None  # no await between the rename and here: a cancelled run never loses a finished part
+        self.finished_names.append(name)
         record = PartRecord(
             name=name,
             lines=self._lines,
