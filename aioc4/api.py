@@ -34,25 +34,21 @@ async def pull(config: RunConfig, *, progress_interval_s: float | None = None) -
     progress line is logged (`aioc4` logger, INFO) that often (count jobs).
     Raises `PartsNotUploadedError` if parts were written but not all of them reached S3.
     """
-    from .bulk import run_bulk
-    from .pipeline import run
+    from .jobs import BulkJob, job_of
+    from .runner import destination_for, run
 
-    if config.bulk is not None:
-        whole_share = replace(config, bulk=replace(config.bulk, procs=1, proc_index=None))
-        summary = await run_bulk(whole_share)
-        if summary.failed:
-            raise PartsNotUploadedError(summary)
-        return summary
-
+    job = job_of(config)
     display = None
-    if progress_interval_s is not None:
+    if isinstance(job, BulkJob):
+        job = replace(job, procs=1, proc_index=None)  # the whole share in this process
+    elif progress_interval_s is not None:
         display = ProgressDisplay(
             config.num_samples,
             bar=False,
             interval_s=progress_interval_s,
             parts_label="uploaded" if config.s3 is not None else "written",
         )
-    summary = await run(config, display=display)
+    summary = await run(job, destination_for(config), display=display)
     if summary.failed:
         raise PartsNotUploadedError(summary)
     return summary

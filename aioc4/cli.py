@@ -17,7 +17,6 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -419,7 +418,7 @@ def _report(summary: RunSummary, config: RunConfig, *, as_json: bool, quiet: boo
     """The end of a run: the summary (or with -q only the parts' locations) and the exit code."""
     error = None
     if summary.failed:
-        names = ", ".join(Path(path).name for path in summary.failed)
+        names = ", ".join(failure.part_name for failure in summary.failed)
         error = f"{len(summary.failed)} part(s) did not reach S3 and are kept locally: {names}"
     code = EXIT_FAILED if error else EXIT_OK
     if config.bulk is not None and config.bulk.proc_index is not None:
@@ -482,9 +481,10 @@ def _dry_run(config: RunConfig, *, as_json: bool, redactor: Redactor) -> int:
 def _execute(config: RunConfig, display: ProgressDisplay | None = None) -> RunSummary:
     from huggingface_hub.utils.tqdm import disable_progress_bars
 
-    from .bulk import run_bulk
     from .hub import install_hub_client
-    from .pipeline import StopRequest, run
+    from .jobs import job_of
+    from .pipeline import StopRequest
+    from .runner import destination_for, run
 
     disable_progress_bars()  # aioc4 reports its own progress
     install_hub_client(config.timeout_s)
@@ -508,9 +508,7 @@ def _execute(config: RunConfig, display: ProgressDisplay | None = None) -> RunSu
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, on_signal, signum)
         try:
-            if config.bulk is not None:
-                return await run_bulk(config, stop)
-            return await run(config, stop, display=display)
+            return await run(job_of(config), destination_for(config), stop, display=display)
         except asyncio.CancelledError:
             if stop.signum:
                 raise stop.error(kept=None) from None
@@ -522,23 +520,34 @@ def _execute(config: RunConfig, display: ProgressDisplay | None = None) -> RunSu
 
 def _execute_processes(arguments: Sequence[str], config: RunConfig) -> RunSummary:
     """`--procs P`: P child processes share this worker's shards; then one summary over all of them."""
+    import dataclasses
     import time
 
-    from .bulk import check_destination, collect, count_my_shards
     from .fanout import combined_exit_code, run_children
     from .hub import install_hub_client
-    from .pipeline import prepare_output_dir, remove_if_empty
+    from .jobs import BulkJob, job_of
+    from .report import Reading
+    from .runner import (
+        check_output_dir,
+        collect_children,
+        destination_for,
+        prepare_output_dir,
+        remove_if_empty,
+        worker_shard_count,
+    )
 
-    assert config.bulk is not None
+    job = job_of(config)
+    assert isinstance(job, BulkJob)
     install_hub_client(config.timeout_s)
     child_arguments = [argument for argument in arguments if argument != "--json"]  # one summary: ours
     started = time.monotonic()
+    check_output_dir(config.output_dir)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(check_destination(config))
-        shards = runner.run(count_my_shards(config))
-        procs = min(config.bulk.procs, max(1, shards))
-        if procs < config.bulk.procs:
-            log.info("%d shard(s) to pull: starting %d process(es), not %d", shards, procs, config.bulk.procs)
+        runner.run(_check_destination(config))  # a bad bucket is one error line, not one per process
+        shards = runner.run(worker_shard_count(job))
+        procs = min(job.procs, max(1, shards))
+        if procs < job.procs:
+            log.info("%d shard(s) to pull: starting %d process(es), not %d", shards, procs, job.procs)
         created_dirs = prepare_output_dir(config.output_dir)  # made here: the parent removes it if empty
         children = runner.run(run_children(child_arguments, procs))
         code = combined_exit_code([child.exit_code for child in children])
@@ -550,11 +559,21 @@ def _execute_processes(arguments: Sequence[str], config: RunConfig) -> RunSummar
                 "finished shards are kept: run the same command again to resume",
                 code,
             )
-        summary = runner.run(collect(config, created_dirs))
-    for child in children:
-        summary.add_reading_of(child.summary)
-    summary.elapsed_seconds = time.monotonic() - started
-    return summary
+        reports = [child.summary or {} for child in children]
+        reading = sum((Reading.from_json(report.get("read", {})) for report in reports), Reading())
+        written = sum(int(report.get("written", {}).get("bytes", 0)) for report in reports)
+        destination = destination_for(config)
+        summary = runner.run(collect_children(job, destination, reading, written))
+    if destination.cleanup_local:
+        remove_if_empty(created_dirs)
+    return dataclasses.replace(summary, elapsed_seconds=time.monotonic() - started)
+
+
+async def _check_destination(config: RunConfig) -> None:
+    from .runner import destination_for
+
+    async with destination_for(config) as destination:
+        await destination.check()
 
 
 def _run_command(args: argparse.Namespace, redactor: Redactor) -> int:
@@ -583,30 +602,20 @@ def _run_command(args: argparse.Namespace, redactor: Redactor) -> int:
 async def _merge(args: argparse.Namespace, endpoint: str | None) -> str:
     from .merge import merge_at
 
-    async with AsyncExitStack() as stack:
-        destination = await _destination_at(args.target, endpoint, stack)
+    async with _destination_at(args.target, endpoint) as destination:
         name, manifest = await merge_at(destination, args.split, args.config, args.shards)
         return (
             f"{destination.location(name)}: {len(manifest.parts)} part(s), {manifest.documents:,} documents"
         )
 
 
-async def _destination_at(target: str, endpoint_url: str | None, stack: AsyncExitStack) -> Destination:
-    """A folder or an S3 prefix to read manifests from (and save a combined one to)."""
-    from .destination import LocalDestination
-    from .uploader import S3Destination
+def _destination_at(target: str, endpoint_url: str | None) -> Destination:
+    """A folder or an S3 prefix to read manifests from (and save a combined one to), without staging."""
+    from .destination import Destination
+    from .storage import storage_for
 
-    if not target.startswith("s3://"):
-        return LocalDestination(Path(target))
-    s3 = S3Destination(
-        parse_s3_path(target),
-        Path("."),
-        job_prefix="",
-        endpoint_url=endpoint_url,
-        workers=4,
-        cleanup_local=True,  # a manifest saved there is not also kept in the current folder
-    )
-    return await stack.enter_async_context(s3)
+    where = parse_s3_path(target) if target.startswith("s3://") else Path(target)
+    return Destination(storage_for(where, endpoint_url=endpoint_url))
 
 
 async def _verify(target: str, endpoint_url: str | None) -> tuple[str, bool]:
@@ -614,8 +623,7 @@ async def _verify(target: str, endpoint_url: str | None) -> tuple[str, bool]:
     from .manifest import Manifest
     from .verify import format_report, verify_manifest
 
-    async with AsyncExitStack() as stack:
-        destination = await _destination_at(target, endpoint_url, stack)
+    async with _destination_at(target, endpoint_url) as destination:
         seen: dict[str, PartFacts | None] = {}
 
         async def inspect_once(name: str) -> PartFacts | None:

@@ -9,10 +9,11 @@ through `zstandard`. Compressors and decompressors release the GIL while they wo
 from __future__ import annotations
 
 import zlib
-from types import ModuleType
 from typing import Protocol
 
 import zstandard
+
+from .checksum import fast_zlib
 
 __all__ = [
     "CONTENT_TYPES",
@@ -40,14 +41,6 @@ _SUFFIXES = {".gz": "gzip", ".zst": "zstd"}
 _OUT_CHUNK = 1 << 20  # decompressed bytes produced per call when counting lines: constant memory
 _ZSTD_IN_CHUNK = 1 << 17  # compressed bytes fed per call (a zstd decompressobj has no output limit)
 
-_gzip: ModuleType
-try:
-    from isal import isal_zlib
-
-    _gzip = isal_zlib
-except ImportError:  # pragma: no cover - isal is a dependency
-    _gzip = zlib
-
 _GZIP_WBITS = 31  # a gzip container (header and CRC-32/size trailer), not a raw zlib stream
 
 
@@ -62,7 +55,7 @@ class Compressor(Protocol):
 def new_compressor(compression: str) -> Compressor | None:
     """A compressor for one part, or None for `none` (the source bytes are written as they are)."""
     if compression == "gzip":
-        return _gzip.compressobj(GZIP_LEVEL, zlib.DEFLATED, _GZIP_WBITS)  # type: ignore[no-any-return]
+        return fast_zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, _GZIP_WBITS)  # type: ignore[no-any-return]
     if compression == "zstd":
         return zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True).compressobj()
     return None
@@ -113,7 +106,7 @@ class _GzipLines:
     def __init__(self) -> None:
         self.lines = 0
         self.problem: str | None = None
-        self._inflater = _gzip.decompressobj(_GZIP_WBITS)
+        self._inflater = fast_zlib.decompressobj(_GZIP_WBITS)
 
     def feed(self, chunk: bytes) -> None:
         if self.problem is not None:
@@ -123,7 +116,7 @@ class _GzipLines:
             while data:
                 self.lines += self._inflater.decompress(data, _OUT_CHUNK).count(b"\n")
                 data = self._inflater.unconsumed_tail
-        except _gzip.error as exc:
+        except fast_zlib.error as exc:
             self.problem = f"not a valid gzip stream ({exc})"
             return
         if self._inflater.unused_data:
@@ -134,7 +127,7 @@ class _GzipLines:
             return
         try:
             self.lines += self._inflater.flush().count(b"\n")
-        except _gzip.error as exc:  # pragma: no cover - flush after decompress found nothing wrong
+        except fast_zlib.error as exc:  # pragma: no cover - flush after decompress found nothing wrong
             self.problem = f"not a valid gzip stream ({exc})"
             return
         if not self._inflater.eof:

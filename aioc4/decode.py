@@ -18,20 +18,13 @@ from __future__ import annotations
 import codecs
 import zlib
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import Any
 
 import msgspec
 import orjson
 
+from .checksum import ZLIB_ERRORS, fast_zlib
 from .errors import MAX_LINE_BYTES, CorruptShardError, LineTooLongError
-
-_inflate_module: ModuleType
-try:
-    from isal import isal_zlib as _inflate_module
-except ImportError:  # pragma: no cover - isal is a dependency; zlib keeps aioc4 working without it
-    _inflate_module = zlib
-_INFLATE_ERRORS: tuple[type[Exception], ...] = (zlib.error, _inflate_module.error)
 
 __all__ = [
     "MAX_LINE_BYTES",
@@ -39,9 +32,10 @@ __all__ = [
     "Batch",
     "GzipLineDecoder",
     "LineTooLongError",
+    "SourcePosition",
+    "check_block",
     "check_documents",
     "good_runs",
-    "parse_block",
 ]
 
 SAMPLE_STRIDE = 64 * 1024
@@ -59,6 +53,14 @@ class _Document(msgspec.Struct):
 
 _DOCUMENTS = msgspec.json.Decoder(_Document)
 _QUOTE = ord('"')  # a raw JSON value that is a string starts with it
+
+
+@dataclass(frozen=True, slots=True)
+class SourcePosition:
+    """A document's place in the split: shard path and 1-based line number."""
+
+    shard: str
+    line: int
 
 
 @dataclass(slots=True)
@@ -115,7 +117,7 @@ class GzipLineDecoder:
 
     def __init__(self, shard: str) -> None:
         self._shard = shard
-        self._inflater: Any = _inflate_module.decompressobj(_GZIP_WBITS)
+        self._inflater: Any = fast_zlib.decompressobj(_GZIP_WBITS)
         self._pending = b""
         self._too_long: LineTooLongError | None = None  # found; raised once the lines before it are out
 
@@ -168,7 +170,7 @@ class GzipLineDecoder:
                     data = data or self._inflater.unused_data
                     if not data:
                         break
-                    self._inflater = _inflate_module.decompressobj(_GZIP_WBITS)  # the next member
+                    self._inflater = fast_zlib.decompressobj(_GZIP_WBITS)  # the next member
                 piece = self._inflater.decompress(data, _INFLATE_PIECE)
                 data = self._inflater.unconsumed_tail
                 if piece:
@@ -181,7 +183,7 @@ class GzipLineDecoder:
                         )
                 if len(piece) < _INFLATE_PIECE and not data and not self._inflater.eof:
                     break  # every input byte is used and no output is held back
-        except _INFLATE_ERRORS as exc:
+        except ZLIB_ERRORS as exc:
             raise CorruptShardError(f"{self._shard}: not valid gzip data ({exc})") from None
         return pieces
 
@@ -258,16 +260,12 @@ def _line_problem(line: bytes) -> str | None:
     return None
 
 
-def parse_block(
+def check_block(
     data: bytes, *, shard: str, first_line_number: int, count: int | None = None, exact_lines: int = 0
 ) -> Batch:
-    """Check a block of whole lines and sample it; the bytes are kept exactly as they are.
-
-    The scan looks for `"}` + newline + `{"` between every two lines (C4 records end with a string
-    and start with a key), which one pass of `bytes.count` does at GB/s; a block that does not match
-    is checked line by line, so other valid JSON objects still pass. The first `exact_lines` lines
-    are all parsed (so small jobs get exact statistics), the rest sampled.
-    """
+    """Check every line of a block of whole lines (see `check_documents`) and sample text lengths;
+    returns the block as a `Batch`, its bytes exactly as they are. The first `exact_lines` lines are
+    all measured (so small jobs get exact statistics), the rest sampled."""
     count = data.count(b"\n") if count is None else count
     check_documents(data, shard=shard, first_line_number=first_line_number, count=count)
     text_of = _TextOf(data, shard, first_line_number)

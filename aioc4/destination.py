@@ -1,159 +1,208 @@
-"""Where finished parts go. The pipeline hands every part to a `Destination` and does not care which.
+"""Where a job's parts and manifest go: a `Storage`, with the local folder parts are written in first.
 
-`LocalDestination` keeps parts in the output folder; `aioc4.uploader.S3Destination` uploads them
-and, with cleanup, deletes the local copy once S3 has confirmed it. Both keep the job's manifest
-next to the parts, and can tell whether a part recorded in it is still intact.
+Parts are always written to the local staging folder (`--output-dir`) and then handed to the
+storage. When the storage *is* that folder (a local run), handing over is nothing; otherwise (S3)
+the part is uploaded, checked, and with cleanup its local copy is deleted once the storage has it.
+The manifest is kept in the storage (so a rerun anywhere resumes) and, until a clean finish with
+cleanup, in the staging folder as well. Written once, for every storage.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from types import TracebackType
+from typing import Self
 
-from .errors import DestinationError
-from .facts import PartFacts, facts_of_file
+from .errors import DestinationError, UploadError
+from .facts import FactsAccumulator, PartFacts
 from .manifest import PartRecord, write_atomically
+from .storage import Storage
 from .writer import FinishedPart
 
-__all__ = [
-    "Delivery",
-    "Destination",
-    "LocalDestination",
-    "local_part_intact",
-    "read_if_exists",
-    "save_local_manifest",
-]
+__all__ = ["Delivery", "Destination"]
+
+log = logging.getLogger("aioc4")
 
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """What became of one part."""
+    """What became of one part: stored elsewhere than the staging folder (`uploaded`), or why not."""
 
-    name: str
     uploaded: bool
-    error: str | None = None
-    permanent: bool = False  # the error will not go away by trying again (no bucket, no access)
+    error: UploadError | None = None
 
 
-class Destination(Protocol):
-    directory: Path
+class Destination:
+    """A storage, and the staging folder where parts are written before they are stored.
 
-    async def check(self) -> None:
-        """Fail early (before any download) if parts could not be delivered."""
+    `staging` is None for the commands that only read and write manifests (`verify`, `merge`).
+    Use as an async context manager: it opens and closes the storage.
+    """
 
-    async def abort_stale_uploads(self, stem: str) -> None:
-        """Drop the unfinished uploads a killed run of the job named `stem` left behind."""
+    def __init__(self, storage: Storage, staging: Path | None = None, *, cleanup_local: bool = False) -> None:
+        self.storage = storage
+        self.staging = staging
+        self.in_place = staging is not None and storage.local_folder == staging  # staged = stored
+        self.cleanup_local = cleanup_local and not self.in_place
 
-    async def deliver(self, part: FinishedPart) -> Delivery:
-        """Deliver one finished part; never raises for a failure that leaves the part on disk."""
+    async def __aenter__(self) -> Self:
+        await self.storage.__aenter__()
+        return self
 
-    async def already_delivered(self, part: FinishedPart) -> Delivery:
-        """An identical part is already at the destination (recorded and verified): tidy up, send nothing."""
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.storage.__aexit__(exc_type, exc, tb)
 
-    async def is_intact(self, record: PartRecord) -> bool:
-        """Whether the part recorded in the manifest is there, whole and unchanged."""
-
-    async def rename(self, old: str, new: str) -> None:
-        """Give a delivered part a new name (used when the split was shorter than asked)."""
-
-    async def remove(self, name: str) -> None:
-        """Delete a part of an earlier job (`--overwrite`)."""
-
-    async def existing(self, names: Sequence[str]) -> list[str]:
-        """Those of `names` that are already taken at the destination (or in the local folder)."""
-
-    async def save_manifest(self, name: str, data: bytes, *, final: bool) -> None:
-        """Store the manifest next to the parts, atomically."""
-
-    async def load_manifest(self, name: str) -> bytes | None:
-        """The manifest of an earlier run of this job, if there is one."""
+    @property
+    def directory(self) -> Path:
+        """The staging folder (where parts are written, and kept when they cannot be stored)."""
+        if self.staging is None:
+            raise RuntimeError("this destination has no staging folder")
+        return self.staging
 
     def location(self, name: str) -> str:
-        """Where a delivered part can be found (a path or an s3:// URL), for the summary."""
-
-    async def list_manifests(self) -> list[str]:
-        """Names of the manifests at the destination (for `aioc4 verify`)."""
-
-    async def inspect(self, name: str) -> PartFacts | None:
-        """Size, CRC-32 and line count of a part as it is at the destination; None if missing."""
-
-
-class LocalDestination:
-    """Parts stay in the output folder."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
+        return self.storage.location(name)
 
     async def check(self) -> None:
-        return None
+        """Fail early (before any download) if parts could not be stored."""
+        await self.storage.preflight()
 
-    async def abort_stale_uploads(self, stem: str) -> None:
-        return None
+    # -- parts ------------------------------------------------------------------------------------
 
     async def deliver(self, part: FinishedPart) -> Delivery:
-        return Delivery(name=part.name, uploaded=False)
+        """Hand a finished part to the storage; a failure leaves it in the staging folder (never raises)."""
+        if self.in_place:
+            return Delivery(uploaded=False)
+        try:
+            await self.storage.put_file(part.name, part.path, size=part.size, crc32=part.record.crc32)
+        except UploadError as exc:
+            exc.kept_at = str(part.path)
+            return Delivery(uploaded=False, error=exc)
+        await self._tidy(part)
+        return Delivery(uploaded=True)
 
     async def already_delivered(self, part: FinishedPart) -> Delivery:
-        return Delivery(name=part.name, uploaded=False)
+        """An identical part is already stored (recorded and verified): tidy up, send nothing."""
+        if self.in_place:
+            return Delivery(uploaded=False)
+        await self._tidy(part)
+        return Delivery(uploaded=True)
+
+    async def _tidy(self, part: FinishedPart) -> None:
+        if self.cleanup_local:
+            await asyncio.to_thread(part.path.unlink)
 
     async def is_intact(self, record: PartRecord) -> bool:
-        return await local_part_intact(self.directory / record.name, record)
+        """Whether the recorded part is stored, whole and unchanged: size, then the CRC-32 the storage
+        keeps with the object, or (a plain file) the CRC-32 of its bytes."""
+        info = await self.storage.head(record.name)
+        if info is None or info.size != record.size:
+            return False
+        if info.crc32 is not None:
+            return info.crc32 == record.crc32
+        facts = await self.inspect(record.name, lines=False)
+        return facts is not None and facts.readable and facts.crc32 == record.crc32
+
+    async def inspect(self, name: str, *, lines: bool = True) -> PartFacts | None:
+        """Size, CRC-32 and line count of a stored part, read once; None if it is missing. Without
+        `lines` a compressed part is not decompressed (enough to tell an intact part)."""
+        if await self.storage.head(name) is None:
+            return None
+        accumulator = FactsAccumulator(name if lines else "")
+        try:
+            async for chunk in self.storage.read(name):
+                accumulator.feed(chunk)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:  # a folder in its place, no permission: a problem of that part, not a crash
+            return PartFacts(0, "", 0, problem=f"cannot be read ({exc.strerror or exc})", readable=False)
+        return accumulator.facts()
 
     async def rename(self, old: str, new: str) -> None:
-        await asyncio.to_thread(os.replace, self.directory / old, self.directory / new)
+        """Give a part a new name, in the staging folder and in the storage (a short split's parts)."""
+        if not self.in_place and self.staging is not None:
+            await asyncio.to_thread(_rename_if_there, self.staging / old, self.staging / new)
+        await self.storage.rename(old, new)
 
     async def remove(self, name: str) -> None:
-        await asyncio.to_thread((self.directory / name).unlink, missing_ok=True)
+        """Delete a part of an earlier job (`--overwrite`), staged copy included."""
+        if not self.in_place and self.staging is not None:
+            await asyncio.to_thread((self.staging / name).unlink, missing_ok=True)
+        await self.storage.delete(name)
 
     async def existing(self, names: Sequence[str]) -> list[str]:
-        return await asyncio.to_thread(local_names_taken, self.directory, names)
-
-    async def save_manifest(self, name: str, data: bytes, *, final: bool) -> None:
-        await save_local_manifest(self.directory / name, data)
-
-    async def load_manifest(self, name: str) -> bytes | None:
-        return await asyncio.to_thread(read_if_exists, self.directory / name)
-
-    def location(self, name: str) -> str:
-        return str(self.directory / name)
+        """Those of `names` already taken in the storage or in the staging folder."""
+        if not names:
+            return []
+        common = os.path.commonprefix(list(names))  # noqa: RUF071 - names, not paths
+        taken = set(await self.storage.names(common))
+        if not self.in_place and self.staging is not None:
+            staging = self.staging
+            taken.update(await asyncio.to_thread(lambda: [n for n in names if os.path.lexists(staging / n)]))
+        return [name for name in names if name in taken]
 
     async def list_manifests(self) -> list[str]:
-        return await asyncio.to_thread(
-            lambda: sorted(path.name for path in self.directory.glob("*.manifest.json"))
-        )
+        return [name for name in await self.storage.names() if name.endswith(".manifest.json")]
 
-    async def inspect(self, name: str) -> PartFacts | None:
-        return await asyncio.to_thread(facts_of_file, self.directory / name)
+    # -- manifests --------------------------------------------------------------------------------
+
+    async def save_manifest(self, name: str, data: bytes, *, final: bool) -> None:
+        """In the storage, and in the staging folder until a clean finish with cleanup.
+
+        With a remote storage, a failed update during the run is only a warning (the local copy is
+        current and the next part updates it again); at the end it is an error, and the local copy kept.
+        """
+        if self.in_place or self.staging is None:
+            await self.storage.put_bytes(name, data)
+            return
+        local = self.staging / name
+        drop_local = final and self.cleanup_local
+        if not drop_local:
+            await save_local_copy(local, data)
+        try:
+            await self.storage.put_bytes(name, data)
+        except DestinationError as exc:
+            if not final:
+                log.warning("%s; will retry after the next part", exc)
+                return
+            if drop_local:
+                await save_local_copy(local, data)
+            raise
+        if drop_local:
+            await asyncio.to_thread(local.unlink, missing_ok=True)
+
+    async def save_local_copy(self, name: str, data: bytes) -> None:
+        """The manifest in the staging folder only (after a stop, before the storage is tried)."""
+        if self.staging is not None:
+            await save_local_copy(self.staging / name, data)
+
+    async def load_manifest(self, name: str) -> bytes | None:
+        """The storage's copy first (any machine can resume a job), the staged one if it has none."""
+        data = await self.storage.get(name)
+        if data is None and not self.in_place and self.staging is not None:
+            data = await asyncio.to_thread(_read_if_exists, self.staging / name)
+        return data
 
 
-def local_names_taken(directory: Path, names: Sequence[str]) -> list[str]:
-    return [name for name in names if os.path.lexists(directory / name)]
-
-
-async def local_part_intact(path: Path, record: PartRecord) -> bool:
-    """Size and CRC-32 match the record (the whole file is read, in a worker thread)."""
-    return await asyncio.to_thread(_file_matches, path, record)
-
-
-def _file_matches(path: Path, record: PartRecord) -> bool:
-    if not path.is_file() or path.stat().st_size != record.size:
-        return False
-    facts = facts_of_file(path, lines=False)
-    return facts is not None and facts.crc32 == record.crc32
-
-
-async def save_local_manifest(path: Path, data: bytes) -> None:
+async def save_local_copy(path: Path, data: bytes) -> None:
     try:
         await asyncio.to_thread(write_atomically, path, data)
     except OSError as exc:
         raise DestinationError(f"cannot write the manifest {path}: {exc.strerror or exc}") from None
 
 
-def read_if_exists(path: Path) -> bytes | None:
+def _rename_if_there(old: Path, new: Path) -> None:
+    if old.exists():
+        os.replace(old, new)
+
+
+def _read_if_exists(path: Path) -> bytes | None:
     try:
         return path.read_bytes()
     except FileNotFoundError:

@@ -2,18 +2,21 @@
 
     Aioc4Error                    (exit 1 unless stated)
     ├── UsageError                bad flags or arguments (exit 2)
-    ├── Interrupted               SIGINT / SIGTERM: state saved, resumable (exit 130 / 143)
+    ├── InterruptedRunError       SIGINT / SIGTERM: state saved, resumable (exit 130 / 143)
     ├── ChildrenFailedError       some `--procs` worker processes failed (their most telling exit code)
     ├── ManifestError             a manifest that cannot be read as one
     ├── IncompleteJobError        a bulk pull's job manifest waits for shards not complete yet
+    ├── RetryableError            internal: one failed attempt worth another (never reaches a user:
+    │                             the retry loop turns it into a SourceError when the budget is spent)
     ├── SourceError               the Hub: repo, revision, auth, network
     │   └── CorruptShardError     a shard that is not gzip'd JSON Lines of documents
     │       └── LineTooLongError  a line over the limit (the reader adds its line number)
     └── DestinationError          local disk or S3
-        ├── UploadError           one part that did not reach S3
+        ├── UploadError           one part that did not reach S3: the one form an upload failure has,
+        │                         from the storage through the pipeline to the summary
         └── PartsNotUploadedError the library API's: some parts stayed local; `summary` has the rest
 
-The CLI maps them to exit codes in one place (`aioc4.cli`).
+Each exception's `exit_code` is what the CLI exits with (`aioc4.cli` reads it in one place).
 """
 
 from __future__ import annotations
@@ -29,10 +32,11 @@ __all__ = [
     "CorruptShardError",
     "DestinationError",
     "IncompleteJobError",
-    "Interrupted",
+    "InterruptedRunError",
     "LineTooLongError",
     "ManifestError",
     "PartsNotUploadedError",
+    "RetryableError",
     "SourceError",
     "UploadError",
     "UsageError",
@@ -54,7 +58,7 @@ class UsageError(Aioc4Error):
     exit_code = 2
 
 
-class Interrupted(Aioc4Error):
+class InterruptedRunError(Aioc4Error):
     """The run was stopped by a signal after saving what it finished; rerunning resumes it."""
 
     def __init__(self, message: str, exit_code: int) -> None:
@@ -78,6 +82,15 @@ class IncompleteJobError(Aioc4Error):
     """Not every shard of the selection has a complete manifest yet."""
 
 
+class RetryableError(Aioc4Error):
+    """A failure worth another try (throttling, 5xx, dropped connection, expired signed URL)."""
+
+    def __init__(self, reason: str, retry_after_s: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+
+
 class SourceError(Aioc4Error):
     """The Hub could not give us the data (not found, no access, network)."""
 
@@ -91,12 +104,17 @@ class DestinationError(Aioc4Error):
 
 
 class UploadError(DestinationError):
-    """One finished part could not be uploaded; its local copy is kept."""
+    """One finished part could not be uploaded; its local copy is kept (at `kept_at`, once known).
 
-    def __init__(self, part_name: str, reason: str) -> None:
+    `permanent`: no retry fixes it (no bucket, no access), so a run that meets one stops reading.
+    """
+
+    def __init__(self, part_name: str, reason: str, *, permanent: bool = False, kept_at: str = "") -> None:
         super().__init__(f"upload of {part_name} failed: {reason}")
         self.part_name = part_name
         self.reason = reason
+        self.permanent = permanent
+        self.kept_at = kept_at
 
 
 class LineTooLongError(CorruptShardError):
@@ -115,6 +133,6 @@ class PartsNotUploadedError(DestinationError):
     """Some parts did not reach S3 (they are kept locally); `summary` has the rest of the run."""
 
     def __init__(self, summary: RunSummary) -> None:
-        names = ", ".join(sorted(path.rsplit("/", 1)[-1] for path in summary.failed))
+        names = ", ".join(sorted(failure.part_name for failure in summary.failed))
         super().__init__(f"{len(summary.failed)} part(s) did not reach S3 and are kept locally: {names}")
         self.summary = summary

@@ -38,7 +38,7 @@ from huggingface_hub.hf_api import DatasetInfo, RepoFile
 from huggingface_hub.utils._headers import build_hf_headers
 
 from ._version import __version__
-from .errors import CorruptShardError, SourceError
+from .errors import CorruptShardError, RetryableError, SourceError
 from .redact import display_url
 from .retry import RETRYABLE_STATUSES, RetryBudget, retry_after_seconds
 from .variants import Variant, Variants, glob_folders, pick_variant, shard_pattern, variants_to_use
@@ -69,15 +69,6 @@ class Shard:
     sha256: str | None = None  # the LFS object id, when the listing gives one
 
 
-class _Retryable(Exception):
-    """A failure worth another try (throttling, 5xx, dropped connection, expired signed URL)."""
-
-    def __init__(self, reason: str, retry_after_s: float | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.retry_after_s = retry_after_s
-
-
 class HubSource:
     """Reads one dataset repo at one commit. Use as an async context manager.
 
@@ -91,35 +82,40 @@ class HubSource:
         self,
         repo_id: str,
         *,
+        endpoint: str | None = None,
         cache_dir: Path | None = None,
         budget: RetryBudget | None = None,
         timeout_s: float = HUB_TIMEOUT_S,
+        session: aiohttp.ClientSession | None = None,
     ) -> None:
         self.repo_id = repo_id
         self.timeout_s = timeout_s
         self.call_limit_s = max(HUB_CALL_TIMEOUT_S, 4 * timeout_s)  # a listing may walk many pages
-        self.endpoint = constants.ENDPOINT.rstrip("/")
+        self.endpoint = (endpoint or constants.ENDPOINT).rstrip("/")
         self.shown_endpoint = display_url(self.endpoint)  # what messages say: never a password
         self.cache_dir = cache_dir
         self.budget = budget or RetryBudget()
-        self._api = HfApi(library_name="aioc4", library_version=__version__)
+        self._api = HfApi(endpoint=self.endpoint, library_name="aioc4", library_version=__version__)
         self._hub_headers = build_hf_headers(library_name="aioc4", library_version=__version__)
         self._storage_urls: dict[str, str] = {}
         self._cards: dict[str, Mapping[str, Any] | None] = {}
-        self._session: aiohttp.ClientSession | None = None
+        self._session = session  # the transport seam: an injected session is used, never closed here
+        self._owns_session = session is None
 
     async def __aenter__(self) -> HubSource:
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=min(HUB_CONNECT_TIMEOUT_S, self.timeout_s), sock_read=self.timeout_s
-        )
-        self._session = aiohttp.ClientSession(timeout=timeout, auto_decompress=False)
+        if self._owns_session:
+            timeout = aiohttp.ClientTimeout(
+                total=None, sock_connect=min(HUB_CONNECT_TIMEOUT_S, self.timeout_s), sock_read=self.timeout_s
+            )
+            self._session = aiohttp.ClientSession(timeout=timeout, auto_decompress=False)
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._session is not None:
+        if self._session is not None and self._owns_session:
             await self._session.close()
+            self._session = None
 
     # -- metadata ---------------------------------------------------------------------------------
 
@@ -213,32 +209,32 @@ class HubSource:
                 status = exc.response.status_code if exc.response is not None else None
                 if status not in RETRYABLE_STATUSES:
                     raise self._describe(exc, revision, folder) from None
-                failure = _Retryable(f"the Hub answered HTTP {status}", _retry_after(exc))
+                failure = RetryableError(f"the Hub answered HTTP {status}", _retry_after(exc))
             except LocalEntryNotFoundError as exc:  # hf_hub_download could not reach the Hub
-                failure = _Retryable(self._unreachable(_first_line(str(exc))))
+                failure = RetryableError(self._unreachable(_first_line(str(exc))))
             except EntryNotFoundError as exc:
                 raise SourceError(
                     f"cannot fetch from the Hub at {self.shown_endpoint}: {_first_line(str(exc))}"
                 ) from None
             except TimeoutError:
                 self.budget.spend(time.monotonic() - started)
-                failure = _Retryable(self._unreachable(f"no answer within {limit_s or 0:.0f} s"))
+                failure = RetryableError(self._unreachable(f"no answer within {limit_s or 0:.0f} s"))
             except (httpx2.TimeoutException, OSError) as exc:  # OSError: socket errors below httpx
                 self.budget.spend(time.monotonic() - started)
-                failure = _Retryable(self._unreachable(_first_line(str(exc)) or type(exc).__name__))
+                failure = RetryableError(self._unreachable(_first_line(str(exc)) or type(exc).__name__))
             except httpx2.UnsupportedProtocol as exc:  # e.g. a redirect to ftp:// or file://
                 raise SourceError(
                     f"the Hub at {self.shown_endpoint} sent aioc4 to an unusable URL ({exc})"
                 ) from None
             except httpx2.TransportError as exc:  # refused, reset, protocol errors: the network
-                failure = _Retryable(self._unreachable(_first_line(str(exc)) or type(exc).__name__))
+                failure = RetryableError(self._unreachable(_first_line(str(exc)) or type(exc).__name__))
             attempt += 1
             await self._wait_or_give_up(attempt, failure, what=f"{self.repo_id}@{revision}")
 
     def _unreachable(self, reason: str) -> str:
         return f"cannot reach the Hub at {self.shown_endpoint} ({reason}): check HF_ENDPOINT and the network"
 
-    async def _wait_or_give_up(self, attempt: int, failure: _Retryable, *, what: str) -> None:
+    async def _wait_or_give_up(self, attempt: int, failure: RetryableError, *, what: str) -> None:
         delay = self.budget.next_delay(attempt, failure.retry_after_s)
         if delay is None:
             raise SourceError(
@@ -294,13 +290,15 @@ class HubSource:
                     yield chunk
                 if received >= shard.size:
                     return
-                failure = _Retryable(f"body ended at byte {received:,} of {shard.size:,}")
-            except _Retryable as exc:
+                failure = RetryableError(f"body ended at byte {received:,} of {shard.size:,}")
+            except RetryableError as exc:
                 failure = exc
             except (aiohttp.ClientError, TimeoutError) as exc:
                 if isinstance(exc, TimeoutError):  # a silent storage host uses up the budget too
                     self.budget.spend(self.timeout_s)
-                failure = _Retryable(f"connection lost at byte {received:,} ({exc or type(exc).__name__})")
+                failure = RetryableError(
+                    f"connection lost at byte {received:,} ({exc or type(exc).__name__})"
+                )
             finally:
                 if response is not None:
                     _log_storage_request(response, sent, time.monotonic() - started)
@@ -316,7 +314,7 @@ class HubSource:
         """
         session = self._require_session()
         url = self._storage_urls.get(shard.path) or hf_hub_url(
-            self.repo_id, shard.path, repo_type="dataset", revision=commit
+            self.repo_id, shard.path, repo_type="dataset", revision=commit, endpoint=self.endpoint
         )
         for _ in range(_MAX_REDIRECTS):
             on_hub = _same_origin(url, self.endpoint)
@@ -336,11 +334,11 @@ class HubSource:
                 continue
             if not on_hub and response.status in (401, 403, 410) and shard.path in self._storage_urls:
                 del self._storage_urls[shard.path]  # an expired or revoked signed URL: resolve again
-                raise _Retryable(
+                raise RetryableError(
                     f"storage refused the signed URL (HTTP {response.status}); resolving again", 0
                 )
             if response.status in RETRYABLE_STATUSES:
-                raise _Retryable(
+                raise RetryableError(
                     f"HTTP {response.status} from {_origin(url)}", retry_after_seconds(response.headers)
                 )
             error_code = response.headers.get("X-Error-Code", "")
@@ -360,6 +358,7 @@ class HubSource:
                 revision=commit,
                 cache_dir=self.cache_dir,
                 force_download=force,
+                endpoint=self.endpoint,
                 library_name="aioc4",
                 library_version=__version__,
             )

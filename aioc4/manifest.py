@@ -17,19 +17,17 @@ from typing import Any
 
 import orjson
 
+from .decode import SourcePosition
 from .errors import ManifestError
-from .naming import PART_EXTENSIONS, PART_NAME, job_stem, part_index
-from .variants import DEFAULT_CONFIG, is_valid_config_name
+from .naming import PART_EXTENSIONS, PART_NAME, part_index
+from .variants import is_valid_config_name
 
 __all__ = [
     "MANIFEST_VERSION",
+    "JobIdentity",
     "Manifest",
-    "ManifestError",
     "PartRecord",
-    "RequestInfo",
     "ResumePoint",
-    "SourcePosition",
-    "manifest_name",
     "resume_point",
     "write_atomically",
 ]
@@ -38,14 +36,10 @@ MANIFEST_VERSION = 2  # 2: parts carry a CRC-32 instead of a SHA-256
 _CRC32 = re.compile(r"^[0-9a-f]{8}$")
 
 
-def manifest_name(split: str, requested: int, config: str = DEFAULT_CONFIG) -> str:
-    """Named after the request (not the real count), so a rerun of the same command finds it."""
-    return f"{job_stem(split, requested, config)}.manifest.json"
-
-
 @dataclass(frozen=True, slots=True)
-class RequestInfo:
-    """What identifies a job; a rerun must ask for exactly this (the commit is pinned, not compared)."""
+class JobIdentity:
+    """What identifies a job; a rerun must ask for exactly this (the commit is pinned, not compared).
+    Stored as the manifest's `request` object."""
 
     repo_id: str
     revision: str
@@ -59,21 +53,13 @@ class RequestInfo:
     split_shards: int = 0  # bulk pulls: how many shards the split has at the commit
     compression: str = "none"  # --compression: parts of another compression are another job
 
-    def differences(self, other: RequestInfo) -> list[str]:
+    def differences(self, other: JobIdentity) -> list[str]:
         """`field: recorded -> asked` for every field (but the commit) where `other` differs."""
         return [
             f"{item.name}: {getattr(self, item.name)!r} -> {getattr(other, item.name)!r}"
             for item in fields(self)
             if item.name != "commit" and getattr(self, item.name) != getattr(other, item.name)
         ]
-
-
-@dataclass(frozen=True, slots=True)
-class SourcePosition:
-    """A document's place in the split: shard path and 1-based line number."""
-
-    shard: str
-    line: int
 
 
 @dataclass(slots=True)
@@ -91,7 +77,7 @@ class PartRecord:
 
 @dataclass(slots=True)
 class Manifest:
-    request: RequestInfo
+    request: JobIdentity
     parts: list[PartRecord] = field(default_factory=list)
     complete: bool = False
     split_exhausted: bool = False
@@ -115,7 +101,7 @@ class Manifest:
             document = orjson.loads(data)
             if not isinstance(document, dict) or document.get("version") != MANIFEST_VERSION:
                 raise ValueError(f"not a version-{MANIFEST_VERSION} manifest object")
-            request = RequestInfo(**document["request"])
+            request = JobIdentity(**document["request"])
             if not is_valid_config_name(request.config_name):  # it is part of the job's file names
                 raise ValueError(f"unexpected config name {request.config_name!r}")
             if request.compression not in PART_EXTENSIONS:

@@ -16,7 +16,7 @@ from dataclasses import replace
 
 from .destination import Destination
 from .errors import Aioc4Error, IncompleteJobError
-from .manifest import Manifest, RequestInfo
+from .manifest import JobIdentity, Manifest
 from .naming import combined_manifest_name, split_stem
 from .sharding import selection_text
 
@@ -69,7 +69,7 @@ def combine(shards: dict[int, Manifest], wanted: Sequence[int] | None) -> Manife
     return Manifest(request=request, parts=parts, complete=True)
 
 
-def _identity(request: RequestInfo) -> tuple[object, ...]:
+def _identity(request: JobIdentity) -> tuple[object, ...]:
     return (
         request.repo_id,
         request.config_name,

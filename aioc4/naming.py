@@ -72,6 +72,11 @@ class PartNaming(Protocol):
         """`none`, `gzip` or `zstd`: how the parts are stored, which their extension says."""
         ...
 
+    @property
+    def stem(self) -> str:
+        """What every file name of the job starts with (`c4_train_1000`, `c4_train_shard00017`)."""
+        ...
+
     def final(self, index: int, total: int) -> str:
         """Part `index` (1-based) of a job that wrote `total` documents (or asked for them, until the end)."""
         ...
@@ -93,6 +98,10 @@ class CountNaming:
     config: str = DEFAULT_CONFIG
     compression: str = "none"
 
+    @property
+    def stem(self) -> str:
+        return job_stem(self.split, self.requested, self.config)
+
     def final(self, index: int, total: int) -> str:
         count = part_count(total, self.max_lines)
         return part_name(self.split, total, index, count, self.config, self.compression)
@@ -104,7 +113,8 @@ class CountNaming:
         return temp_part_glob(self.split, self.requested, self.config)
 
     def manifest(self) -> str:
-        return f"{job_stem(self.split, self.requested, self.config)}.manifest.json"
+        """Named after the request (not the real count), so a rerun of the same command finds it."""
+        return f"{self.stem}.manifest.json"
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,19 +8,19 @@ real run would. Which shards the first N documents need is an estimate from the 
 
 from __future__ import annotations
 
-from contextlib import AsyncExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
-from .config import RunConfig
+from .config import RunConfig, hub_endpoint
 from .destination import Destination
 from .errors import UsageError
 from .hub import Shard
-from .manifest import Manifest, manifest_name
-from .naming import ShardNaming, part_names, part_sizes
+from .jobs import BulkJob, CountJob, job_of
+from .manifest import Manifest
+from .naming import part_names, part_sizes
 from .report import destination_of, manifest_location, request_fields
+from .runner import check_output_dir, destination_for, hub_for
 from .sharding import select_shards
-from .uploader import S3Destination
 
 __all__ = [
     "GZIP_BYTES_PER_DOCUMENT",
@@ -113,21 +113,21 @@ def planned_parts(config: RunConfig) -> list[PlannedPart]:
 
 
 async def make_plan(config: RunConfig) -> Plan:
-    """Preflight the destination, read the earlier job's manifest, ask the Hub for metadata."""
-    from .pipeline import hub_for
-
-    async with AsyncExitStack() as stack:
-        destination = await _preflight(config, stack)
-        manifest, previous = await _previous(config, destination)
-        hub = await stack.enter_async_context(hub_for(config))
+    """Preflight the destination, read the earlier job's manifest, ask the Hub for metadata: the real
+    run's own checks (`aioc4.runner`), without its changes."""
+    job = job_of(config)
+    check_output_dir(config.output_dir)
+    async with destination_for(config) as destination, hub_for(job.source, hub_endpoint()) as hub:
+        await destination.check()
+        manifest, previous = await _previous(job, destination) if isinstance(job, CountJob) else (None, None)
         commit = (
             manifest.request.commit if manifest is not None else await hub.resolve_commit(config.revision)
         )
         shards = await hub.list_shards(commit, config.config_name, config.split)
+    if isinstance(job, BulkJob):
+        return _bulk_plan(job, config, commit, shards)
     by_number = {shard.index: shard for shard in shards}
     selected = [by_number[number] for number in select_shards(sorted(by_number), config.shards)]
-    if config.bulk is not None:
-        return _bulk_plan(config, commit, shards)
     needed = shards_needed(selected, config.num_samples)
     return Plan(
         config=config,
@@ -140,23 +140,17 @@ async def make_plan(config: RunConfig) -> Plan:
     )
 
 
-def _bulk_plan(config: RunConfig, commit: str, shards: list[Shard]) -> Plan:
+def _bulk_plan(job: BulkJob, config: RunConfig, commit: str, shards: list[Shard]) -> Plan:
     """This worker's shards (all its processes'), each with its file names and an estimated size."""
-    from .bulk import my_shards
-
-    assert config.bulk is not None
     by_number = {shard.index: shard for shard in shards}
-    selection = select_shards(sorted(by_number), config.shards)
-    mine = my_shards(selection, replace(config.bulk, procs=1, proc_index=None))
+    mine = job.worker_shards(select_shards(sorted(by_number), config.shards))
     planned = []
-    for position in mine:
-        naming = ShardNaming(
-            config.split, position, config.max_lines_per_file, config.config_name, config.compression
-        )
-        shard = by_number[position]
+    for number in mine:
+        naming = job.naming(number)
+        shard = by_number[number]
         planned.append(
             PlannedShard(
-                position,
+                number,
                 shard.path,
                 shard.size,
                 shard.size // GZIP_BYTES_PER_DOCUMENT,
@@ -168,39 +162,25 @@ def _bulk_plan(config: RunConfig, commit: str, shards: list[Shard]) -> Plan:
         config=config,
         commit=commit,
         split_shards=shards,
-        needed=[by_number[position] for position in mine],
-        bytes_to_read=sum(by_number[position].size for position in mine),
+        needed=[by_number[number] for number in mine],
+        bytes_to_read=sum(by_number[number].size for number in mine),
         parts=[],
         previous_job=None,
         bulk_shards=planned,
     )
 
 
-async def _preflight(config: RunConfig, stack: AsyncExitStack) -> Destination:
-    from .pipeline import check_output_dir, open_destination  # the real run's checks and names
-
-    check_output_dir(config.output_dir)
-    destination = await open_destination(config, stack)
-    if isinstance(destination, S3Destination):
-        await destination.preflight()  # not check(): a dry run must not abort another run's uploads
-    return destination
-
-
-async def _previous(config: RunConfig, destination: Destination) -> tuple[Manifest | None, str | None]:
+async def _previous(job: CountJob, destination: Destination) -> tuple[Manifest | None, str | None]:
     """The earlier job under this manifest name, as the real run would treat it (nothing is deleted)."""
-    if config.bulk is not None:
-        return None, None  # a bulk pull's state is one manifest per shard, checked as each is read
-    name = manifest_name(config.split, config.num_samples, config=config.config_name)
+    name = job.naming.manifest()
     data = await destination.load_manifest(name)
     if data is None:
         return None, None
     where = destination.location(name)
     manifest = Manifest.from_json(data, where=where)
-    from .pipeline import request_for
-
-    differences = manifest.request.differences(request_for(config))
+    differences = manifest.request.differences(job.identity())
     recorded = f"{len(manifest.parts)} part(s) recorded"
-    if differences and not config.overwrite:
+    if differences and not job.parts.overwrite:
         raise UsageError(
             f"{where} records a different job ({'; '.join(differences)}); "
             "rerun with the same arguments to resume it, or pass --overwrite to replace it"

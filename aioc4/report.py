@@ -6,12 +6,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import RunConfig
-from .manifest import Manifest, manifest_name
-from .naming import combined_manifest_name
+from .errors import UploadError
+from .manifest import Manifest
+from .naming import CountNaming, combined_manifest_name
 from .sharding import selection_text
 
 __all__ = [
     "PREVIEW_CHARS",
+    "Reading",
     "RunSummary",
     "destination_of",
     "failure_to_json",
@@ -25,35 +27,65 @@ __all__ = [
 PREVIEW_CHARS = 200
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """What a run read from the Hub (the summary's `read` figures)."""
+
+    documents: int = 0
+    compressed_bytes: int = 0
+    shards: int = 0
+    skipped_records: int = 0  # bad lines dropped (--skip-bad-records)
+
+    def __add__(self, other: Reading) -> Reading:
+        return Reading(
+            self.documents + other.documents,
+            self.compressed_bytes + other.compressed_bytes,
+            self.shards + other.shards,
+            self.skipped_records + other.skipped_records,
+        )
+
+    @classmethod
+    def from_json(cls, read: dict[str, Any]) -> Reading:
+        """From a `--json` summary's `read` object (what a `--procs` child reports to its parent)."""
+        return cls(
+            int(read.get("documents", 0)),
+            int(read.get("compressed_bytes", 0)),
+            int(read.get("shards", 0)),
+            int(read.get("skipped_records", 0)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class RunSummary:
-    """The job as its manifest records it, plus what this run did."""
+    """The job as its manifest records it, plus what this run did. Built once, at the end of a run."""
 
     manifest: Manifest
     locations: list[str] = field(default_factory=list)  # where each part is: s3:// URLs and/or paths
-    failed: dict[str, str] = field(default_factory=dict)  # local path of a part not uploaded -> why
-    compressed_bytes: int = 0
-    shards_read: int = 0
-    documents_read: int = 0
+    failed: list[UploadError] = field(default_factory=list)  # parts not uploaded (kept locally), and why
+    reading: Reading = Reading()
+    bytes_written_now: int = 0  # by this run (parts kept from earlier runs are not counted)
     elapsed_seconds: float = 0.0
     already_complete: bool = False
-    bytes_written_now: int = 0  # by this run (parts kept from earlier runs are not counted)
-    skipped_records: int = 0  # bad lines dropped by this run (--skip-bad-records)
 
     @property
     def documents(self) -> int:
         return self.manifest.documents
 
-    def add_reading_of(self, child: dict[str, Any] | None) -> None:
-        """Add what a `--procs` child process read and wrote (its `--json` summary) to this run's totals."""
-        if child is None:
-            return
-        read, written = child.get("read", {}), child.get("written", {})
-        self.compressed_bytes += int(read.get("compressed_bytes", 0))
-        self.documents_read += int(read.get("documents", 0))
-        self.shards_read += int(read.get("shards", 0))
-        self.skipped_records += int(read.get("skipped_records", 0))
-        self.bytes_written_now += int(written.get("bytes", 0))
+    @property
+    def documents_read(self) -> int:
+        return self.reading.documents
+
+    @property
+    def compressed_bytes(self) -> int:
+        return self.reading.compressed_bytes
+
+    @property
+    def shards_read(self) -> int:
+        return self.reading.shards
+
+    @property
+    def skipped_records(self) -> int:
+        return self.reading.skipped_records
 
     @property
     def bytes_written(self) -> int:
@@ -122,7 +154,7 @@ def format_summary(summary: RunSummary) -> str:
         lines += [f"  {path}" for path in local]
     if summary.failed:
         lines.append("Not uploaded (kept locally):")
-        lines += [f"  {path}: {error}" for path, error in summary.failed.items()]
+        lines += [f"  {failure.kept_at}: {failure.reason}" for failure in summary.failed]
     return "\n".join(lines)
 
 
@@ -146,7 +178,7 @@ def manifest_location(config: RunConfig) -> str:
         selection = selection_text(config.shards) if config.shards is not None else ""
         name = combined_manifest_name(config.split, config.config_name, selection)
     else:
-        name = manifest_name(config.split, config.num_samples, config=config.config_name)
+        name = CountNaming(config.split, config.num_samples, None, config.config_name).manifest()
     return config.s3.url_for(name) if config.s3 is not None else str(config.output_dir / name)
 
 
@@ -195,7 +227,7 @@ def summary_to_json(
         "split_exhausted": manifest.split_exhausted,
         "counts": {"documents": summary.documents, "parts": len(parts), "bytes": summary.bytes_written},
         "parts": parts,
-        "not_uploaded": [{"path": path, "error": why} for path, why in summary.failed.items()],
+        "not_uploaded": [{"path": failure.kept_at, "error": failure.reason} for failure in summary.failed],
         "read": {
             "documents": summary.documents_read,
             "compressed_bytes": summary.compressed_bytes,

@@ -19,11 +19,10 @@ from aiofiles.threadpool.binary import AsyncBufferedIOBase
 
 from .checksum import crc32, crc32_hex
 from .compression import Compressor, new_compressor
-from .decode import Batch
+from .decode import Batch, SourcePosition
 from .errors import DestinationError
-from .manifest import PartRecord, SourcePosition
-from .naming import CountNaming, PartNaming
-from .variants import DEFAULT_CONFIG
+from .manifest import PartRecord
+from .naming import PartNaming
 
 __all__ = ["COMPRESS_BLOCK", "FinishedPart", "PartWriter"]
 
@@ -59,18 +58,17 @@ class PartWriter:
     def __init__(
         self,
         directory: Path,
-        split: str,
-        requested: int,
+        naming: PartNaming,
         max_lines: int | None,
         *,
+        requested: int = 0,
         first_index: int = 1,
         documents: int = 0,
-        config: str = DEFAULT_CONFIG,
-        naming: PartNaming | None = None,
     ) -> None:
-        """`naming` (by default the count job's) also says how parts are compressed."""
+        """`naming` also says how parts are compressed; `requested` is the count a count job's parts
+        are named after until the end is known."""
         self.directory = directory
-        self.naming = naming or CountNaming(split, requested, max_lines, config)
+        self.naming = naming
         self.requested = requested
         self.max_lines = max_lines
         self.documents = documents

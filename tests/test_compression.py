@@ -19,9 +19,10 @@ import zstandard
 
 from aioc4.compression import compression_of, line_counter_for, new_compressor
 from aioc4.config import COMPRESSIONS
-from aioc4.decode import parse_block
+from aioc4.decode import check_block
+from aioc4.errors import ManifestError
 from aioc4.facts import FactsAccumulator
-from aioc4.manifest import Manifest, ManifestError
+from aioc4.manifest import Manifest
 from aioc4.naming import (
     PART_EXTENSIONS,
     PART_NAME,
@@ -31,7 +32,7 @@ from aioc4.naming import (
     part_names,
     renames_for_short_split,
 )
-from aioc4.uploader import _content_type
+from aioc4.s3_storage import _content_type
 from aioc4.writer import FinishedPart, PartWriter
 from scripts.s3_server import MotoServerProcess, s3_client
 from scripts.shards import FakeRepo, iter_shard_lines
@@ -263,7 +264,7 @@ def test_the_temp_glob_sweeps_temp_parts_of_every_compression(tmp_path: Path) ->
     others = [".c4_train_25000_part001.jsonl.gz.tmp", "c4_train_2500_part001.jsonl.gz"]
     for name in leftovers + others:
         (tmp_path / name).write_bytes(b"x")
-    writer = PartWriter(tmp_path, "train", 2500, 1000, naming=CountNaming("train", 2500, 1000))
+    writer = PartWriter(tmp_path, CountNaming("train", 2500, 1000), 1000, requested=2500)
     assert writer.sweep() == 3
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted(others)
 
@@ -315,9 +316,9 @@ def test_the_writer_makes_standalone_compressed_parts_and_records_their_stored_b
     naming = CountNaming("train", 2000, 1500, compression=compression)
 
     async def write() -> list[FinishedPart]:
-        writer = PartWriter(tmp_path, "train", 2000, 1500, naming=naming)
-        parts = await writer.write(parse_block(jsonl(LINES[:700]), shard="s", first_line_number=1))
-        parts += await writer.write(parse_block(jsonl(LINES[700:]), shard="s", first_line_number=701))
+        writer = PartWriter(tmp_path, naming, 1500, requested=2000)
+        parts = await writer.write(check_block(jsonl(LINES[:700]), shard="s", first_line_number=1))
+        parts += await writer.write(check_block(jsonl(LINES[700:]), shard="s", first_line_number=701))
         last = await writer.close()
         assert last is not None
         return [*parts, last]

@@ -9,7 +9,7 @@ import zlib
 
 import pytest
 
-from aioc4.decode import MAX_LINE_BYTES, SAMPLE_STRIDE, GzipLineDecoder, parse_block
+from aioc4.decode import MAX_LINE_BYTES, SAMPLE_STRIDE, GzipLineDecoder, check_block
 from aioc4.errors import CorruptShardError
 
 DOCS = [
@@ -60,7 +60,7 @@ def test_bytes_that_are_not_gzip_name_the_shard() -> None:
 
 
 def test_a_block_keeps_its_bytes_and_samples_text_lengths_without_bias() -> None:
-    batch = parse_block(DATA, shard="s", first_line_number=1)
+    batch = check_block(DATA, shard="s", first_line_number=1)
     assert batch.data is DATA
     assert len(batch) == len(LINES)
     assert batch.first_text == DOCS[0]["text"]
@@ -74,7 +74,7 @@ def test_a_block_keeps_its_bytes_and_samples_text_lengths_without_bias() -> None
 
 
 def test_slices_cut_exactly_at_line_boundaries() -> None:
-    batch = parse_block(DATA, shard="s", first_line_number=10)
+    batch = check_block(DATA, shard="s", first_line_number=10)
     rng = random.Random(1)
     for _ in range(50):
         start = rng.randrange(0, len(LINES))
@@ -92,14 +92,14 @@ def test_slices_cut_exactly_at_line_boundaries() -> None:
 def test_a_line_that_is_not_a_json_object_is_an_error_naming_shard_and_line(bad: bytes) -> None:
     data = LINES[0] + b"\n" + LINES[1] + b"\n" + bad + b"\n" + LINES[2] + b"\n"
     with pytest.raises(CorruptShardError, match=r"^en/x\.json\.gz: line 12 "):
-        parse_block(data, shard="en/x.json.gz", first_line_number=10)
+        check_block(data, shard="en/x.json.gz", first_line_number=10)
 
 
 @pytest.mark.parametrize("bad", [b'{"url": "no text"}', b"{not json}", b'{"text": 5}'])
 def test_sampled_lines_are_parsed_in_full(bad: bytes) -> None:
     """Braces alone pass the scan; the first line of a block (and every sampled line) is parsed."""
     with pytest.raises(CorruptShardError, match=r"^en/x\.json\.gz: line 7 "):
-        parse_block(bad + b"\n" + LINES[0] + b"\n", shard="en/x.json.gz", first_line_number=7)
+        check_block(bad + b"\n" + LINES[0] + b"\n", shard="en/x.json.gz", first_line_number=7)
 
 
 BAD_LINES = [
@@ -124,13 +124,13 @@ def test_every_line_of_every_block_is_checked_whatever_its_position(
     lines[position] = bad
     data = b"".join(line + b"\n" for line in lines)
     with pytest.raises(CorruptShardError, match=rf"^en/x\.json\.gz: line {100 + position} {problem}"):
-        parse_block(data, shard="en/x.json.gz", first_line_number=100)
+        check_block(data, shard="en/x.json.gz", first_line_number=100)
 
 
 def test_other_valid_json_documents_pass() -> None:
     odd = [b'  {"text":"padded"}  ', b'{"meta":{"a":[1,2]},"text":"nested first"}', b'{"text":"\\u00e9"}']
     data = b"".join(line + b"\n" for line in odd)
-    assert len(parse_block(data, shard="s", first_line_number=1)) == 3
+    assert len(check_block(data, shard="s", first_line_number=1)) == 3
 
 
 def test_a_line_longer_than_the_limit_is_refused_with_memory_bounded() -> None:

@@ -6,19 +6,13 @@ import dataclasses
 
 import pytest
 
-from aioc4.manifest import (
-    Manifest,
-    ManifestError,
-    PartRecord,
-    RequestInfo,
-    ResumePoint,
-    SourcePosition,
-    manifest_name,
-    resume_point,
-)
+from aioc4.decode import SourcePosition
+from aioc4.errors import ManifestError
+from aioc4.manifest import JobIdentity, Manifest, PartRecord, ResumePoint, resume_point
+from aioc4.naming import CountNaming
 from aioc4.variants import BUILTIN_VARIANTS, shard_pattern
 
-REQUEST = RequestInfo("allenai/c4", "main", "en", "train", 3000, 1000, "a" * 40)
+REQUEST = JobIdentity("allenai/c4", "main", "en", "train", 3000, 1000, "a" * 40)
 S0, S1 = "en/c4-train.00000-of-00002.json.gz", "en/c4-train.00001-of-00002.json.gz"
 
 
@@ -39,7 +33,7 @@ def test_round_trip() -> None:
     manifest = Manifest(request=REQUEST, parts=list(PARTS), complete=True, first_text_preview="Hällo")
     assert Manifest.from_json(manifest.to_json(), where="m") == manifest
     assert manifest.documents == 3000
-    assert manifest_name("train", 3000) == "c4_train_3000.manifest.json"
+    assert CountNaming("train", 3000, None).manifest() == "c4_train_3000.manifest.json"
 
 
 @pytest.mark.parametrize(
@@ -61,7 +55,9 @@ def test_a_tampered_part_record_is_rejected(change: dict[str, object]) -> None:
 
 
 def test_a_job_of_another_config_has_its_own_names() -> None:
-    assert manifest_name("train", 3000, "en.noclean") == "c4_en.noclean_train_3000.manifest.json"
+    assert (
+        CountNaming("train", 3000, None, "en.noclean").manifest() == "c4_en.noclean_train_3000.manifest.json"
+    )
     request = dataclasses.replace(REQUEST, config_name="bg-Latn")
     parts = [dataclasses.replace(p, name=p.name.replace("c4_", "c4_bg-Latn_")) for p in PARTS]
     manifest = Manifest(request=request, parts=parts)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from aioc4.decode import SourcePosition
 from aioc4.errors import Aioc4Error, IncompleteJobError
-from aioc4.manifest import Manifest, PartRecord, RequestInfo, SourcePosition
+from aioc4.manifest import JobIdentity, Manifest, PartRecord
 from aioc4.merge import combine, shard_manifest_position
 from aioc4.naming import PART_NAME, ShardNaming, combined_manifest_name
 
@@ -16,7 +17,7 @@ def shard_manifest(
     position: int, lines: list[int], *, complete: bool = True, commit: str = COMMIT
 ) -> Manifest:
     path = f"en/c4-train.{position:05d}-of-00004.json.gz"
-    request = RequestInfo("allenai/c4", "main", "en", "train", 0, 10, commit, shard=path, split_shards=4)
+    request = JobIdentity("allenai/c4", "main", "en", "train", 0, 10, commit, shard=path, split_shards=4)
     naming = ShardNaming("train", position, 10)
     parts, line = [], 1
     for index, count in enumerate(lines, start=1):

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from aioc4.naming import part_names
-from aioc4.uploader import MULTIPART_CHUNK, MULTIPART_THRESHOLD
+from aioc4.s3_storage import MULTIPART_CHUNK, MULTIPART_THRESHOLD
 from scripts.s3_fault_proxy import S3FaultProxyProcess
 from scripts.s3_server import MotoServerProcess, s3_client
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from aioc4.decode import Batch, parse_block
-from aioc4.manifest import SourcePosition
+from aioc4.decode import Batch, SourcePosition, check_block
+from aioc4.naming import CountNaming
 from aioc4.writer import COMPRESS_BLOCK, FinishedPart, PartWriter
 
 LINES = [b'{"text":"doc %d"}' % i for i in range(23)]
@@ -19,7 +19,7 @@ LINES = [b'{"text":"doc %d"}' % i for i in range(23)]
 
 def batch(start: int, stop: int, shard: str = "en/s0.json.gz", first_line: int | None = None) -> Batch:
     data = b"".join(line + b"\n" for line in LINES[start:stop])
-    return parse_block(data, shard=shard, first_line_number=first_line or start + 1)
+    return check_block(data, shard=shard, first_line_number=first_line or start + 1)
 
 
 async def write_all(writer: PartWriter, batches: list[Batch]) -> list[FinishedPart]:
@@ -31,7 +31,7 @@ async def write_all(writer: PartWriter, batches: list[Batch]) -> list[FinishedPa
 
 
 def test_parts_hold_consecutive_lines_and_the_last_part_the_remainder(tmp_path: Path) -> None:
-    writer = PartWriter(tmp_path, "train", 23, 5)
+    writer = PartWriter(tmp_path, CountNaming("train", 23, 5), 5, requested=23)
     parts = asyncio.run(write_all(writer, [batch(0, 7), batch(7, 8), batch(8, 23)]))
     names = [part.name for part in parts]
     assert names == [f"c4_train_23_part{i:03d}.jsonl" for i in range(1, 6)]
@@ -42,7 +42,7 @@ def test_parts_hold_consecutive_lines_and_the_last_part_the_remainder(tmp_path: 
 
 
 def test_each_part_records_size_checksum_text_and_source_range(tmp_path: Path) -> None:
-    writer = PartWriter(tmp_path, "train", 10, 4)
+    writer = PartWriter(tmp_path, CountNaming("train", 10, 4), 4, requested=10)
     # documents 1-6 from shard 0 (its lines 1-6), 7-10 from shard 1 (its lines 1-4)
     batches = [batch(0, 6, "en/a.json.gz", 1), batch(6, 10, "en/b.json.gz", 1)]
     records = [part.record for part in asyncio.run(write_all(writer, batches))]
@@ -61,14 +61,14 @@ def test_each_part_records_size_checksum_text_and_source_range(tmp_path: Path) -
 
 
 def test_a_resumed_writer_continues_numbering_and_counting(tmp_path: Path) -> None:
-    writer = PartWriter(tmp_path, "train", 23, 5, first_index=3, documents=10)
+    writer = PartWriter(tmp_path, CountNaming("train", 23, 5), 5, requested=23, first_index=3, documents=10)
     names = [part.name for part in asyncio.run(write_all(writer, [batch(10, 23)]))]
     assert names == ["c4_train_23_part003.jsonl", "c4_train_23_part004.jsonl", "c4_train_23_part005.jsonl"]
     assert writer.documents == 23
 
 
 def test_without_limit_everything_goes_to_one_file(tmp_path: Path) -> None:
-    writer = PartWriter(tmp_path, "validation", 23, None)
+    writer = PartWriter(tmp_path, CountNaming("validation", 23, None), None, requested=23)
     assert [part.name for part in asyncio.run(write_all(writer, [batch(0, 23)]))] == [
         "c4_validation_23.jsonl"
     ]
@@ -76,7 +76,7 @@ def test_without_limit_everything_goes_to_one_file(tmp_path: Path) -> None:
 
 def test_a_part_is_not_visible_under_its_final_name_until_complete(tmp_path: Path) -> None:
     async def scenario() -> list[str]:
-        writer = PartWriter(tmp_path, "train", 23, 10)
+        writer = PartWriter(tmp_path, CountNaming("train", 23, 10), 10, requested=23)
         await writer.write(batch(0, 4))
         names = await asyncio.to_thread(lambda: sorted(path.name for path in tmp_path.iterdir()))
         await writer.abort()
@@ -87,7 +87,7 @@ def test_a_part_is_not_visible_under_its_final_name_until_complete(tmp_path: Pat
 
 
 def test_the_last_part_is_named_after_the_real_count_when_the_source_ends_early(tmp_path: Path) -> None:
-    writer = PartWriter(tmp_path, "validation", 100, 10)
+    writer = PartWriter(tmp_path, CountNaming("validation", 100, 10), 10, requested=100)
     names = [part.name for part in asyncio.run(write_all(writer, [batch(0, 15)]))]
     # part 1 was closed while more documents were expected; the last knows the real total
     assert names == ["c4_validation_100_part001.jsonl", "c4_validation_15_part002.jsonl"]
@@ -96,7 +96,7 @@ def test_the_last_part_is_named_after_the_real_count_when_the_source_ends_early(
 @pytest.mark.parametrize("written", [0, 3])
 def test_abort_removes_the_part_being_written_and_keeps_finished_ones(tmp_path: Path, written: int) -> None:
     async def scenario() -> None:
-        writer = PartWriter(tmp_path, "train", 23, 5)
+        writer = PartWriter(tmp_path, CountNaming("train", 23, 5), 5, requested=23)
         await writer.write(batch(0, 5 + written + 1))
         await writer.abort()
 
@@ -116,11 +116,11 @@ def test_compressed_parts_do_not_depend_on_how_the_batches_arrived(tmp_path: Pat
 
     async def write(cuts: list[int], folder: Path) -> bytes:
         naming = CountNaming("train", len(lines), None, compression=compression)
-        writer = PartWriter(folder, "train", len(lines), None, naming=naming)
+        writer = PartWriter(folder, naming, None, requested=len(lines))
         bounds = [0, *cuts, len(lines)]
         for start, stop in itertools.pairwise(bounds):
             chunk = b"".join(line + b"\n" for line in lines[start:stop])
-            await writer.write(parse_block(chunk, shard="s", first_line_number=start + 1))
+            await writer.write(check_block(chunk, shard="s", first_line_number=start + 1))
         part = await writer.close()
         assert part is not None
         return part.path.read_bytes()

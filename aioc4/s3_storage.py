@@ -1,4 +1,4 @@
-"""S3 as a destination, through aiobotocore: checked before any download, one part per upload.
+"""S3 as a storage (`aioc4.storage.Storage`), through aiobotocore: checked before any download.
 
 The client is configured the standard way (AWS credential chain, `AWS_ENDPOINT_URL_S3` /
 `AWS_ENDPOINT_URL`, `AWS_REGION`), with `--endpoint-url` taking precedence for S3-compatible stores.
@@ -29,11 +29,11 @@ import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import aiofiles
 from aiobotocore.config import AioConfig
@@ -43,13 +43,10 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from .checksum import crc32, crc32_base64
 from .compression import CONTENT_TYPES, compression_of
 from .config import S3Target
-from .destination import Delivery, local_names_taken, read_if_exists, save_local_manifest
 from .errors import DestinationError, UploadError
-from .facts import FactsAccumulator, PartFacts
-from .manifest import PartRecord
-from .writer import FinishedPart
+from .storage import READ_CHUNK, ObjectInfo
 
-__all__ = ["MULTIPART_CHUNK", "MULTIPART_THRESHOLD", "S3Destination", "multipart_chunk_size"]
+__all__ = ["MULTIPART_CHUNK", "MULTIPART_THRESHOLD", "PERMANENT_ERRORS", "S3Storage", "multipart_chunk_size"]
 
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
 MULTIPART_CHUNK = 8 * 1024 * 1024
@@ -71,6 +68,7 @@ PERMANENT_ERRORS = frozenset(
 )
 """S3 error codes no retry fixes: a run that meets one stops reading instead of piling parts up locally."""
 _CRC32_METADATA = "crc32"
+_MISSING = frozenset({"404", "NoSuchKey", "NotFound"})
 
 log = logging.getLogger("aioc4")
 
@@ -80,43 +78,47 @@ def multipart_chunk_size(size: int) -> int:
     return max(MULTIPART_CHUNK, math.ceil(size / _MAX_CHUNKS))
 
 
-class S3Destination:
-    """Uploads finished parts to `s3://bucket/prefix/`; use as an async context manager."""
+class S3Storage:
+    """Objects under `s3://bucket/prefix/`; use as an async context manager.
+
+    `client` is the transport seam: an aiobotocore S3 client to use instead of opening one (tests,
+    or an application that already has one); it is then neither opened nor closed here.
+    """
+
+    local_folder: Path | None = None
 
     def __init__(
         self,
         target: S3Target,
-        directory: Path,
         *,
-        job_prefix: str,
-        endpoint_url: str | None,
-        workers: int,
-        cleanup_local: bool,
+        endpoint_url: str | None = None,
         checksum: str = "crc32",
         timeout_s: float = 60.0,
+        connections: int = 4,
+        client: Any = None,
     ) -> None:
         self.target = target
-        self.directory = directory
-        self.job_prefix = job_prefix
+        self.url = f"s3://{target.bucket}/{target.prefix}".rstrip("/")
         self.endpoint_url = endpoint_url
-        self.cleanup_local = cleanup_local
         self.checksum = checksum
         self._session = get_session()
         self._config = AioConfig(
-            max_pool_connections=max(10, workers + BODIES_IN_MEMORY),
+            max_pool_connections=max(10, connections + BODIES_IN_MEMORY),
             retries=_retry_policy(),
             connect_timeout=min(10.0, timeout_s),
             read_timeout=timeout_s,
             **_checksum_config(checksum),
         )
         self._stack = AsyncExitStack()
-        self._client: Any = None
+        self._client: Any = client
+        self._owns_client = client is None
         self._bodies = asyncio.Semaphore(BODIES_IN_MEMORY)  # bounds memory, whatever the worker count
 
-    async def __aenter__(self) -> S3Destination:
-        self._client = await self._stack.enter_async_context(
-            self._session.create_client("s3", endpoint_url=self.endpoint_url, config=self._config)
-        )
+    async def __aenter__(self) -> Self:
+        if self._owns_client:
+            self._client = await self._stack.enter_async_context(
+                self._session.create_client("s3", endpoint_url=self.endpoint_url, config=self._config)
+            )
         if log.isEnabledFor(logging.DEBUG):
             events = self._client.meta.events
             events.register("before-call.s3", _note_call_start)
@@ -129,24 +131,15 @@ class S3Destination:
     ) -> None:
         await self._stack.aclose()
 
-    @property
-    def where(self) -> str:
-        return f"s3://{self.target.bucket}/{self.target.prefix}"
-
     def location(self, name: str) -> str:
         return self.target.url_for(name)
 
     # -- before any download ----------------------------------------------------------------------
 
-    async def check(self) -> None:
-        """Credentials exist, the bucket exists, we may write under the prefix; old uploads are aborted."""
-        await self.preflight()
-        if self.job_prefix:  # a bulk pull has one job per shard: it aborts them shard by shard
-            await self.abort_stale_uploads(self.job_prefix)
-
     async def preflight(self) -> None:
-        """The checks of `check` that change nothing (the write probe is aborted): for `--dry-run`."""
-        if await self._session.get_credentials() is None:
+        """Credentials exist, the bucket exists, we may write under the prefix (the write probe is
+        aborted: nothing changes, so `--dry-run` runs it too)."""
+        if self._owns_client and await self._session.get_credentials() is None:
             raise DestinationError(
                 "no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, "
                 "or run with an instance/task role"
@@ -167,9 +160,9 @@ class S3Destination:
         try:
             upload = await self._client.create_multipart_upload(Bucket=bucket, Key=key, **self._algorithm())
         except ClientError as exc:
-            raise DestinationError(f"cannot write to {self.where}: {_reason(exc)}") from None
+            raise DestinationError(f"cannot write to {self.url}: {_reason(exc)}") from None
         except (BotoCoreError, OSError) as exc:
-            raise DestinationError(f"cannot reach S3 for {self.where}: {_reason(exc)}") from None
+            raise DestinationError(f"cannot reach S3 for {self.url}: {_reason(exc)}") from None
         upload_id = upload["UploadId"]
         try:
             body = b"aioc4 write check\n"
@@ -179,15 +172,15 @@ class S3Destination:
         except ClientError as exc:
             hint = " (an S3-compatible store that rejects these checksums? try --s3-checksum md5)"
             raise DestinationError(
-                f"cannot upload to {self.where}: {_reason(exc)}{hint if self.checksum == 'crc32' else ''}"
+                f"cannot upload to {self.url}: {_reason(exc)}{hint if self.checksum == 'crc32' else ''}"
             ) from None
         except (BotoCoreError, OSError) as exc:
-            raise DestinationError(f"cannot reach S3 for {self.where}: {_reason(exc)}") from None
+            raise DestinationError(f"cannot reach S3 for {self.url}: {_reason(exc)}") from None
         finally:
             with contextlib.suppress(ClientError, BotoCoreError):
                 await self._client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
 
-    async def abort_stale_uploads(self, stem: str) -> None:
+    async def discard_unfinished(self, stem: str) -> None:
         """A run killed mid-upload leaves an incomplete multipart upload (billed storage): abort those of
         the job named `stem`, and only its, so concurrent jobs under the same prefix are left alone."""
         prefix = self.target.key_for(stem)
@@ -201,9 +194,7 @@ class S3Destination:
                         Bucket=self.target.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
                     )
         except (ClientError, BotoCoreError) as exc:
-            raise DestinationError(
-                f"cannot clean up old uploads under {self.where}: {_reason(exc)}"
-            ) from None
+            raise DestinationError(f"cannot clean up old uploads under {self.url}: {_reason(exc)}") from None
 
     def _bucket_problem(self, exc: ClientError) -> str:
         code = str(exc.response.get("Error", {}).get("Code", ""))
@@ -216,114 +207,21 @@ class S3Destination:
             return f"S3 rejected the AWS credentials ({code})"
         return f"cannot use S3 bucket {bucket!r}: {_reason(exc)}"
 
-    # -- parts ------------------------------------------------------------------------------------
+    # -- objects ----------------------------------------------------------------------------------
 
-    async def deliver(self, part: FinishedPart) -> Delivery:
-        key = self.target.key_for(part.name)
+    async def put_file(self, name: str, path: Path, *, size: int, crc32: str) -> None:
+        """Upload, then HEAD: the object must have the part's size and CRC-32, or it is an UploadError."""
+        key = self.target.key_for(name)
         try:
-            await self._upload(part, key)
-            if not await self._object_matches(key, part.record):
-                raise UploadError(part.name, "the object S3 holds does not match the part (size or CRC-32)")
-        except UploadError as exc:
-            return Delivery(name=part.name, uploaded=False, error=exc.reason)
+            await self._upload(name, path, key, size=size, crc32=crc32)
+            info = await self._head(key)
         except (ClientError, BotoCoreError, OSError) as exc:
             permanent = _code(exc) in PERMANENT_ERRORS or isinstance(exc, NoCredentialsError)
-            return Delivery(name=part.name, uploaded=False, error=_reason(exc), permanent=permanent)
-        if self.cleanup_local:
-            await asyncio.to_thread(part.path.unlink)
-        return Delivery(name=part.name, uploaded=True)
+            raise UploadError(name, _reason(exc), permanent=permanent) from None
+        if info is None or info.size != size or info.crc32 != crc32:
+            raise UploadError(name, "the object S3 holds does not match the part (size or CRC-32)")
 
-    async def already_delivered(self, part: FinishedPart) -> Delivery:
-        if self.cleanup_local:
-            await asyncio.to_thread(part.path.unlink)
-        return Delivery(name=part.name, uploaded=True)
-
-    async def is_intact(self, record: PartRecord) -> bool:
-        try:
-            return await self._object_matches(self.target.key_for(record.name), record)
-        except (ClientError, BotoCoreError) as exc:
-            if _code(exc) in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise DestinationError(f"cannot check {self.location(record.name)}: {_reason(exc)}") from None
-
-    async def _object_matches(self, key: str, record: PartRecord) -> bool:
-        head = await self._client.head_object(Bucket=self.target.bucket, Key=key)
-        checksum = head.get("Metadata", {}).get(_CRC32_METADATA)
-        return bool(head["ContentLength"] == record.size and checksum == record.crc32)
-
-    async def rename(self, old: str, new: str) -> None:
-        local = self.directory / old
-        if await asyncio.to_thread(local.exists):
-            await asyncio.to_thread(os.replace, local, self.directory / new)
-        bucket, old_key, new_key = self.target.bucket, self.target.key_for(old), self.target.key_for(new)
-        try:
-            await self._client.copy_object(
-                Bucket=bucket, Key=new_key, CopySource={"Bucket": bucket, "Key": old_key}
-            )
-            await self._client.delete_object(Bucket=bucket, Key=old_key)
-        except (ClientError, BotoCoreError) as exc:
-            if _code(exc) in ("404", "NoSuchKey"):
-                return  # never uploaded: only the local copy had to be renamed
-            raise DestinationError(f"cannot rename {self.location(old)} to {new}: {_reason(exc)}") from None
-
-    async def remove(self, name: str) -> None:
-        await asyncio.to_thread((self.directory / name).unlink, missing_ok=True)
-        try:
-            await self._client.delete_object(Bucket=self.target.bucket, Key=self.target.key_for(name))
-        except (ClientError, BotoCoreError) as exc:
-            raise DestinationError(f"cannot delete {self.location(name)}: {_reason(exc)}") from None
-
-    async def existing(self, names: Sequence[str]) -> list[str]:
-        """Names taken in S3 (one listing of their common prefix) or in the local staging folder."""
-        taken = set(await asyncio.to_thread(local_names_taken, self.directory, names))
-        if names:
-            common = os.path.commonprefix(list(names))  # noqa: RUF071 - names, not paths
-            start = len(self.target.key_for(""))
-            try:
-                paginator = self._client.get_paginator("list_objects_v2")
-                pages = paginator.paginate(Bucket=self.target.bucket, Prefix=self.target.key_for(common))
-                async for page in pages:
-                    taken.update(item["Key"][start:] for item in page.get("Contents", []))
-            except (ClientError, BotoCoreError) as exc:
-                raise DestinationError(f"cannot list {self.where}: {_reason(exc)}") from None
-        return [name for name in names if name in taken]
-
-    async def list_manifests(self) -> list[str]:
-        prefix = self.target.key_for("")
-        names = []
-        try:
-            paginator = self._client.get_paginator("list_objects_v2")
-            async for page in paginator.paginate(Bucket=self.target.bucket, Prefix=prefix, Delimiter="/"):
-                names += [item["Key"][len(prefix) :] for item in page.get("Contents", [])]
-        except (ClientError, BotoCoreError) as exc:
-            raise DestinationError(f"cannot list {self.where}: {_reason(exc)}") from None
-        return sorted(name for name in names if name.endswith(".manifest.json"))
-
-    async def inspect(self, name: str) -> PartFacts | None:
-        accumulator = FactsAccumulator(name)
-        try:
-            answer = await self._client.get_object(Bucket=self.target.bucket, Key=self.target.key_for(name))
-            async with answer["Body"] as body:
-                while chunk := await body.read(1 << 20):
-                    accumulator.feed(chunk)
-        except (ClientError, BotoCoreError) as exc:
-            if _code(exc) in ("404", "NoSuchKey"):
-                return None
-            raise DestinationError(f"cannot read {self.location(name)}: {_reason(exc)}") from None
-        return accumulator.facts()
-
-    # -- manifest ---------------------------------------------------------------------------------
-
-    async def save_manifest(self, name: str, data: bytes, *, final: bool) -> None:
-        """In S3 (so a rerun on another machine resumes) and locally, until a clean finish with cleanup.
-
-        A failed S3 update during the run is only a warning (the local copy is current and the next
-        part updates S3 again); at the end it is an error, and the local copy is kept.
-        """
-        path = self.directory / name
-        drop_local = final and self.cleanup_local
-        if not drop_local:
-            await save_local_manifest(path, data)
+    async def put_bytes(self, name: str, data: bytes) -> None:
         try:
             await self._client.put_object(
                 Bucket=self.target.bucket,
@@ -333,33 +231,72 @@ class S3Destination:
                 **self._integrity(data),
             )
         except (ClientError, BotoCoreError) as exc:
-            if not final:
-                log.warning(
-                    "could not update %s (%s); will retry after the next part",
-                    self.location(name),
-                    _reason(exc),
-                )
-                return
-            if drop_local:
-                await save_local_manifest(path, data)
-            raise DestinationError(
-                f"cannot write the manifest {self.location(name)}: {_reason(exc)}"
-            ) from None
-        if drop_local:
-            await asyncio.to_thread(path.unlink, missing_ok=True)
+            raise DestinationError(f"cannot write {self.location(name)}: {_reason(exc)}") from None
 
-    async def load_manifest(self, name: str) -> bytes | None:
-        """S3's copy first (any machine can resume a job), the local one if S3 has none."""
+    async def head(self, name: str) -> ObjectInfo | None:
+        try:
+            return await self._head(self.target.key_for(name))
+        except (ClientError, BotoCoreError) as exc:
+            raise DestinationError(f"cannot check {self.location(name)}: {_reason(exc)}") from None
+
+    async def _head(self, key: str) -> ObjectInfo | None:
+        try:
+            head = await self._client.head_object(Bucket=self.target.bucket, Key=key)
+        except ClientError as exc:
+            if _code(exc) in _MISSING:
+                return None
+            raise
+        return ObjectInfo(int(head["ContentLength"]), head.get("Metadata", {}).get(_CRC32_METADATA))
+
+    async def get(self, name: str) -> bytes | None:
         try:
             answer = await self._client.get_object(Bucket=self.target.bucket, Key=self.target.key_for(name))
             async with answer["Body"] as body:
                 return bytes(await body.read())
         except (ClientError, BotoCoreError) as exc:
-            if _code(exc) not in ("404", "NoSuchKey"):
-                raise DestinationError(
-                    f"cannot read the manifest {self.location(name)}: {_reason(exc)}"
-                ) from None
-        return await asyncio.to_thread(read_if_exists, self.directory / name)
+            if _code(exc) in _MISSING:
+                return None
+            raise DestinationError(f"cannot read {self.location(name)}: {_reason(exc)}") from None
+
+    async def read(self, name: str) -> AsyncIterator[bytes]:
+        try:
+            answer = await self._client.get_object(Bucket=self.target.bucket, Key=self.target.key_for(name))
+            async with answer["Body"] as body:
+                while chunk := await body.read(READ_CHUNK):
+                    yield chunk
+        except (ClientError, BotoCoreError) as exc:
+            raise DestinationError(f"cannot read {self.location(name)}: {_reason(exc)}") from None
+
+    async def names(self, prefix: str = "") -> list[str]:
+        folder = self.target.key_for("")
+        found: list[str] = []
+        try:
+            paginator = self._client.get_paginator("list_objects_v2")
+            pages = paginator.paginate(Bucket=self.target.bucket, Prefix=folder + prefix, Delimiter="/")
+            async for page in pages:
+                found += [item["Key"][len(folder) :] for item in page.get("Contents", [])]
+        except (ClientError, BotoCoreError) as exc:
+            raise DestinationError(f"cannot list {self.url}: {_reason(exc)}") from None
+        return sorted(found)
+
+    async def rename(self, old: str, new: str) -> None:
+        """Copy, then delete (S3 has no rename); a source never uploaded is no error."""
+        bucket, old_key, new_key = self.target.bucket, self.target.key_for(old), self.target.key_for(new)
+        try:
+            await self._client.copy_object(
+                Bucket=bucket, Key=new_key, CopySource={"Bucket": bucket, "Key": old_key}
+            )
+            await self._client.delete_object(Bucket=bucket, Key=old_key)
+        except (ClientError, BotoCoreError) as exc:
+            if _code(exc) in _MISSING:
+                return
+            raise DestinationError(f"cannot rename {self.location(old)} to {new}: {_reason(exc)}") from None
+
+    async def delete(self, name: str) -> None:
+        try:
+            await self._client.delete_object(Bucket=self.target.bucket, Key=self.target.key_for(name))
+        except (ClientError, BotoCoreError) as exc:
+            raise DestinationError(f"cannot delete {self.location(name)}: {_reason(exc)}") from None
 
     # -- uploads ----------------------------------------------------------------------------------
 
@@ -373,46 +310,48 @@ class S3Destination:
             return {"ContentMD5": base64.b64encode(hashlib.md5(body).digest()).decode()}
         return {"ChecksumCRC32": crc32_base64(crc32(body, 0))}
 
-    async def _upload(self, part: FinishedPart, key: str) -> None:
-        metadata = {_CRC32_METADATA: part.record.crc32}
-        if part.size > MULTIPART_THRESHOLD:
-            await self._upload_multipart(part, key, metadata)
+    async def _upload(self, name: str, path: Path, key: str, *, size: int, crc32: str) -> None:
+        metadata = {_CRC32_METADATA: crc32}
+        if size > MULTIPART_THRESHOLD:
+            await self._upload_multipart(name, path, key, size, metadata)
             return
-        file = await asyncio.to_thread(open, part.path, "rb")
+        file = await asyncio.to_thread(open, path, "rb")
         try:
             # botocore sends (and on a retry rewinds) the open file; aiohttp reads it in a thread
             await self._client.put_object(
                 Bucket=self.target.bucket,
                 Key=key,
                 Body=file,
-                ContentLength=part.size,
+                ContentLength=size,
                 Metadata=metadata,
-                **_content_type(part.name),
-                **(await self._whole_part_integrity(part)),
+                **_content_type(name),
+                **(await self._whole_file_integrity(path, crc32)),
             )
         finally:
             await asyncio.to_thread(file.close)
 
-    async def _whole_part_integrity(self, part: FinishedPart) -> dict[str, str]:
+    async def _whole_file_integrity(self, path: Path, crc32_hex: str) -> dict[str, str]:
         """The checksum S3 verifies for a whole part: the CRC-32 the writer computed while writing it,
         so S3 rejects bytes that changed on disk since (MD5 has to read the file once)."""
         if self.checksum == "md5":
-            digest = await asyncio.to_thread(_md5_of_file, part.path)
+            digest = await asyncio.to_thread(_md5_of_file, path)
             return {"ContentMD5": base64.b64encode(digest).decode()}
-        return {"ChecksumCRC32": crc32_base64(int(part.record.crc32, 16))}
+        return {"ChecksumCRC32": crc32_base64(int(crc32_hex, 16))}
 
-    async def _upload_multipart(self, part: FinishedPart, key: str, metadata: dict[str, str]) -> None:
+    async def _upload_multipart(
+        self, name: str, path: Path, key: str, size: int, metadata: dict[str, str]
+    ) -> None:
         bucket = self.target.bucket
         created = await self._client.create_multipart_upload(
-            Bucket=bucket, Key=key, Metadata=metadata, **_content_type(part.name), **self._algorithm()
+            Bucket=bucket, Key=key, Metadata=metadata, **_content_type(name), **self._algorithm()
         )
         upload_id = created["UploadId"]
         try:
-            chunk = multipart_chunk_size(part.size)
+            chunk = multipart_chunk_size(size)
 
             async def send(number: int) -> dict[str, Any]:
                 async with self._bodies:
-                    body = await _read_range(part.path, (number - 1) * chunk, chunk)
+                    body = await _read_range(path, (number - 1) * chunk, chunk)
                     answer = await self._client.upload_part(
                         Bucket=bucket,
                         Key=key,
@@ -423,7 +362,7 @@ class S3Destination:
                     )
                     return {"PartNumber": number, "ETag": answer["ETag"], **_checksums(answer)}
 
-            numbers = range(1, math.ceil(part.size / chunk) + 1)
+            numbers = range(1, math.ceil(size / chunk) + 1)
             try:
                 async with asyncio.TaskGroup() as group:
                     tasks = [group.create_task(send(number)) for number in numbers]

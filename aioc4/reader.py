@@ -1,4 +1,8 @@
-"""The producer: the first N documents of a split, in shard order, as batches."""
+"""The shard reader: the next N documents of a list of shards, in order, as checked batches.
+
+`HubSource` (aioc4.hub) supplies each shard's compressed bytes; this module inflates and checks them
+(aioc4.decode) on two long-lived worker threads and hands out batches of documents.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass
 
-from .decode import Batch, GzipLineDecoder, good_runs, parse_block
+from .decode import Batch, GzipLineDecoder, SourcePosition, check_block, good_runs
 from .errors import CorruptShardError, LineTooLongError, SourceError
 from .hub import HubSource, Shard, chunks_of
-from .manifest import SourcePosition
 
-__all__ = ["SourceProgress", "read_documents"]
+__all__ = ["ReadProgress", "read_documents"]
 
 log = logging.getLogger("aioc4")
 
@@ -25,8 +28,8 @@ EXACT_DOCUMENTS = 10_000  # the first documents of a run are all parsed: exact s
 
 
 @dataclass(slots=True)
-class SourceProgress:
-    """What the producer has read so far (for the summary)."""
+class ReadProgress:
+    """What the reader has read so far (for the progress display and the summary)."""
 
     shards_opened: int = 0
     documents: int = 0
@@ -47,7 +50,7 @@ async def read_documents(
     limit: int,
     *,
     streaming: bool,
-    progress: SourceProgress,
+    progress: ReadProgress,
     start: SourcePosition | None = None,
     skip_bad_records: bool = False,
 ) -> AsyncGenerator[Batch, None]:
@@ -59,28 +62,51 @@ async def read_documents(
     the spill's extra writes and reads made 200k documents slower (75-79k against 91-112k docs/s).
     """
     first_shard, first_line = _start_at(shards, start)
-    for index in range(first_shard, len(shards)):
-        progress.shards_opened += 1
-        first = index == first_shard
-        batches = _read_shard(
-            source,
-            shards[index],
-            commit,
-            streaming=streaming,
-            progress=progress,
-            skip_before=first_line if first else 1,
-            exact_documents=EXACT_DOCUMENTS if first else 0,
-            wanted=lambda: limit - progress.documents,
-            skip_bad_records=skip_bad_records,
-        )
-        async with aclosing(batches):
-            async for batch in batches:
-                head = batch.slice(0, limit - progress.documents)
-                progress.documents += len(head)
-                yield head
-                if progress.documents >= limit:
-                    return
+    async with _Decoders() as decoders:
+        for index in range(first_shard, len(shards)):
+            progress.shards_opened += 1
+            first = index == first_shard
+            batches = _read_shard(
+                source,
+                shards[index],
+                commit,
+                decoders,
+                streaming=streaming,
+                progress=progress,
+                skip_before=first_line if first else 1,
+                exact_documents=EXACT_DOCUMENTS if first else 0,
+                wanted=lambda: limit - progress.documents,
+                skip_bad_records=skip_bad_records,
+            )
+            async with aclosing(batches):
+                async for batch in batches:
+                    head = batch.slice(0, limit - progress.documents)
+                    progress.documents += len(head)
+                    yield head
+                    if progress.documents >= limit:
+                        return
     progress.exhausted = True
+
+
+class _Decoders:
+    """The reader's two worker threads, one pipeline stage each: one inflates chunks (ISA-L and zlib
+    release the GIL), the other checks what the first produced (the scans hold it), so chunk i+1
+    inflates while chunk i is checked and the event loop receives more. Made once per reader and
+    shut down when it ends: both threads are gone (and nothing they ran is left) before it returns."""
+
+    def __init__(self) -> None:
+        self.inflater = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aioc4-inflate")
+        self.checker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aioc4-check")
+
+    async def __aenter__(self) -> _Decoders:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        for executor in (self.inflater, self.checker):
+            executor.shutdown(wait=False, cancel_futures=True)  # queued work is dropped at once
+        # The chunk each thread may be working on finishes in milliseconds (a chunk inflates into
+        # at most _FEED_LIMIT); waiting off the loop keeps a cancelled run from leaving a thread.
+        await asyncio.shield(asyncio.to_thread(_join, self.inflater, self.checker))
 
 
 def _start_at(shards: list[Shard], start: SourcePosition | None) -> tuple[int, int]:
@@ -92,13 +118,19 @@ def _start_at(shards: list[Shard], start: SourcePosition | None) -> tuple[int, i
     raise SourceError(f"{start.shard}, where the recorded parts end, is not in the split at this commit")
 
 
+def _join(*executors: ThreadPoolExecutor) -> None:
+    for executor in executors:
+        executor.shutdown(wait=True)
+
+
 async def _read_shard(
     source: HubSource,
     shard: Shard,
     commit: str,
+    decoders: _Decoders,
     *,
     streaming: bool,
-    progress: SourceProgress,
+    progress: ReadProgress,
     skip_before: int,
     exact_documents: int,
     wanted: Callable[[], int],
@@ -106,17 +138,13 @@ async def _read_shard(
 ) -> AsyncGenerator[Batch, None]:
     """The shard's documents from line `skip_before` on (earlier lines are inflated, not checked).
 
-    Two worker threads per shard form a pipeline, each taking chunks in order: one inflates
-    (ISA-L and zlib release the GIL), the other checks what the first produced (the scans hold the
-    GIL), so chunk i+1 inflates while chunk i is checked and the event loop receives more. Chunks
-    are only read ahead while the documents they are likely to hold are still `wanted()`, so an
-    early stop stays early.
+    Chunks go through the decoders' two threads in order, and are only read ahead while the
+    documents they are likely to hold are still `wanted()`, so an early stop stays early.
     """
     decoder = GzipLineDecoder(shard.path)
     position = _Position(shard.path, skip_before, exact_documents, progress if skip_bad_records else None)
     loop = asyncio.get_running_loop()
-    inflater = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aioc4-inflate")
-    checker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aioc4-check")
+    inflater, checker = decoders.inflater, decoders.checker
     in_flight: deque[tuple[asyncio.Future[list[Batch]], int]] = deque()
     try:
         # aclosing: stop the transfer as soon as we stop reading, not when the generator is collected
@@ -141,12 +169,10 @@ async def _read_shard(
             checked.cancel()
             if checked.done() and not checked.cancelled():
                 checked.exception()  # retrieved, so asyncio does not print "never retrieved"
-        inflater.shutdown(wait=False, cancel_futures=True)
-        checker.shutdown(wait=False, cancel_futures=True)
 
 
 def _enough(
-    in_flight: deque[tuple[asyncio.Future[list[Batch]], int]], progress: SourceProgress, wanted: int
+    in_flight: deque[tuple[asyncio.Future[list[Batch]], int]], progress: ReadProgress, wanted: int
 ) -> bool:
     """Whether the chunks being decoded probably hold every document still wanted."""
     return bool(progress.documents_per_byte * sum(size for _, size in in_flight) >= wanted)
@@ -170,7 +196,7 @@ class _Position:
     The first `exact_documents` kept lines are all parsed, for exact statistics on small jobs."""
 
     def __init__(
-        self, shard: str, skip_before: int, exact_documents: int, skipping: SourceProgress | None = None
+        self, shard: str, skip_before: int, exact_documents: int, skipping: ReadProgress | None = None
     ) -> None:
         self.shard = shard
         self.skip_before = skip_before
@@ -190,7 +216,7 @@ class _Position:
         exact, self.exact_documents = self.exact_documents, max(0, self.exact_documents - (count - skip))
         try:
             return [
-                parse_block(
+                check_block(
                     data,
                     shard=self.shard,
                     first_line_number=first + skip,
@@ -207,6 +233,6 @@ class _Position:
             if self.skipping.skipped_records <= _SHOWN_BAD_RECORDS:
                 log.warning("skipped %s line %d: it %s", self.shard, line, problem)
         return [
-            parse_block(block, shard=self.shard, first_line_number=line, exact_lines=exact)
+            check_block(block, shard=self.shard, first_line_number=line, exact_lines=exact)
             for line, block in runs
         ]
