@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 SPLITS = ("train", "validation")
-S3_CHECKSUMS = ("crc32", "md5")  # what S3 verifies on every upload (see aioc4.uploader)
+S3_CHECKSUMS = ("crc32", "md5")  # what S3 verifies on every upload (see aioc4.s3_storage)
 COMPRESSIONS = ("none", "gzip", "zstd")  # how parts are stored (see aioc4.compression, aioc4.naming)
 DEFAULT_OUTPUT_DIR = Path("./data/c4_subset")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .config import RunConfig, hub_endpoint
+from .config import RunConfig
 from .destination import Destination
 from .errors import UsageError
 from .hub import Shard
@@ -117,7 +117,7 @@ async def make_plan(config: RunConfig) -> Plan:
     run's own checks (`aioc4.runner`), without its changes."""
     job = job_of(config)
     check_output_dir(config.output_dir)
-    async with destination_for(config) as destination, hub_for(job.source, hub_endpoint()) as hub:
+    async with destination_for(config) as destination, hub_for(job.source) as hub:
         await destination.check()
         manifest, previous = await _previous(job, destination) if isinstance(job, CountJob) else (None, None)
         commit = (

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .config import RunConfig, hub_endpoint
+from .config import RunConfig
 from .destination import Destination
 from .errors import DestinationError, IncompleteJobError, UploadError, UsageError
 from .hub import HubSource, Shard
@@ -93,12 +93,12 @@ async def run(
     """Do the job (or resume it, or confirm it is done) and say what it did.
 
     `hub` is the transport seam for the source (a `HubSource` built on an injected session); by
-    default one is made from the job's source spec and `HF_ENDPOINT`.
+    default one is made from the job's source spec, at huggingface_hub's endpoint (`HF_ENDPOINT`).
     """
     stop = stop or StopRequest()
     started = time.monotonic()
     check_output_dir(job.parts.staging)
-    hub = hub or hub_for(job.source, hub_endpoint())
+    hub = hub or hub_for(job.source)
     async with destination, hub:
         await destination.check()
         if isinstance(job, CountJob):

@@ -80,11 +80,10 @@ def select_shards(available: Sequence[int], wanted: Sequence[int] | None) -> lis
 
 @dataclass(frozen=True, slots=True)
 class WorkerSlot:
-    """This worker's place among `count` workers (0-based `index`), and where that came from."""
+    """This worker's place among `count` workers (0-based `index`)."""
 
     index: int
     count: int
-    source: str = "flags"
 
 
 def worker_slot(
@@ -116,7 +115,7 @@ def worker_slot(
         )
     if count < 1 or not 0 <= index < count:
         raise UsageError(f"worker index {index} (from {source}) is not within 0..{count - 1}")
-    return WorkerSlot(index, count, source)
+    return WorkerSlot(index, count)
 
 
 def worker_share(shards: Sequence[int], slot: WorkerSlot, procs: int = 1, proc: int = 0) -> list[int]:

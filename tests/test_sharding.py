@@ -69,20 +69,20 @@ def test_worker_shares_are_round_robin_and_stable() -> None:
 
 def test_flags_give_the_slot_and_win_over_the_environment() -> None:
     environment = {"JOB_COMPLETION_INDEX": "3", "AWS_BATCH_JOB_ARRAY_INDEX": "4"}
-    assert worker_slot(8, 2, environment) == WorkerSlot(2, 8, "flags")
+    assert worker_slot(8, 2, environment) == WorkerSlot(2, 8)
     assert worker_slot(None, None, {}) == WorkerSlot(0, 1)
 
 
 def test_kubernetes_indexed_jobs_give_the_index_and_the_flag_the_count() -> None:
-    assert worker_slot(8, None, {"JOB_COMPLETION_INDEX": "5"}) == WorkerSlot(5, 8, "JOB_COMPLETION_INDEX")
+    assert worker_slot(8, None, {"JOB_COMPLETION_INDEX": "5"}) == WorkerSlot(5, 8)
     with pytest.raises(UsageError, match="give the number of workers with --num-workers"):
         worker_slot(None, None, {"JOB_COMPLETION_INDEX": "5"})
 
 
 def test_aws_batch_array_jobs_give_index_and_size() -> None:
     environment = {"AWS_BATCH_JOB_ARRAY_INDEX": "7", "AWS_BATCH_JOB_ARRAY_SIZE": "10"}
-    assert worker_slot(None, None, environment) == WorkerSlot(7, 10, "AWS_BATCH_JOB_ARRAY_INDEX")
-    assert worker_slot(20, None, environment) == WorkerSlot(7, 20, "AWS_BATCH_JOB_ARRAY_INDEX")
+    assert worker_slot(None, None, environment) == WorkerSlot(7, 10)
+    assert worker_slot(20, None, environment) == WorkerSlot(7, 20)
 
 
 @pytest.mark.parametrize(
