@@ -17,7 +17,8 @@ server's counters, and the local disk held by parts waiting for upload from poll
 during S3 runs. MB are 10^6 bytes; MB/s counts the raw JSON bytes (with newlines) of the documents in
 the source shards.
 
-Flags: `--rounds R` (default 3), `--quick` (2 shards of 20k, small N: the smoke test), `--big` (adds
+Flags: `--rounds R` (default 3), `--quick` (2 shards of 20k, small N), `--smoke` (2 shards of 1k, tiny N:
+the harness's own test, `tests/test_bench.py`; its figures mean nothing), `--big` (adds
 N=2M over 40 hard-linked shards, for memory), `--only SCENARIO` (repeatable), `--json [PATH]` (all
 measurements; `-` or no PATH = stdout, the table then goes to stderr), `--check` (exit 1 when a target
 is missed; a failed run always exits 1).
@@ -130,11 +131,18 @@ class Shape:
     one_shard_ns: tuple[int, int]
     several_shards_ns: tuple[int, int]
     part_lines: int
+    docs_per_validation_shard: int = 1_000
+    """The benchmark reads only train shards; `--smoke` keeps the validation split small."""
 
 
 FULL_SHAPE = Shape("shards", 4, 50_000, 200_000, (5_000, 40_000), (20_000, 200_000), 10_000)
 QUICK_SHAPE = Shape("shards-quick", 2, 20_000, 30_000, (1_000, 18_000), (1_000, 30_000), 5_000)
 """Its N are shared between scenarios, so that `--quick --rounds 1` takes about half a minute."""
+SMOKE_SHAPE = Shape("shards-smoke", 2, 1_000, 2_000, (500, 1_000), (500, 2_000), 1_000, 20)
+"""`--smoke`, the harness's own test (`tests/test_bench.py`), whose figures mean nothing: every scenario,
+output and tool still runs, on two shards of 1k. Its N are the fewest distinct ones the scenarios allow
+(500, 1k, 2k: one-shard differences 500..1k within a shard, shards 500..2k across both; startup and
+hub-bytes keep their N=1k, a single part as the part size is 1k)."""
 
 
 def train_shards(root: Path) -> list[Path]:
@@ -144,7 +152,10 @@ def train_shards(root: Path) -> list[Path]:
 def build_shards(shape: Shape) -> FakeRepo:
     """The deterministic shards under `.bench/` (reused when already built with the same arguments)."""
     return build_fake_c4(
-        BENCH_DIR / shape.folder, train_shards=shape.shards, docs_per_train_shard=shape.docs_per_shard
+        BENCH_DIR / shape.folder,
+        train_shards=shape.shards,
+        docs_per_train_shard=shape.docs_per_shard,
+        docs_per_validation_shard=shape.docs_per_validation_shard,
     )
 
 
@@ -929,7 +940,11 @@ def _target_line(target: Target) -> str:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m scripts.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="rounds; figures are medians (default 3)")
-    parser.add_argument("--quick", action="store_true", help="small smoke configuration (2 shards of 20k)")
+    shape = parser.add_mutually_exclusive_group()
+    shape.add_argument("--quick", action="store_true", help="small configuration (2 shards of 20k)")
+    shape.add_argument(
+        "--smoke", action="store_true", help="tiny configuration (2 shards of 1k) that only tests the harness"
+    )
     parser.add_argument("--big", action="store_true", help="also N=2M over 40 shards (memory, ~minutes)")
     parser.add_argument(
         "--only", action="append", metavar="SCENARIO", help="run only this scenario (repeatable)"
@@ -996,13 +1011,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         decode_limit_main(args.decode_limit)
         return 0
     started = time.perf_counter()
-    shape = QUICK_SHAPE if args.quick else FULL_SHAPE
+    shape = SMOKE_SHAPE if args.smoke else QUICK_SHAPE if args.quick else FULL_SHAPE
     chosen = choose(scenarios(shape), args)
     repo, big_root = prepare(shape, chosen)
     shards = train_shards(repo.root)
     config: dict[str, Any] = {
         "rounds": args.rounds,
         "quick": args.quick,
+        "smoke": args.smoke,
         "shards": {"count": shape.shards, "docs_per_shard": shape.docs_per_shard, "root": str(repo.root)},
         "inflater": fastest_inflater()[0],
         "pace_bytes_per_s": PACE_BYTES_PER_S,

@@ -1,6 +1,8 @@
-"""The benchmark harness runs end to end in its quick configuration and reports every figure.
+"""The benchmark harness runs end to end in its smoke configuration and reports every figure.
 
-No assertion on speed: performance is measured by `make bench`, never by a timed unit test.
+`--smoke` is the real harness on two tiny shards: every scenario with both outputs and every tool, the
+differenced scenarios still over two N. No assertion on speed: performance is measured by `make bench`,
+never by a timed unit test.
 """
 
 from __future__ import annotations
@@ -14,17 +16,17 @@ from typing import Any
 
 import pytest
 
-from scripts.bench import BULK_PROCS, OUTPUTS, QUICK_SHAPE, Scenario, scenarios
+from scripts.bench import BULK_PROCS, OUTPUTS, SMOKE_SHAPE, Scenario, scenarios
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-EXPECTED = [s for s in scenarios(QUICK_SHAPE) if not s.big]
+EXPECTED = [s for s in scenarios(SMOKE_SHAPE) if not s.big]
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     path = tmp_path_factory.mktemp("bench") / "bench.json"
     completed = subprocess.run(
-        [sys.executable, "-m", "scripts.bench", "--quick", "--rounds", "1", "--json", str(path)],
+        [sys.executable, "-m", "scripts.bench", "--smoke", "--rounds", "1", "--json", str(path)],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
