@@ -17,7 +17,8 @@ server's counters, and the local disk held by parts waiting for upload from poll
 during S3 runs. MB are 10^6 bytes; MB/s counts the raw JSON bytes (with newlines) of the documents in
 the source shards.
 
-Flags: `--rounds R` (default 3), `--quick` (2 shards of 20k, small N: the smoke test), `--big` (adds
+Flags: `--rounds R` (default 3), `--quick` (2 shards of 20k, small N), `--smoke` (2 shards of 1k, tiny N:
+the harness's own test, `tests/test_bench.py`; its figures mean nothing), `--big` (adds
 N=2M over 40 hard-linked shards, for memory), `--only SCENARIO` (repeatable), `--json [PATH]` (all
 measurements; `-` or no PATH = stdout, the table then goes to stderr), `--check` (exit 1 when a target
 is missed; a failed run always exits 1).
@@ -31,6 +32,7 @@ import gzip
 import itertools
 import json
 import os
+import queue
 import shutil
 import statistics
 import subprocess
@@ -40,7 +42,8 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import ExitStack
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AsyncExitStack, ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -130,11 +133,18 @@ class Shape:
     one_shard_ns: tuple[int, int]
     several_shards_ns: tuple[int, int]
     part_lines: int
+    docs_per_validation_shard: int = 1_000
+    """The benchmark reads only train shards; `--smoke` keeps the validation split small."""
 
 
 FULL_SHAPE = Shape("shards", 4, 50_000, 200_000, (5_000, 40_000), (20_000, 200_000), 10_000)
 QUICK_SHAPE = Shape("shards-quick", 2, 20_000, 30_000, (1_000, 18_000), (1_000, 30_000), 5_000)
 """Its N are shared between scenarios, so that `--quick --rounds 1` takes about half a minute."""
+SMOKE_SHAPE = Shape("shards-smoke", 2, 1_000, 2_000, (500, 1_000), (500, 2_000), 1_000, 20)
+"""`--smoke`, the harness's own test (`tests/test_bench.py`), whose figures mean nothing: every scenario,
+output and tool still runs, on two shards of 1k. Its N are the fewest distinct ones the scenarios allow
+(500, 1k, 2k: one-shard differences 500..1k within a shard, shards 500..2k across both; startup and
+hub-bytes keep their N=1k, a single part as the part size is 1k)."""
 
 
 def train_shards(root: Path) -> list[Path]:
@@ -144,7 +154,10 @@ def train_shards(root: Path) -> list[Path]:
 def build_shards(shape: Shape) -> FakeRepo:
     """The deterministic shards under `.bench/` (reused when already built with the same arguments)."""
     return build_fake_c4(
-        BENCH_DIR / shape.folder, train_shards=shape.shards, docs_per_train_shard=shape.docs_per_shard
+        BENCH_DIR / shape.folder,
+        train_shards=shape.shards,
+        docs_per_train_shard=shape.docs_per_shard,
+        docs_per_validation_shard=shape.docs_per_validation_shard,
     )
 
 
@@ -451,32 +464,57 @@ def local_output(out_dir: Path) -> tuple[int, int, int]:
     return parts, size, lines
 
 
-async def _bucket_parts(endpoint: str) -> dict[str, int]:
-    from scripts.s3_server import s3_client
+class BucketClient:
+    """The harness's own S3 calls (between runs, never timed), on one client kept open on one event loop:
+    a new aiobotocore client costs ~0.5 s of CPU, which two per S3 run used to add to the benchmark."""
 
-    sizes: dict[str, int] = {}
-    async with s3_client(endpoint) as client:
-        async for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
+    def __init__(self, stack: ExitStack, endpoint: str) -> None:
+        from scripts.s3_server import s3_client
+
+        self._runner = stack.enter_context(asyncio.Runner())
+        exits = AsyncExitStack()
+        self._client: Any = self._runner.run(exits.enter_async_context(s3_client(endpoint)))
+        stack.callback(self._runner.run, exits.aclose())
+
+    def create_bucket(self) -> None:
+        self._runner.run(self._client.create_bucket(Bucket=BUCKET))
+
+    def parts(self) -> dict[str, int]:
+        """Size of each `.jsonl` object in the bucket."""
+        return self._runner.run(self._parts())
+
+    async def _parts(self) -> dict[str, int]:
+        sizes: dict[str, int] = {}
+        async for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
             sizes.update({item["Key"]: item["Size"] for item in page.get("Contents", [])})
-    return {key: size for key, size in sizes.items() if key.endswith(".jsonl")}
+        return {key: size for key, size in sizes.items() if key.endswith(".jsonl")}
 
 
 # -------------------------------------------------------------------------------------------- the servers
 
 
 class Servers:
-    """The local Hub (plain, paced, and the big repo with `--big`) and moto's S3, in their own processes."""
+    """The local Hub (plain, paced, and the big repo with `--big`) and moto's S3, in their own processes
+    (started by `start_servers`)."""
 
-    def __init__(self, stack: ExitStack, root: Path, big_root: Path | None) -> None:
+    def __init__(self, root: Path, big_root: Path | None) -> None:
         from scripts.hub_server import HubServerProcess
         from scripts.s3_server import MotoServerProcess
 
-        self.hub = stack.enter_context(HubServerProcess(root))
-        self.paced = stack.enter_context(HubServerProcess(root, pace_bytes_per_s=PACE_BYTES_PER_S))
-        self.big: HubServerProcess | None = None
-        if big_root is not None:
-            self.big = stack.enter_context(HubServerProcess(big_root, startup_timeout_s=120))
-        self.s3: MotoServerProcess = stack.enter_context(MotoServerProcess())
+        self.hub = HubServerProcess(root)
+        self.paced = HubServerProcess(root, pace_bytes_per_s=PACE_BYTES_PER_S)
+        self.big = None if big_root is None else HubServerProcess(big_root, startup_timeout_s=120)
+        self.s3 = MotoServerProcess()
+        self._bucket: BucketClient | None = None
+
+    @property
+    def processes(self) -> list[HubServerProcess | MotoServerProcess]:
+        return [server for server in (self.hub, self.paced, self.big, self.s3) if server is not None]
+
+    @property
+    def bucket(self) -> BucketClient:
+        assert self._bucket is not None, "start_servers() opens the bucket client"
+        return self._bucket
 
     def hub_for(self, spec: RunSpec) -> HubServerProcess:
         if spec.big:
@@ -486,13 +524,25 @@ class Servers:
 
     def fresh_bucket(self) -> None:
         """Moto keeps every object in memory, also after deletes: empty it before each S3 run."""
-        from scripts.s3_server import create_bucket
-
         self.s3.reset()
-        asyncio.run(create_bucket(self.s3.endpoint, BUCKET))
+        self.bucket.create_bucket()
 
     def bucket_parts(self) -> dict[str, int]:
-        return asyncio.run(_bucket_parts(self.s3.endpoint))
+        return self.bucket.parts()
+
+
+def start_servers(stack: ExitStack, root: Path, big_root: Path | None, sets: int) -> list[Servers]:
+    """`sets` independent sets of servers (one per `--jobs` slot), all started side by side."""
+    started = [Servers(root, big_root) for _ in range(sets)]
+    processes = [process for servers in started for process in servers.processes]
+    for process in processes:  # stop() does nothing for a server that did not start
+        stack.callback(process.stop)
+    with ThreadPoolExecutor(len(processes)) as pool:  # each start() waits for its own child
+        for future in [pool.submit(process.start) for process in processes]:
+            future.result()
+    for servers in started:
+        servers._bucket = BucketClient(stack, servers.s3.endpoint)
+    return started
 
 
 # -------------------------------------------------------------------------------------------- measuring
@@ -584,17 +634,37 @@ def describe(run: Run) -> str:
     return f"{head} {run.seconds:7.2f} s, {verdict}"
 
 
-def run_rounds(bench: Bench, chosen: Sequence[Scenario], rounds: int) -> list[Run]:
-    """Every spec of every scenario once per round, in scenario order; shared specs run once."""
-    runs: dict[tuple[int, RunSpec], Run] = {}
-    for round_index in range(rounds):
-        for scenario in chosen:
-            for output, n, tool in itertools.product(OUTPUTS, scenario.ns, scenario.tools):
-                key = (round_index, spec_for(scenario, tool, output, n))
-                if key not in runs:
-                    runs[key] = bench.measure(key[1], round_index)
-                    log(describe(runs[key]))
-    return list(runs.values())
+def run_rounds(benches: Sequence[Bench], chosen: Sequence[Scenario], rounds: int) -> list[Run]:
+    """Every spec of every scenario once per round, in scenario order; shared specs run once.
+
+    With one bench (the default), one child at a time. With several (`--smoke --jobs J`), as many
+    children side by side, each bench with its own servers, so Hub bytes, server CPU and the bucket
+    stay per run; only the times (and so every rate) are distorted by the sharing of the cores."""
+    keys = list(
+        dict.fromkeys(
+            (round_index, spec_for(scenario, tool, output, n))
+            for round_index in range(rounds)
+            for scenario in chosen
+            for output, n, tool in itertools.product(OUTPUTS, scenario.ns, scenario.tools)
+        )
+    )
+    idle: queue.SimpleQueue[Bench] = queue.SimpleQueue()
+    for bench in benches:
+        idle.put(bench)
+
+    def measure(key: tuple[int, RunSpec]) -> Run:
+        bench = idle.get()
+        try:
+            run = bench.measure(key[1], key[0])
+        finally:
+            idle.put(bench)
+        log(describe(run))
+        return run
+
+    if len(benches) == 1:
+        return [measure(key) for key in keys]
+    with ThreadPoolExecutor(len(benches)) as pool:
+        return list(pool.map(measure, keys))
 
 
 # -------------------------------------------------------------------------------------------- results
@@ -929,7 +999,11 @@ def _target_line(target: Target) -> str:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m scripts.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="rounds; figures are medians (default 3)")
-    parser.add_argument("--quick", action="store_true", help="small smoke configuration (2 shards of 20k)")
+    shape = parser.add_mutually_exclusive_group()
+    shape.add_argument("--quick", action="store_true", help="small configuration (2 shards of 20k)")
+    shape.add_argument(
+        "--smoke", action="store_true", help="tiny configuration (2 shards of 1k) that only tests the harness"
+    )
     parser.add_argument("--big", action="store_true", help="also N=2M over 40 shards (memory, ~minutes)")
     parser.add_argument(
         "--only", action="append", metavar="SCENARIO", help="run only this scenario (repeatable)"
@@ -938,10 +1012,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--json", nargs="?", const="-", metavar="PATH", help="write all measurements as JSON (- = stdout)"
     )
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is not met")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="J",
+        help="with --smoke: J children at a time, each with its own servers (distorts every figure)",
+    )
     parser.add_argument("--decode-limit", nargs="+", metavar="N PATH", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
+    if args.jobs > 1 and not args.smoke:
+        parser.error("--jobs runs children side by side, which distorts every figure: only with --smoke")
     return args
 
 
@@ -996,13 +1081,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         decode_limit_main(args.decode_limit)
         return 0
     started = time.perf_counter()
-    shape = QUICK_SHAPE if args.quick else FULL_SHAPE
+    shape = SMOKE_SHAPE if args.smoke else QUICK_SHAPE if args.quick else FULL_SHAPE
     chosen = choose(scenarios(shape), args)
     repo, big_root = prepare(shape, chosen)
     shards = train_shards(repo.root)
     config: dict[str, Any] = {
         "rounds": args.rounds,
         "quick": args.quick,
+        "smoke": args.smoke,
+        "jobs": args.jobs,
         "shards": {"count": shape.shards, "docs_per_shard": shape.docs_per_shard, "root": str(repo.root)},
         "inflater": fastest_inflater()[0],
         "pace_bytes_per_s": PACE_BYTES_PER_S,
@@ -1015,9 +1102,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     BENCH_DIR.joinpath("work").mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=BENCH_DIR / "work")))
-        servers = Servers(stack, repo.root, big_root)
         big_shards = train_shards(big_root) if big_root is not None else []
-        runs = run_rounds(Bench(servers, shards, big_shards, work), chosen, args.rounds)
+        benches = [
+            Bench(servers, shards, big_shards, work)
+            for servers in start_servers(stack, repo.root, big_root, args.jobs)
+        ]
+        runs = run_rounds(benches, chosen, args.rounds)
     config["wall_seconds"] = time.perf_counter() - started
     found = report(args, config, runs, scenario_results(chosen, runs))
     log(f"benchmark took {config['wall_seconds']:.0f} s")

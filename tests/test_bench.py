@@ -1,6 +1,9 @@
-"""The benchmark harness runs end to end in its quick configuration and reports every figure.
+"""The benchmark harness runs end to end in its smoke configuration and reports every figure.
 
-No assertion on speed: performance is measured by `make bench`, never by a timed unit test.
+`--smoke` is the real harness on two tiny shards: every scenario with both outputs and every tool, the
+differenced scenarios still over two N. `--jobs 2` runs two children at a time (each slot with its own
+servers), which only distorts the times. No assertion on speed: performance is measured by `make bench`,
+never by a timed unit test.
 """
 
 from __future__ import annotations
@@ -14,17 +17,28 @@ from typing import Any
 
 import pytest
 
-from scripts.bench import BULK_PROCS, OUTPUTS, QUICK_SHAPE, Scenario, scenarios
+from scripts.bench import BULK_PROCS, OUTPUTS, SMOKE_SHAPE, Scenario, scenarios
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-EXPECTED = [s for s in scenarios(QUICK_SHAPE) if not s.big]
+EXPECTED = [s for s in scenarios(SMOKE_SHAPE) if not s.big]
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     path = tmp_path_factory.mktemp("bench") / "bench.json"
     completed = subprocess.run(
-        [sys.executable, "-m", "scripts.bench", "--quick", "--rounds", "1", "--json", str(path)],
+        [
+            sys.executable,
+            "-m",
+            "scripts.bench",
+            "--smoke",
+            "--jobs",
+            "2",
+            "--rounds",
+            "1",
+            "--json",
+            str(path),
+        ],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -54,6 +68,15 @@ def test_rates_are_positive(report: dict[str, Any], scenario: Scenario) -> None:
             assert figures["docs_per_s"] > 0
             assert figures["mb_per_s"] > 0
             assert figures["median_peak_rss_mb"] > 0
+
+
+def test_differenced_scenarios_time_both_n(report: dict[str, Any]) -> None:
+    for entry in report["scenarios"]:
+        differenced = len(entry["ns"]) == 2
+        assert entry["rate"] == ("difference of two runs" if differenced else "whole process")
+        for figures in entry["tools"].values():
+            assert figures["median_seconds"].keys() == {str(n) for n in entry["ns"]}
+            assert all(seconds > 0 for seconds in figures["median_seconds"].values())
 
 
 def test_ratios_are_computed_from_the_rates(report: dict[str, Any]) -> None:
