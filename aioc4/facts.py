@@ -6,12 +6,11 @@ Kept apart from the `verify` command so that the storage modules do not depend o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from .checksum import crc32, crc32_hex
 from .compression import LineCounter, line_counter_for
 
-__all__ = ["FactsAccumulator", "PartFacts", "facts_of_file"]
+__all__ = ["FactsAccumulator", "PartFacts"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,18 +42,3 @@ class FactsAccumulator:
     def facts(self) -> PartFacts:
         self._lines.finish()
         return PartFacts(self._size, crc32_hex(self._crc32), self._lines.lines, self._lines.problem)
-
-
-def facts_of_file(path: Path, *, lines: bool = True) -> PartFacts | None:
-    """Blocking: read a local part once. Without `lines` a compressed part is not decompressed (its
-    line count is then meaningless): enough to tell an intact part by size and CRC-32."""
-    accumulator = FactsAccumulator(path.name if lines else "")
-    try:
-        with open(path, "rb") as file:
-            while chunk := file.read(1 << 20):
-                accumulator.feed(chunk)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:  # a folder in its place, no permission: a problem of that part, not a crash
-        return PartFacts(0, "", 0, problem=f"cannot be read ({exc.strerror or exc})", readable=False)
-    return accumulator.facts()
