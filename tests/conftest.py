@@ -8,10 +8,13 @@ get (tests/in_process.py), or as `python -m aioc4` where only a process shows wh
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import hashlib
 import itertools
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,14 +43,22 @@ _ALWAYS_SUBPROCESS = os.environ.get("AIOC4_TEST_SUBPROCESS") == "1"
 
 
 @pytest.fixture(scope="session")
-def fake_repo(tmp_path_factory: pytest.TempPathFactory) -> FakeRepo:
-    return build_fake_c4(
-        tmp_path_factory.mktemp("fake-c4"),
-        train_shards=TRAIN_SHARDS,
-        docs_per_train_shard=DOCS_PER_TRAIN_SHARD,
-        validation_shards=VALIDATION_SHARDS,
-        docs_per_validation_shard=DOCS_PER_VALIDATION_SHARD,
-    )
+def fake_repo() -> FakeRepo:
+    """Built once per version of the generator (~7 s) and reused by later sessions and xdist workers: a
+    folder named by a hash of scripts/shards.py, rebuilt whenever its stamp does not match (see
+    build_fake_c4). Tests never write into it (copies are made with links, and files replaced, not edited)."""
+    generator = hashlib.sha256((REPO_ROOT / "scripts" / "shards.py").read_bytes()).hexdigest()[:16]
+    cache = Path(tempfile.gettempdir()) / f"aioc4-tests-{os.getuid()}"
+    cache.mkdir(mode=0o700, exist_ok=True)
+    with open(cache / "fake-c4.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another xdist worker may be building it
+        return build_fake_c4(
+            cache / f"fake-c4-{generator}",
+            train_shards=TRAIN_SHARDS,
+            docs_per_train_shard=DOCS_PER_TRAIN_SHARD,
+            validation_shards=VALIDATION_SHARDS,
+            docs_per_validation_shard=DOCS_PER_VALIDATION_SHARD,
+        )
 
 
 def shard_paths(repo: FakeRepo, split: str) -> list[str]:
