@@ -205,6 +205,9 @@ class Stats:
     storage_auth_headers_seen: int = 0
     faults_injected: Counter[str] = field(default_factory=Counter)
     """Kind (`hub_429`, `storage_503`, `reset`, `expired_url`, `ignored_range`, `auth_forbidden`) -> count."""
+    storage_body_ends: Counter[str] = field(default_factory=Counter)
+    """How storage GET bodies ended: `complete`, `cut` (the reset fault), `client_left`, `file_shrank`;
+    a test can wait for one of them instead of sleeping."""
 
     def as_json(self) -> dict[str, Any]:
         return {name: dict(value) if isinstance(value, dict) else value for name, value in vars(self).items()}
@@ -222,17 +225,17 @@ class UrlSigner:
     def _signature(self, sha256: str, expires: str) -> str:
         return hmac.new(self.secret, f"{sha256}:{expires}".encode(), hashlib.sha256).hexdigest()
 
-    def query(self, sha256: str, ttl_s: float) -> str:
-        expires = str(int((time.time() + ttl_s) * 1000))
+    def query(self, sha256: str, ttl_s: float, clock_skew_s: float = 0.0) -> str:
+        expires = str(int((time.time() + clock_skew_s + ttl_s) * 1000))
         return f"expires={expires}&sig={self._signature(sha256, expires)}"
 
     def is_authentic(self, sha256: str, expires: str, signature: str) -> bool:
         return expires.isdigit() and hmac.compare_digest(self._signature(sha256, expires), signature)
 
     @staticmethod
-    def has_expired(expires: str) -> bool:
+    def has_expired(expires: str, clock_skew_s: float = 0.0) -> bool:
         """Checked when a request arrives, so a download that started in time runs to its end."""
-        return int(expires) < time.time() * 1000
+        return int(expires) < (time.time() + clock_skew_s) * 1000
 
 
 def _knob(default: Any, help_text: str) -> Any:
@@ -258,6 +261,10 @@ class Faults:
     reset_rate: float = _knob(1.0, "share of storage GETs longer than --reset-after-bytes that are cut")
     ignore_range: bool = _knob(False, "storage ignores Range and answers 200 with the whole file")
     url_ttl_s: float = _knob(float(SIGNED_URL_TTL_S), "lifetime of signed storage URLs, in seconds")
+    clock_skew_s: float = _knob(
+        0.0,
+        "seconds added to the clock that signs and checks storage URLs: raising it ages every URL handed out",
+    )
     storage_forbid_auth: bool = _knob(
         False, "storage answers 400 to any request with an Authorization header"
     )
@@ -420,10 +427,12 @@ async def send_file(
     on_chunk: Callable[[int], None] = lambda n: None,
     honour_range: bool = True,
     cut_after: Callable[[int], int | None] = lambda length: None,
+    on_end: Callable[[str], None] = lambda how: None,
 ) -> web.StreamResponse:
     """Answer 200/206/416 for `path`, streaming the body in chunks until done or the client leaves.
 
-    `cut_after(body_length)` may name a byte count after which the connection is dropped mid-body.
+    `cut_after(body_length)` may name a byte count after which the connection is dropped mid-body;
+    `on_end` is told how a GET's body ended (see `Stats.storage_body_ends`).
     """
     headers = {**headers, "Accept-Ranges": "bytes" if honour_range else "none"}
     try:
@@ -439,11 +448,13 @@ async def send_file(
     if request.method == "HEAD":
         return response
     cut = cut_after(stop - start)
-    await _stream_body(
+    ended = await _stream_body(
         response, path, start, stop if cut is None else start + cut, pace_bytes_per_s, on_chunk
     )
     if cut is not None:
+        ended = "cut" if ended == "complete" else ended
         await _drop_connection(request)
+    on_end(ended)
     return response
 
 
@@ -468,7 +479,8 @@ async def _stream_body(
     stop: int,
     pace_bytes_per_s: float,
     on_chunk: Callable[[int], None],
-) -> None:
+) -> str:
+    """Send the body; how it ended: `complete`, `client_left` or `file_shrank`."""
     loop = asyncio.get_running_loop()
     began, sent = loop.time(), 0
     with path.open("rb") as f:
@@ -476,15 +488,16 @@ async def _stream_body(
         while sent < stop - start:
             chunk = f.read(min(CHUNK_SIZE, stop - start - sent))
             if not chunk:  # the file shrank under us: end the body short rather than spin
-                return
+                return "file_shrank"
             try:
                 await response.write(chunk)
             except ConnectionResetError:
-                return
+                return "client_left"
             sent += len(chunk)
             on_chunk(len(chunk))
             if pace_bytes_per_s > 0:
                 await asyncio.sleep(max(0.0, began + sent / pace_bytes_per_s - loop.time()))
+    return "complete"
 
 
 # ------------------------------------------------------------------------------------------- hub origin
@@ -710,7 +723,8 @@ class HubOrigin:
 
     def _redirect_to_storage(self, file: RepoFile) -> web.Response:
         name = quote(file.path.rsplit("/", 1)[-1])
-        query = self.state.signer.query(file.sha256, self.state.faults.settings.url_ttl_s)
+        settings = self.state.faults.settings
+        query = self.state.signer.query(file.sha256, settings.url_ttl_s, settings.clock_skew_s)
         location = f"{self.state.storage_url}/cdn/{file.sha256}/{name}?{query}"
         headers = {
             "Location": location,
@@ -791,6 +805,9 @@ class StorageOrigin:
                 self.state.count_fault("reset")
             return cut
 
+        def ended(how: str) -> None:
+            self.state.stats.storage_body_ends[how] += 1
+
         return await send_file(
             request,
             self.state.repo.root / file.path,
@@ -800,6 +817,7 @@ class StorageOrigin:
             on_chunk=count,
             honour_range=honour_range,
             cut_after=cut_after,
+            on_end=ended,
         )
 
     def _refusal(self, request: web.Request) -> web.Response | None:
@@ -812,7 +830,7 @@ class StorageOrigin:
         signer, expires = self.state.signer, request.query.get("expires", "")
         if not signer.is_authentic(request.match_info["sha256"], expires, request.query.get("sig", "")):
             return xml_error(403, "AccessDenied", "Access denied")
-        if signer.has_expired(expires):
+        if signer.has_expired(expires, self.state.faults.settings.clock_skew_s):
             self.state.count_fault("expired_url")
             return xml_error(403, "AccessDenied", "Request has expired")
         return None

@@ -485,7 +485,8 @@ async def serve(
     upstream: str, host: str, port: int, rules: Sequence[Mapping[str, Any]], seed: int = 0
 ) -> None:
     """Run until SIGTERM/SIGINT, after printing the endpoint as one JSON line."""
-    runner = web.AppRunner(make_app(upstream, rules, seed))
+    # A stop does not wait for held requests (a `delay` rule may hold one for minutes): 1 s, then cut.
+    runner = web.AppRunner(make_app(upstream, rules, seed), shutdown_timeout=1.0)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()

@@ -1,16 +1,21 @@
 """Real servers for the end-to-end tests: a local Hub (scripts.hub_server) and moto's S3 server.
 
-aioc4 runs as a subprocess (`python -m aioc4`) and reaches them only through the standard
-variables `HF_ENDPOINT` and `AWS_ENDPOINT_URL_S3`, as it would the real Hub and S3.
+aioc4 reaches them only through the standard variables `HF_ENDPOINT` and `AWS_ENDPOINT_URL_S3`, as it
+would the real Hub and S3. The command line runs in this process with the environment a subprocess would
+get (tests/in_process.py), or as `python -m aioc4` where only a process shows what is tested.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import hashlib
 import itertools
 import os
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +25,8 @@ import pytest
 from scripts.hub_server import HubServerProcess
 from scripts.s3_server import MotoServerProcess, create_bucket, list_multipart_uploads, list_objects
 from scripts.shards import FakeRepo, build_fake_c4, iter_shard_lines
+
+from .in_process import run_in_process
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SHARDS = 3
@@ -31,17 +38,27 @@ AWS_SECRET = "aioc4TestSecretKeyKnownFake/0123456789+abc"
 AWS_KEY_ID = "AKIAAIOC4TESTKNOWNFAKE"
 
 _ENV_PREFIXES_TO_DROP = ("HF_", "HUGGING_FACE_", "AWS_")
+# AIOC4_TEST_SUBPROCESS=1 runs every `aioc4(...)` call as `python -m aioc4` (slower; to compare the two).
+_ALWAYS_SUBPROCESS = os.environ.get("AIOC4_TEST_SUBPROCESS") == "1"
 
 
 @pytest.fixture(scope="session")
-def fake_repo(tmp_path_factory: pytest.TempPathFactory) -> FakeRepo:
-    return build_fake_c4(
-        tmp_path_factory.mktemp("fake-c4"),
-        train_shards=TRAIN_SHARDS,
-        docs_per_train_shard=DOCS_PER_TRAIN_SHARD,
-        validation_shards=VALIDATION_SHARDS,
-        docs_per_validation_shard=DOCS_PER_VALIDATION_SHARD,
-    )
+def fake_repo() -> FakeRepo:
+    """Built once per version of the generator (~7 s) and reused by later sessions and xdist workers: a
+    folder named by a hash of scripts/shards.py, rebuilt whenever its stamp does not match (see
+    build_fake_c4). Tests never write into it (copies are made with links, and files replaced, not edited)."""
+    generator = hashlib.sha256((REPO_ROOT / "scripts" / "shards.py").read_bytes()).hexdigest()[:16]
+    cache = Path(tempfile.gettempdir()) / f"aioc4-tests-{os.getuid()}"
+    cache.mkdir(mode=0o700, exist_ok=True)
+    with open(cache / "fake-c4.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another xdist worker may be building it
+        return build_fake_c4(
+            cache / f"fake-c4-{generator}",
+            train_shards=TRAIN_SHARDS,
+            docs_per_train_shard=DOCS_PER_TRAIN_SHARD,
+            validation_shards=VALIDATION_SHARDS,
+            docs_per_validation_shard=DOCS_PER_VALIDATION_SHARD,
+        )
 
 
 def shard_paths(repo: FakeRepo, split: str) -> list[str]:
@@ -102,7 +119,14 @@ class Result:
 
 @dataclass
 class Aioc4:
-    """Runs the aioc4 CLI in a subprocess with a clean environment pointed at the local servers."""
+    """Runs the aioc4 CLI with a clean environment pointed at the local servers.
+
+    A call runs the CLI in this process (see `run_in_process`): the environment, the working folder,
+    stdout and stderr and the library state that a new interpreter would start with are set up for
+    the call and put back afterwards, so a call sees what `python -m aioc4` would, without paying
+    ~1.2 s of imports. `process()` and `popen()` run a real `python -m aioc4`, for what only a process
+    shows (signals, kill -9, a terminal, the entry points, resource limits).
+    """
 
     cwd: Path
     env: dict[str, str]
@@ -110,22 +134,34 @@ class Aioc4:
     def __call__(
         self, *args: str, env: Mapping[str, str | None] | None = None, timeout: float = 120
     ) -> Result:
-        run_env = dict(self.env)
-        for name, value in (env or {}).items():
-            if value is None:
-                run_env.pop(name, None)
-            else:
-                run_env[name] = value
+        if _ALWAYS_SUBPROCESS:
+            return self.process(*args, env=env, timeout=timeout)
+        done = run_in_process(args, cwd=self.cwd, env=self._env_with(env), timeout=timeout)
+        return Result(done.returncode, done.stdout, done.stderr, self.cwd)
+
+    def process(
+        self, *args: str, env: Mapping[str, str | None] | None = None, timeout: float = 120
+    ) -> Result:
+        """`python -m aioc4 ...` in a subprocess."""
         completed = subprocess.run(
             [sys.executable, "-m", "aioc4", *args],
             cwd=self.cwd,
-            env=run_env,
+            env=self._env_with(env),
             capture_output=True,
             text=True,
             timeout=timeout,
             check=False,
         )
         return Result(completed.returncode, completed.stdout, completed.stderr, self.cwd)
+
+    def _env_with(self, changes: Mapping[str, str | None] | None) -> dict[str, str]:
+        run_env = dict(self.env)
+        for name, value in (changes or {}).items():
+            if value is None:
+                run_env.pop(name, None)
+            else:
+                run_env[name] = value
+        return run_env
 
     @staticmethod
     def command() -> list[str]:
@@ -140,6 +176,15 @@ class Aioc4:
             stderr=subprocess.PIPE,
             text=True,
         )
+
+
+def wait_until(predicate: Callable[[], object], what: str, timeout: float = 60) -> None:
+    """Poll `predicate` until it holds: for an event a test waits on (a file, a server's counter)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.02)
 
 
 def clean_env(hub_endpoint: str, s3_env: Mapping[str, str], home: Path) -> dict[str, str]:

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from .conftest import (
     objects,
     parts_in,
     shard_paths,
+    wait_until,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -280,7 +280,11 @@ def test_sigterm_reaches_every_process_and_a_rerun_finishes_the_pull(
             str(out),
         ]
         process = runner.popen(*args)
-        time.sleep(2.5)
+        # mid-way: a part is finished (so a shard has work to resume) and the paced storage is still sending
+        wait_until(
+            lambda: process.poll() is not None or any(out.glob("c4_train_shard*_part*.jsonl")),
+            "the first finished part",
+        )
         assert process.poll() is None, "the pull ended before it could be stopped"
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=60)

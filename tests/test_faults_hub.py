@@ -150,7 +150,8 @@ def repo_with_shard(fake_repo: FakeRepo, where: Path, shard: str, lines: list[by
     root = where / "repo"
     shutil.copytree(fake_repo.root, root, copy_function=os.link)
     (root / shard).unlink()
-    (root / shard).write_bytes(gzip.compress(b"".join(line + b"\n" for line in lines), mtime=0))
+    body = b"".join(line + b"\n" for line in lines)
+    (root / shard).write_bytes(gzip.compress(body, compresslevel=1, mtime=0))  # 6x faster than level 9
     return root
 
 

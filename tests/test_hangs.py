@@ -9,6 +9,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,9 +24,20 @@ from .conftest import Aioc4, clean_env
 HARD_LIMIT_S = 60
 
 
-@pytest.fixture(scope="module")
-def silent_hub() -> Iterator[str]:
+@dataclass
+class SilentHub:
     """A server that accepts connections and never answers (a stalled proxy, a black-holed route)."""
+
+    endpoint: str
+    held: list[socket.socket]
+
+    def connections(self) -> int:
+        """Connections accepted so far (each one then waits forever for an answer)."""
+        return len(self.held)
+
+
+@pytest.fixture(scope="module")
+def silent_hub() -> Iterator[SilentHub]:
     server = socket.create_server(("127.0.0.1", 0))
     held: list[socket.socket] = []
     stop = threading.Event()
@@ -41,7 +53,7 @@ def silent_hub() -> Iterator[str]:
 
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    yield SilentHub(f"http://127.0.0.1:{server.getsockname()[1]}", held)
     stop.set()
     thread.join()
     for connection in held:
@@ -57,10 +69,15 @@ def wait_for(predicate: object, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def test_a_silent_hub_fails_by_itself_within_the_budget(aioc4: Aioc4, silent_hub: str) -> None:
+def test_a_silent_hub_fails_by_itself_within_the_budget(aioc4: Aioc4, silent_hub: SilentHub) -> None:
     started = time.monotonic()
     result = aioc4(
-        "--timeout", "1", "--retry-budget", "3", env={"HF_ENDPOINT": silent_hub}, timeout=HARD_LIMIT_S
+        "--timeout",
+        "1",
+        "--retry-budget",
+        "3",
+        env={"HF_ENDPOINT": silent_hub.endpoint},
+        timeout=HARD_LIMIT_S,
     )
     assert result.returncode == 1, result.stderr
     assert len(result.error_lines) == 1, result.stderr
@@ -71,17 +88,21 @@ def test_a_silent_hub_fails_by_itself_within_the_budget(aioc4: Aioc4, silent_hub
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_stops_a_run_blocked_on_a_silent_hub_at_once(
-    aioc4: Aioc4, silent_hub: str, signum: int
+    aioc4: Aioc4, silent_hub: SilentHub, signum: int
 ) -> None:
+    """A process: the signal is sent to it."""
+    accepted = silent_hub.connections()
     process = subprocess.Popen(
         [*aioc4.command(), "--output-dir", "o"],
         cwd=aioc4.cwd,
-        env={**aioc4.env, "HF_ENDPOINT": silent_hub},
+        env={**aioc4.env, "HF_ENDPOINT": silent_hub.endpoint},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(2)  # well into the first request, which the server never answers
+    # in the first request, which the server never answers: connected, and blocked for good
+    wait_for(lambda: silent_hub.connections() > accepted or process.poll() is not None, HARD_LIMIT_S,
+             "the run to connect to the Hub")  # fmt: skip
     assert process.poll() is None
     sent = time.monotonic()
     process.send_signal(signum)

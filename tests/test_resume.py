@@ -6,7 +6,7 @@ import json
 import os
 import random
 import signal
-import time
+import subprocess
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +27,7 @@ from .conftest import (
     open_multipart_uploads,
     parts_in,
     split_expected,
+    wait_until,
 )
 
 Lines = Callable[[str], list[bytes]]
@@ -219,26 +220,56 @@ def paced_hub(fake_repo: FakeRepo) -> Iterator[HubServerProcess]:
         yield server
 
 
+def recorded_parts(manifest: Path) -> int:
+    """Parts the local manifest records (it is replaced atomically: never read half-written)."""
+    try:
+        parts = read_manifest(manifest)["parts"]
+    except FileNotFoundError:
+        return 0
+    assert isinstance(parts, list)
+    return len(parts)
+
+
+def kill_9_at_a_random_point(
+    process: subprocess.Popen[str], manifest: Path, finished: int, hub: HubServerProcess, rng: random.Random
+) -> bool:
+    """Once the run has finished a part beyond the `finished` ones, up to ~3/4 of a part's gzip bytes more
+    (somewhere in the next part), SIGKILL it; False if it ended before."""
+
+    def ended() -> bool:
+        return process.poll() is not None
+
+    wait_until(lambda: ended() or recorded_parts(manifest) > finished, "the round's first finished part")
+    point = hub.stats()["storage_body_bytes"] + rng.uniform(0, 1.5e6)
+    wait_until(lambda: ended() or hub.stats()["storage_body_bytes"] >= point, "a random point of the run")
+    if ended():
+        return False
+    os.kill(process.pid, signal.SIGKILL)
+    return True
+
+
 def test_kill_9_at_random_points_then_rerun_gives_byte_identical_output(
     tmp_path: Path, paced_hub: HubServerProcess, s3: MotoServerProcess, bucket: str, source_lines: Lines
 ) -> None:
+    """Each round is killed at a random point after it finished a part of its own (so every round makes
+    progress, and none can finish the job first): the point is a random number of shard bytes more,
+    counted by the paced server, not a time, so a busy machine moves it no more than a fast one."""
     env = clean_env(paced_hub.endpoint, s3.env(), tmp_path)
     aioc4 = Aioc4(cwd=tmp_path, env=env)
     count, size = 2 * DOCS_PER_TRAIN_SHARD + 1_500, 2_500
     args = ["--num-samples", str(count), "--max-lines-per-file", str(size), "--s3-path", f"s3://{bucket}/k"]
+    manifest = tmp_path / "data" / "c4_subset" / f"c4_train_{count}.manifest.json"
     rng = random.Random(20261126)
     kills = 0
     for _ in range(4):
+        finished = recorded_parts(manifest)
         process = aioc4.popen(*args)
-        time.sleep(rng.uniform(0.8, 3.5))
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGKILL)
-            kills += 1
+        kills += kill_9_at_a_random_point(process, manifest, finished, paced_hub, rng)
         process.communicate(timeout=30)
     final = aioc4(*args)
     assert final.returncode == 0, final.stderr
     print(f"kill -9 rounds survived: {kills}")
-    assert kills >= 3
+    assert kills == 4  # every round was still running when it was killed
     names = part_names("train", count, size)
     assert objects(s3, bucket) == {
         f"k/{n}": b for n, b in split_expected(source_lines("train")[:count], names, size).items()
