@@ -2,13 +2,14 @@
 
 The stages are joined by closeable bounded channels (anyio's memory object streams): the reader
 waits when the writer is behind, and the writer waits when `deliveries` finished parts are already
-queued, so local disk holds at most about `2 * deliveries + 1` parts. A stage that ends closes its
-sending side, and the next stage ends once it has taken what is left: no sentinels. The manifest is
-saved after every delivered part, so a run killed at any point can be resumed by running the same
-command again. If the source fails, parts already finished are still delivered before the error is
-reported. On SIGINT or SIGTERM reading stops, finished parts get `grace_s` seconds to finish
-uploading, the part being written is removed, and the manifest is saved; a second signal stops
-everything at once.
+queued (it hands each part over before it finishes the next), so local disk holds at most
+`2 * deliveries + 1` finished parts: one in each delivery, `deliveries` queued, one waiting. A stage
+that ends closes its sending side, and the next stage ends once it has taken what is left: no
+sentinels. The manifest is saved after every delivered part, so a run killed at any point can be
+resumed by running the same command again. If the source fails, parts already finished are still
+delivered before the error is reported. On SIGINT or SIGTERM reading stops, finished parts get
+`grace_s` seconds to finish uploading, the part being written is removed, and the manifest is
+saved; a second signal stops everything at once.
 """
 
 from __future__ import annotations
@@ -223,8 +224,9 @@ class PartPipeline:
         with batches, parts:
             try:
                 async for batch in batches:
-                    for part in await self.writer.write(batch):
-                        await self._hand_over(part, parts)
+                    async with aclosing(self.writer.parts_of(batch)) as finished:
+                        async for part in finished:
+                            await self._hand_over(part, parts)
                 if self.source_error is None and not self._stopping:
                     total = None
                     if self._ended_short():

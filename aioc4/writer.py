@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -96,11 +97,16 @@ class PartWriter:
 
     async def write(self, batch: Batch) -> list[FinishedPart]:
         """Append a batch of documents; returns the parts this completed."""
-        done = []
+        return [part async for part in self.parts_of(batch)]
+
+    async def parts_of(self, batch: Batch) -> AsyncGenerator[FinishedPart, None]:
+        """Append a batch of documents, yielding each part as soon as it is complete: the next part is
+        not finished until the caller has taken this one (a batch can span several parts, and a writer
+        whose handover waits must not pile finished parts up on disk meanwhile)."""
         start = 0
         while start < len(batch):
             if self._file is not None and self.max_lines is not None and self._lines >= self.max_lines:
-                done.append(await self._finish(self.requested))
+                yield await self._finish(self.requested)
             if self._file is None:
                 self._file = await self._open(self._temp_path)
             room = len(batch) - start if self.max_lines is None else self.max_lines - self._lines
@@ -108,7 +114,6 @@ class PartWriter:
             await self._write(chunk.data)
             self._account(chunk)
             start += len(chunk)
-        return done
 
     def _account(self, chunk: Batch) -> None:
         if self._first is None:

@@ -101,7 +101,8 @@ def pipeline_for(storage: SlowMemoryStorage, workers: int, max_lines: int) -> Pa
 @pytest.mark.parametrize("workers", [1, 3])
 def test_local_disk_holds_a_bounded_number_of_parts_while_uploads_lag(tmp_path: Path, workers: int) -> None:
     storage = SlowMemoryStorage(tmp_path)
-    asyncio.run(pipeline_for(storage, workers, 5).execute(documents(LINES, 7), ReadProgress()))
+    # batches of 23 documents span up to five parts of 5: each must be handed over before the next
+    asyncio.run(pipeline_for(storage, workers, 5).execute(documents(LINES, 23), ReadProgress()))
     stored = storage.parts()
     assert len(stored) == 40
     assert storage.most_parts_on_disk <= 2 * workers + 1
