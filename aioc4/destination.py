@@ -112,8 +112,6 @@ class Destination:
     async def inspect(self, name: str, *, lines: bool = True) -> PartFacts | None:
         """Size, CRC-32 and line count of a stored part, read once; None if it is missing. Without
         `lines` a compressed part is not decompressed (enough to tell an intact part)."""
-        if await self.storage.head(name) is None:
-            return None
         accumulator = FactsAccumulator(name if lines else "")
         try:
             async for chunk in self.storage.read(name):

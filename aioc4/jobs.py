@@ -71,13 +71,8 @@ class CountJob:
 
     def planned_names(self) -> list[str]:
         """Every part name, assuming the split holds `num_samples` documents."""
-        return part_names(
-            self.source.split,
-            self.num_samples,
-            self.parts.max_lines_per_file,
-            self.source.config_name,
-            self.parts.compression,
-        )
+        naming = self.naming
+        return part_names(naming.split, naming.requested, naming.max_lines, naming.config, naming.compression)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,13 +13,12 @@ from typing import Any
 
 from .config import RunConfig
 from .destination import Destination
-from .errors import UsageError
 from .hub import Shard
 from .jobs import BulkJob, CountJob, job_of
 from .manifest import Manifest
 from .naming import part_names, part_sizes
 from .report import destination_of, manifest_location, request_fields
-from .runner import check_output_dir, destination_for, hub_for
+from .runner import check_output_dir, destination_for, hub_for, other_job_error
 from .sharding import select_shards
 
 __all__ = [
@@ -181,10 +180,7 @@ async def _previous(job: CountJob, destination: Destination) -> tuple[Manifest |
     differences = manifest.request.differences(job.identity())
     recorded = f"{len(manifest.parts)} part(s) recorded"
     if differences and not job.parts.overwrite:
-        raise UsageError(
-            f"{where} records a different job ({'; '.join(differences)}); "
-            "rerun with the same arguments to resume it, or pass --overwrite to replace it"
-        )
+        raise other_job_error(where, differences)
     if differences:
         return None, f"a different job ({recorded}) would be replaced (--overwrite)"
     state = "complete" if manifest.complete else "resumable"

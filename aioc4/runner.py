@@ -321,10 +321,7 @@ async def previous_job(
         )
         return manifest
     if not overwrite:
-        raise UsageError(
-            f"{destination.location(name)} records a different job ({'; '.join(differences)}); "
-            "rerun with the same arguments to resume it, or pass --overwrite to replace it"
-        )
+        raise other_job_error(destination.location(name), differences)
     own = [part.name for part in manifest.parts if belongs_to(part.name, manifest, name)]
     log.warning("--overwrite: deleting the %d part(s) of the earlier job", len(own))
     for part in manifest.parts:
@@ -333,6 +330,14 @@ async def previous_job(
         else:  # a hand-edited manifest must not make --overwrite delete another job's part
             log.warning("--overwrite: %s is not a name of the earlier job; left alone", part.name)
     return None
+
+
+def other_job_error(where: str, differences: Sequence[str]) -> UsageError:
+    """A manifest under this job's name that records another job (the run and `--dry-run` refuse it)."""
+    return UsageError(
+        f"{where} records a different job ({'; '.join(differences)}); "
+        "rerun with the same arguments to resume it, or pass --overwrite to replace it"
+    )
 
 
 def belongs_to(part: str, manifest: Manifest, name: str) -> bool:

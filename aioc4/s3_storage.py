@@ -265,6 +265,8 @@ class S3Storage:
                 while chunk := await body.read(READ_CHUNK):
                     yield chunk
         except (ClientError, BotoCoreError) as exc:
+            if _code(exc) in _MISSING:
+                raise FileNotFoundError(self.location(name)) from None
             raise DestinationError(f"cannot read {self.location(name)}: {_reason(exc)}") from None
 
     async def names(self, prefix: str = "") -> list[str]:

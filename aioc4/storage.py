@@ -73,7 +73,7 @@ class Storage(Protocol):
         """A small object's bytes (a manifest)."""
 
     def read(self, name: str) -> AsyncIterator[bytes]:
-        """An object's bytes in chunks (for checks of whole parts); OSError if it cannot be read."""
+        """An object's bytes in chunks (for checks of whole parts); FileNotFoundError if it is missing."""
 
     async def names(self, prefix: str = "") -> list[str]:
         """Names of the objects directly in this folder or prefix that start with `prefix`, sorted."""
