@@ -6,6 +6,10 @@ short-lived signed URLs with `Range` support. The real `huggingface_hub` client 
 `HF_ENDPOINT` or an explicit `endpoint=`. `GET /_stats` and `POST /_stats/reset` on the Hub origin expose
 what was transferred, so tests can assert on traffic.
 
+A far-away network is modelled per response: `--pace-bytes-per-s` caps each storage body on its own (so
+concurrent range requests add up, as on a real CDN), and the `latency_s` knob holds every Hub and storage
+response before its first byte.
+
 Faults (see `Faults`) make it misbehave like the real thing on a bad day: rate limits and 5xx on the Hub,
 5xx, dropped connections, ignored `Range` and expired URLs on storage; the `card` knob serves a dataset info
 without the card, or with its `configs` missing or malformed. They are set at launch (flags, or
@@ -275,6 +279,11 @@ class Faults:
     portal_page: bool = _knob(
         False, "resolve answers LFS files with 200 and an HTML page, as a captive portal or proxy does"
     )
+    latency_s: float = _knob(
+        0.0,
+        "seconds added before the first byte of every Hub and storage response (not /_stats, /_faults): "
+        "a far-away endpoint; not a fault, but set like one",
+    )
 
     def __post_init__(self) -> None:
         for name in ("hub_error_rate", "storage_error_rate", "reset_rate"):
@@ -284,7 +293,7 @@ class Faults:
             statuses = getattr(self, name)
             if not statuses or not set(statuses) <= _ERROR_STATUSES:
                 raise ValueError(f"{name} must be a non-empty list of HTTP error statuses (4xx, 5xx)")
-        for name in ("retry_after_s", "reset_after_bytes", "url_ttl_s"):
+        for name in ("retry_after_s", "reset_after_bytes", "url_ttl_s", "latency_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if self.card not in CARD_MODES:
@@ -397,6 +406,22 @@ class ServerState:
         self.stats.faults_injected[kind] += 1
 
 
+def add_latency(app: web.Application, state: ServerState) -> None:
+    """Hold every response of `app` for the `latency_s` knob before its first byte (status line) leaves.
+
+    `on_response_prepare` runs for every response, streamed bodies and errors alike, so a storage body's
+    pacing starts after the wait: a paced body of B bytes takes at least latency + B / pace. The control
+    routes (`/_stats`, `/_faults`) answer at once.
+    """
+
+    async def delay(request: web.Request, response: web.StreamResponse) -> None:
+        latency_s = state.faults.settings.latency_s
+        if latency_s > 0 and not request.path.startswith("/_"):
+            await asyncio.sleep(latency_s)
+
+    app.on_response_prepare.append(delay)
+
+
 # ------------------------------------------------------------------------------------------ byte serving
 
 
@@ -489,14 +514,14 @@ async def _stream_body(
             chunk = f.read(min(CHUNK_SIZE, stop - start - sent))
             if not chunk:  # the file shrank under us: end the body short rather than spin
                 return "file_shrank"
+            if pace_bytes_per_s > 0:  # a chunk leaves once the link has had time to carry it, not before
+                await asyncio.sleep(max(0.0, began + (sent + len(chunk)) / pace_bytes_per_s - loop.time()))
             try:
                 await response.write(chunk)
             except ConnectionResetError:
                 return "client_left"
             sent += len(chunk)
             on_chunk(len(chunk))
-            if pace_bytes_per_s > 0:
-                await asyncio.sleep(max(0.0, began + sent / pace_bytes_per_s - loop.time()))
     return "complete"
 
 
@@ -528,6 +553,7 @@ class HubOrigin:
         app.router.add_get("/api/datasets/{tail:.*}", self.api_get)
         app.router.add_post("/api/datasets/{tail:.*}", self.api_post)
         app.router.add_get("/datasets/{tail:.*}", self.resolve)
+        add_latency(app, self.state)
         return app
 
     async def get_stats(self, request: web.Request) -> web.Response:
@@ -774,6 +800,7 @@ class StorageOrigin:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/cdn/{sha256}/{name}", self.blob)
+        add_latency(app, self.state)
         return app
 
     async def blob(self, request: web.Request) -> web.StreamResponse:
@@ -977,6 +1004,7 @@ class HubServerProcess:
         url_ttl_s: float = Faults.url_ttl_s,
         storage_forbid_auth: bool = Faults.storage_forbid_auth,
         card: str = Faults.card,
+        latency_s: float = Faults.latency_s,
         startup_timeout_s: float = 20.0,
     ) -> None:
         self.repo_id = repo_id
@@ -993,6 +1021,7 @@ class HubServerProcess:
             url_ttl_s=url_ttl_s,
             storage_forbid_auth=storage_forbid_auth,
             card=card,
+            latency_s=latency_s,
         )
         self._args = ["--root", str(root), "--repo-id", repo_id, "--page-size", str(page_size)]
         self._args += ["--storage-host", storage_host, "--pace-bytes-per-s", str(pace_bytes_per_s)]

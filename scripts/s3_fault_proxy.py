@@ -41,14 +41,22 @@ failing one botocore attempt of a PUT takes ``"times": 2``. botocore reports End
 The rate draws come from one ``random.Random`` per rule, seeded from the proxy's seed and the rule name,
 so the same rules and the same request sequence fault the same requests, whatever ran before.
 
-Control endpoints on the proxy itself: ``POST /_proxy/rules`` (JSON list, replaces the rules),
-``GET /_proxy/rules``, ``GET /_proxy/stats``, ``POST /_proxy/reset`` (no rules, zero counters). In the
-stats, a request counts once: under ``forwarded`` if no rule acted, else under ``injected``, under
-``injected_by_action[action]`` and under its rule's ``injected`` (delay and forward_first requests reach
-the upstream, but count as injected).
+A far-away network (off by default): ``--pace-bytes-per-s`` caps each request's body (the upload) and
+each response's body on its own, so concurrent requests (multipart chunks in flight at once) add up, as
+separate connections to S3 do; ``--latency-s`` holds every answer, the injected ones included, before its
+first byte. A paced request of B body bytes that the upstream answers with R body bytes thus takes at
+least ``(B + R) / pace + latency``. ``GET``/``POST /_proxy/network`` show and change both at runtime (a JSON
+object of the ones to change); the control endpoints themselves are never paced nor delayed.
 
-``python -m scripts.s3_fault_proxy --upstream URL [--host H] [--port N] [--rules JSON] [--seed N]`` prints
-one JSON line ``{"endpoint": ...}`` once listening and stops on SIGTERM/SIGINT.
+Control endpoints on the proxy itself: ``POST /_proxy/rules`` (JSON list, replaces the rules),
+``GET /_proxy/rules``, ``GET /_proxy/stats``, ``POST /_proxy/reset`` (no rules, zero counters; the network
+knobs stay). In the stats, a request counts once: under ``forwarded`` if no rule acted, else under
+``injected``, under ``injected_by_action[action]`` and under its rule's ``injected`` (delay and
+forward_first requests reach the upstream, but count as injected).
+
+``python -m scripts.s3_fault_proxy --upstream URL [--host H] [--port N] [--rules JSON] [--seed N]
+[--pace-bytes-per-s BPS] [--latency-s S]`` prints one JSON line ``{"endpoint": ...}`` once listening and
+stops on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -76,6 +84,9 @@ from scripts.s3_server import HOST, START_TIMEOUT, EndpointProcess, http_json
 
 # S3's largest single PUT / part; the proxy buffers whole bodies.
 MAX_BODY = 5 * 1024**3
+# Paced bodies move in chunks of this size, each once the pace allows it.
+PACE_CHUNK = 64 * 1024
+NETWORK_KNOBS = ("pace_bytes_per_s", "latency_s")
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -281,6 +292,10 @@ def parse_rules(raw: Any, seed: int = 0) -> list[Rule]:
 class ProxyState:
     upstream: str
     seed: int = 0
+    pace_bytes_per_s: float = 0.0
+    """Cap on each request body and each response body, in bytes per second; 0 = unpaced."""
+    latency_s: float = 0.0
+    """Seconds every answer waits before its first byte."""
     rules: list[Rule] = field(default_factory=list)
     forwarded: int = 0
     injected: int = 0
@@ -298,6 +313,23 @@ class ProxyState:
 
     def set_rules(self, raw: Any) -> None:
         self.rules = parse_rules(raw, self.seed)
+
+    def set_network(self, raw: Any) -> None:
+        """Change the network knobs named in ``raw`` (a JSON object); if invalid, ValueError and none."""
+        if not isinstance(raw, dict):
+            raise ValueError("network must be a JSON object")
+        unknown = sorted(set(raw) - set(NETWORK_KNOBS))
+        if unknown:
+            raise ValueError(f"unknown network knobs: {unknown}; known: {list(NETWORK_KNOBS)}")
+        values = {name: _number(value) for name, value in raw.items()}
+        for name, value in values.items():
+            if value is None or value < 0:
+                raise ValueError(f"{name} must be a non-negative number")
+        for name, value in values.items():
+            setattr(self, name, value)
+
+    def network(self) -> dict[str, float]:
+        return {name: getattr(self, name) for name in NETWORK_KNOBS}
 
     def reset(self) -> None:
         self.rules = []
@@ -339,19 +371,19 @@ def s3_error_response(request: web.Request, status: int, code: str | None = None
 
 
 async def status_action(request: web.Request, rule: Rule) -> web.StreamResponse:
-    await request.read()  # drain the body, so keep-alive works after the injected error
+    await read_body(request)  # drain the body, so keep-alive works after the injected error
     return s3_error_response(request, rule.status, rule.code)
 
 
 async def delay_action(request: web.Request, rule: Rule) -> web.StreamResponse:
-    body = await request.read()
+    body = await read_body(request)
     await asyncio.sleep(rule.seconds)
     return await forward(request, body)
 
 
 async def reset_action(request: web.Request, rule: Rule) -> web.StreamResponse:
     if rule.forward_first:
-        await forward(request, await request.read())  # the upstream acts; its answer is thrown away
+        await forward(request, await read_body(request))  # the upstream acts; its answer is thrown away
     else:
         await read_body_prefix(request, rule.after_bytes)
     return abort_connection(request)
@@ -393,6 +425,65 @@ ACTION_OPTIONS: dict[str, frozenset[str]] = {
 }
 
 
+# --- the network model: pacing and latency ------------------------------------------------------------
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The whole request body, taken no faster than the pace (so the upload takes at least B / pace)."""
+    pace = request.app[STATE_KEY].pace_bytes_per_s
+    if pace <= 0:
+        return await request.read()
+    loop = asyncio.get_running_loop()
+    began, chunks, received = loop.time(), [], 0
+    while chunk := await request.content.read(PACE_CHUNK):
+        received += len(chunk)
+        if received > MAX_BODY:
+            raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=received)
+        chunks.append(chunk)
+        # Not reading on makes aiohttp stop reading the socket, so the sender is held back too.
+        await asyncio.sleep(max(0.0, began + received / pace - loop.time()))
+    return b"".join(chunks)
+
+
+class PacedResponse(web.Response):
+    """A response whose body leaves in chunks, each once the pace allows it: R bytes take R / pace.
+
+    Only how the body is written differs, so status, headers and Content-Length are those of a plain
+    `web.Response`; answers without a body (HEAD, 204, 304, empty) are written as usual.
+    """
+
+    def __init__(self, *, pace_bytes_per_s: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.pace_bytes_per_s = pace_bytes_per_s
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        body = self.body
+        request = self._req
+        if (
+            not isinstance(body, bytes)
+            or not body
+            or request is None
+            or request.method == hdrs.METH_HEAD
+            or self.status in {204, 304}
+        ):
+            await super().write_eof(data)
+            return
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        for offset in range(0, len(body), PACE_CHUNK):
+            chunk = body[offset : offset + PACE_CHUNK]
+            await asyncio.sleep(max(0.0, began + (offset + len(chunk)) / self.pace_bytes_per_s - loop.time()))
+            await self.write(chunk)
+        await web.StreamResponse.write_eof(self)
+
+
+async def _hold_for_latency(request: web.Request, response: web.StreamResponse) -> None:
+    """Before the first byte of every answer but the control endpoints': the network's latency."""
+    latency_s = request.app[STATE_KEY].latency_s
+    if latency_s > 0 and not request.path.startswith("/_proxy/"):
+        await asyncio.sleep(latency_s)
+
+
 # --- forwarding ---------------------------------------------------------------------------------------
 
 
@@ -418,6 +509,14 @@ async def forward(request: web.Request, body: bytes) -> web.Response:
             if request.method == hdrs.METH_HEAD and hdrs.CONTENT_LENGTH in upstream.headers:
                 # HEAD has no body to measure, and botocore reads ContentLength from this header.
                 headers[hdrs.CONTENT_LENGTH] = upstream.headers[hdrs.CONTENT_LENGTH]
+            if state.pace_bytes_per_s > 0:
+                return PacedResponse(
+                    pace_bytes_per_s=state.pace_bytes_per_s,
+                    status=upstream.status,
+                    reason=upstream.reason,
+                    headers=headers,
+                    body=payload,
+                )
             return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=payload)
     except (ClientError, TimeoutError):
         return s3_error_response(request, 502)
@@ -428,7 +527,7 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
     rule = request.app[STATE_KEY].pick(request)
     if rule is not None:
         return await ACTIONS[rule.action](request, rule)
-    return await forward(request, await request.read())
+    return await forward(request, await read_body(request))
 
 
 # --- control endpoints ----------------------------------------------------------------------------------
@@ -451,6 +550,19 @@ async def stats_handler(request: web.Request) -> web.Response:
     return web.json_response(request.app[STATE_KEY].stats())
 
 
+async def set_network_handler(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    try:
+        state.set_network(await request.json())
+    except ValueError as exc:  # includes json.JSONDecodeError
+        return web.json_response({"error": str(exc)}, status=400)
+    return web.json_response(state.network())
+
+
+async def get_network_handler(request: web.Request) -> web.Response:
+    return web.json_response(request.app[STATE_KEY].network())
+
+
 async def reset_handler(request: web.Request) -> web.Response:
     request.app[STATE_KEY].reset()
     return web.json_response({"status": "ok"})
@@ -467,26 +579,43 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
     await session.close()
 
 
-def make_app(upstream: str, rules: Sequence[Mapping[str, Any]] = (), seed: int = 0) -> web.Application:
+def make_app(
+    upstream: str,
+    rules: Sequence[Mapping[str, Any]] = (),
+    seed: int = 0,
+    pace_bytes_per_s: float = 0.0,
+    latency_s: float = 0.0,
+) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY)
     state = ProxyState(upstream=upstream.rstrip("/"), seed=seed)
     state.set_rules(list(rules))
+    state.set_network({"pace_bytes_per_s": pace_bytes_per_s, "latency_s": latency_s})
     app[STATE_KEY] = state
     app.cleanup_ctx.append(_client_session)
+    app.on_response_prepare.append(_hold_for_latency)
     app.router.add_post("/_proxy/rules", set_rules_handler)
     app.router.add_get("/_proxy/rules", get_rules_handler)
     app.router.add_get("/_proxy/stats", stats_handler)
     app.router.add_post("/_proxy/reset", reset_handler)
+    app.router.add_get("/_proxy/network", get_network_handler)
+    app.router.add_post("/_proxy/network", set_network_handler)
     app.router.add_route("*", "/{tail:.*}", proxy_handler)
     return app
 
 
 async def serve(
-    upstream: str, host: str, port: int, rules: Sequence[Mapping[str, Any]], seed: int = 0
+    upstream: str,
+    host: str,
+    port: int,
+    rules: Sequence[Mapping[str, Any]],
+    seed: int = 0,
+    pace_bytes_per_s: float = 0.0,
+    latency_s: float = 0.0,
 ) -> None:
     """Run until SIGTERM/SIGINT, after printing the endpoint as one JSON line."""
     # A stop does not wait for held requests (a `delay` rule may hold one for minutes): 1 s, then cut.
-    runner = web.AppRunner(make_app(upstream, rules, seed), shutdown_timeout=1.0)
+    app = make_app(upstream, rules, seed, pace_bytes_per_s, latency_s)
+    runner = web.AppRunner(app, shutdown_timeout=1.0)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()
@@ -514,9 +643,14 @@ class S3FaultProxyProcess(EndpointProcess):
         host: str = HOST,
         timeout: float = START_TIMEOUT,
         seed: int = 0,
+        pace_bytes_per_s: float = 0.0,
+        latency_s: float = 0.0,
     ) -> None:
         args = ["--upstream", upstream, "--host", host, "--port", str(port), "--rules", json.dumps(rules)]
-        super().__init__("scripts.s3_fault_proxy", [*args, "--seed", str(seed)], timeout)
+        args += ["--seed", str(seed)]
+        if pace_bytes_per_s or latency_s:
+            args += ["--pace-bytes-per-s", str(pace_bytes_per_s), "--latency-s", str(latency_s)]
+        super().__init__("scripts.s3_fault_proxy", args, timeout)
 
     def set_rules(self, rules: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """Replace the rules (counters and rate draws start afresh); returns them as the proxy parsed them."""
@@ -528,8 +662,18 @@ class S3FaultProxyProcess(EndpointProcess):
         return result
 
     def reset(self) -> None:
-        """No rules, all counters zero."""
+        """No rules, all counters zero (the network knobs stay)."""
         http_json("POST", self.endpoint + "/_proxy/reset")
+
+    def network(self) -> dict[str, float]:
+        """The network knobs in force: ``pace_bytes_per_s`` and ``latency_s``."""
+        result: dict[str, float] = http_json("GET", self.endpoint + "/_proxy/network")
+        return result
+
+    def set_network(self, **changes: float) -> dict[str, float]:
+        """Change the named network knobs at runtime; returns them all (HTTPError 400 if invalid)."""
+        result: dict[str, float] = http_json("POST", self.endpoint + "/_proxy/network", changes)
+        return result
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -545,12 +689,29 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=0, help="port to bind; 0 = any free port (default)")
     parser.add_argument("--rules", type=json.loads, default=[], help="initial rules as a JSON list")
     parser.add_argument("--seed", type=int, default=0, help="seed for the rules' rate draws (default 0)")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--pace-bytes-per-s",
+        type=float,
+        default=0.0,
+        help="cap on each request's and each response's body, bytes per second; 0 = unpaced (default)",
+    )
+    parser.add_argument(
+        "--latency-s", type=float, default=0.0, help="seconds added before every answer (default 0)"
+    )
+    args = parser.parse_args(argv)
+    for name in NETWORK_KNOBS:
+        if getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} must not be negative")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
-    asyncio.run(serve(args.upstream, args.host, args.port, args.rules, args.seed))
+    asyncio.run(
+        serve(
+            args.upstream, args.host, args.port, args.rules, args.seed, args.pace_bytes_per_s, args.latency_s
+        )
+    )
     return 0
 
 

@@ -469,6 +469,97 @@ def test_paced_storage_stops_when_the_client_leaves(small_repo: FakeRepo) -> Non
     assert sent <= 4 * CHUNK_SIZE
 
 
+# The network model at test scale: B-byte range requests paced at PACE take B / PACE = 1.2 s each, so the
+# serial time of CONCURRENT of them is over 7 s. Timings are lower bounds only, except the one comparison
+# of concurrent against serial time, which has a margin of about 3x on an idle machine.
+PACE = 64 * 1024
+LATENCY_S = 0.2
+RANGE_BYTES = 80_000  # not a multiple of the server's chunk size
+CONCURRENT = 6
+
+
+async def timed_get(
+    session: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None
+) -> tuple[int, bytes, float]:
+    """Status, body and the seconds from sending the request to holding the whole body."""
+    began = time.monotonic()
+    async with session.get(url, headers=headers, allow_redirects=False) as response:
+        return response.status, await response.read(), time.monotonic() - began
+
+
+async def timed_gets(url: str, headers: list[dict[str, str]]) -> list[tuple[int, bytes, float]]:
+    """One GET per entry of `headers`, all at once, each on its own connection."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True)) as session:
+        return await asyncio.gather(*(timed_get(session, url, h) for h in headers))
+
+
+@pytest.fixture(scope="module")
+def far_hub(small_repo: FakeRepo) -> Iterator[HubServerProcess]:
+    with HubServerProcess(small_repo.root, pace_bytes_per_s=PACE, latency_s=LATENCY_S) as server:
+        yield server
+
+
+def test_paced_range_takes_its_size_over_the_pace_plus_the_latency(
+    far_hub: HubServerProcess, small_repo: FakeRepo
+) -> None:
+    data = (small_repo.root / SHARD).read_bytes()
+    url = storage_url(far_hub, SHARD)
+    start = 100
+    [(status, body, elapsed)] = asyncio.run(
+        timed_gets(url, [{"Range": f"bytes={start}-{start + RANGE_BYTES - 1}"}])
+    )
+    assert (status, body) == (206, data[start : start + RANGE_BYTES])
+    assert elapsed >= RANGE_BYTES / PACE + LATENCY_S
+
+
+def test_pacing_is_per_response_so_concurrent_ranges_add_up(
+    far_hub: HubServerProcess, small_repo: FakeRepo
+) -> None:
+    data = (small_repo.root / SHARD).read_bytes()
+    assert len(data) >= CONCURRENT * RANGE_BYTES
+    url = storage_url(far_hub, SHARD)
+    far_hub.reset_stats()
+    ranges = [(i * RANGE_BYTES, (i + 1) * RANGE_BYTES) for i in range(CONCURRENT)]
+    began = time.monotonic()
+    results = asyncio.run(timed_gets(url, [{"Range": f"bytes={a}-{b - 1}"} for a, b in ranges]))
+    total = time.monotonic() - began
+    for (status, body, elapsed), (a, b) in zip(results, ranges, strict=True):
+        assert (status, body) == (206, data[a:b])
+        assert elapsed >= RANGE_BYTES / PACE + LATENCY_S  # each one is still paced and delayed
+    serial = CONCURRENT * RANGE_BYTES / PACE
+    assert total < 0.6 * serial, f"{CONCURRENT} paced ranges at once took {total:.2f} s, serially {serial} s"
+    stats = far_hub.stats()
+    assert stats["storage_body_ends"] == {"complete": CONCURRENT}
+    assert stats["storage_body_bytes"] == CONCURRENT * RANGE_BYTES
+
+
+def test_latency_delays_every_hub_and_storage_response(far_hub: HubServerProcess) -> None:
+    info_url = f"{far_hub.endpoint}/api/datasets/{REPO_ID}"
+    missing_url = f"{far_hub.endpoint}/datasets/{REPO_ID}/resolve/main/missing.txt"
+    cases = [
+        ("HEAD", resolve_url(far_hub), 302),  # the redirect to storage
+        ("GET", f"{far_hub.endpoint}/datasets/{REPO_ID}/resolve/main/README.md", 200),  # served inline
+        ("GET", info_url, 200),
+        ("GET", missing_url, 404),  # errors too
+        ("HEAD", storage_url(far_hub, SHARD), 200),
+    ]
+    for method, url, expected in cases:
+        began = time.monotonic()
+        status = http_request(url, method)[0]
+        assert (status, time.monotonic() - began >= LATENCY_S) == (expected, True), (method, url)
+
+    assert far_hub.faults()["latency_s"] == LATENCY_S
+    try:
+        assert far_hub.set_faults(latency_s=1.5)["latency_s"] == 1.5  # changed at runtime
+        began = time.monotonic()
+        assert http_request(info_url)[0] == 200
+        assert time.monotonic() - began >= 1.5
+        with pytest.raises(ValueError, match="latency_s"):
+            far_hub.set_faults(latency_s=-1)
+    finally:
+        far_hub.set_faults(latency_s=LATENCY_S)
+
+
 def test_server_stops_cleanly_on_sigterm(small_repo: FakeRepo) -> None:
     server = HubServerProcess(small_repo.root)
     server.start()
@@ -733,6 +824,7 @@ def test_fault_flags_round_trip(small_repo: FakeRepo) -> None:
         ignore_range=True,
         url_ttl_s=0.5,
         card="broken",
+        latency_s=0.02,
     )
     assert parse_args(["--root", str(small_repo.root), *fault_flags(faults)]).faults == faults
     assert parse_args(["--root", str(small_repo.root)]).faults == Faults()

@@ -7,9 +7,11 @@ import base64
 import hashlib
 import itertools
 import json
+import random
 import socket
 import time
 import urllib.error
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -547,3 +549,164 @@ def test_start_failure_reports_child_stderr(moto_server: MotoServerProcess) -> N
         MotoServerProcess(port=taken_port),
     ):
         pass
+
+
+# ------------------------------------------------------------------------------------- the network model
+
+# Each paced body of PACED_BYTES takes PACED_BYTES / PACE = 1.25 s; the concurrent test's serial time is
+# CONCURRENT times that. Timings are lower bounds only, except the one comparison of concurrent against
+# serial time, which has a margin of about 3x on an idle machine.
+PACE = 4 * MIB
+LATENCY_S = 0.2
+PACED_BYTES = 5 * MIB  # S3's smallest multipart part
+CONCURRENT = 6
+
+
+@pytest.fixture(scope="module")
+def far_proxy(moto_server: MotoServerProcess) -> Iterator[S3FaultProxyProcess]:
+    with S3FaultProxyProcess(moto_server.endpoint, pace_bytes_per_s=PACE, latency_s=LATENCY_S) as process:
+        yield process
+
+
+def crc32_b64(data: bytes) -> str:
+    """The CRC32 checksum as S3 carries it (x-amz-checksum-crc32)."""
+    return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+
+
+def test_paced_put_and_get_take_their_size_over_the_pace_plus_the_latency(
+    moto_server: MotoServerProcess, far_proxy: S3FaultProxyProcess
+) -> None:
+    bucket = new_bucket(moto_server.endpoint)
+    data = random.Random(7).randbytes(PACED_BYTES + 12_345)  # not a multiple of the proxy's chunk size
+    least = len(data) / PACE + LATENCY_S
+
+    async def scenario() -> tuple[float, float, dict[str, Any], bytes]:
+        async with s3_client(far_proxy.endpoint) as client:
+            began = time.monotonic()
+            await client.put_object(Bucket=bucket, Key="paced.jsonl", Body=data)  # with its CRC32 header
+            put_s = time.monotonic() - began
+            began = time.monotonic()
+            response = await client.get_object(Bucket=bucket, Key="paced.jsonl", ChecksumMode="ENABLED")
+            async with response["Body"] as stream:
+                body = await stream.read()  # botocore checks the body against the CRC32 on the way
+            return put_s, time.monotonic() - began, response, body
+
+    put_s, get_s, response, body = asyncio.run(scenario())
+    assert body == data
+    assert put_s >= least
+    assert get_s >= least
+    assert response["ChecksumCRC32"] == crc32_b64(data)
+    assert response["ETag"] == f'"{hashlib.md5(data).hexdigest()}"'
+
+    async def stored() -> dict[str, Any]:  # what moto itself holds, asked directly
+        async with s3_client(moto_server.endpoint) as client:
+            head: dict[str, Any] = await client.head_object(
+                Bucket=bucket, Key="paced.jsonl", ChecksumMode="ENABLED"
+            )
+            return head
+
+    head = asyncio.run(stored())
+    assert (head["ContentLength"], head["ChecksumCRC32"]) == (len(data), crc32_b64(data))
+    assert asyncio.run(list_objects(moto_server.endpoint, bucket)) == {"paced.jsonl": data}
+
+
+def test_pacing_is_per_request_so_concurrent_parts_add_up(
+    moto_server: MotoServerProcess, far_proxy: S3FaultProxyProcess
+) -> None:
+    bucket = new_bucket(moto_server.endpoint)
+    key = "big/concurrent.jsonl"
+    parts = [random.Random(number).randbytes(PACED_BYTES) for number in range(1, CONCURRENT + 1)]
+    least = PACED_BYTES / PACE + LATENCY_S
+
+    async def upload_part(client: Any, upload_id: str, number: int) -> tuple[dict[str, Any], float]:
+        began = time.monotonic()
+        part = await client.upload_part(
+            Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=parts[number - 1]
+        )
+        return {"PartNumber": number, "ETag": part["ETag"]}, time.monotonic() - began
+
+    async def get_range(client: Any, number: int) -> tuple[bytes, float]:
+        began = time.monotonic()
+        first = (number - 1) * PACED_BYTES
+        response = await client.get_object(
+            Bucket=bucket, Key=key, Range=f"bytes={first}-{first + PACED_BYTES - 1}"
+        )
+        async with response["Body"] as stream:
+            return await stream.read(), time.monotonic() - began
+
+    async def scenario() -> tuple[
+        list[tuple[dict[str, Any], float]], float, list[tuple[bytes, float]], float
+    ]:
+        async with s3_client(far_proxy.endpoint) as client:  # 10 pooled connections: all parts at once
+            created = await client.create_multipart_upload(Bucket=bucket, Key=key)
+            began = time.monotonic()
+            uploads = await asyncio.gather(
+                *(upload_part(client, created["UploadId"], n) for n in range(1, CONCURRENT + 1))
+            )
+            upload_s = time.monotonic() - began
+            await client.complete_multipart_upload(
+                Bucket=bucket,
+                Key=key,
+                UploadId=created["UploadId"],
+                MultipartUpload={"Parts": [etag for etag, _ in uploads]},
+            )
+            began = time.monotonic()
+            ranges = await asyncio.gather(*(get_range(client, n) for n in range(1, CONCURRENT + 1)))
+            return uploads, upload_s, ranges, time.monotonic() - began
+
+    uploads, upload_s, ranges, download_s = asyncio.run(scenario())
+    assert all(elapsed >= least for _, elapsed in uploads)  # each part is still paced and delayed
+    assert all(elapsed >= least for _, elapsed in ranges)
+    assert [body for body, _ in ranges] == parts
+    serial = CONCURRENT * PACED_BYTES / PACE
+    for what, total in [("uploads", upload_s), ("ranged GETs", download_s)]:
+        assert total < 0.6 * serial, (
+            f"{CONCURRENT} paced {what} at once took {total:.2f} s, serially {serial} s"
+        )
+    assert asyncio.run(list_objects(moto_server.endpoint, bucket)) == {key: b"".join(parts)}
+    assert far_proxy.stats()["injected"] == 0
+
+
+def test_latency_holds_every_answer_and_changes_at_runtime(
+    moto_server: MotoServerProcess, far_proxy: S3FaultProxyProcess
+) -> None:
+    bucket = new_bucket(moto_server.endpoint)
+
+    async def timed(call: str, **kwargs: Any) -> tuple[int, float]:
+        """HTTP status and duration of one call through the proxy, without retries."""
+        async with s3_client(far_proxy.endpoint, max_attempts=1) as client:
+            began = time.monotonic()
+            try:
+                response = await getattr(client, call)(Bucket=bucket, **kwargs)
+            except ClientError as error:
+                response = error.response
+            return response["ResponseMetadata"]["HTTPStatusCode"], time.monotonic() - began
+
+    assert far_proxy.network() == {"pace_bytes_per_s": PACE, "latency_s": LATENCY_S}
+    try:
+        status, elapsed = asyncio.run(timed("put_object", Key="small.jsonl", Body=b"{}\n"))
+        assert (status, elapsed >= LATENCY_S) == (200, True)
+        status, elapsed = asyncio.run(timed("head_object", Key="missing.jsonl"))  # errors too
+        assert (status, elapsed >= LATENCY_S) == (404, True)
+        far_proxy.set_rules([{"status": 503}])  # and injected ones
+        status, elapsed = asyncio.run(timed("head_object", Key="small.jsonl"))
+        assert (status, elapsed >= LATENCY_S) == (503, True)
+        far_proxy.reset()
+        assert far_proxy.network()["latency_s"] == LATENCY_S  # a reset leaves the network alone
+
+        assert far_proxy.set_network(latency_s=1.5) == {"pace_bytes_per_s": PACE, "latency_s": 1.5}
+        status, elapsed = asyncio.run(timed("head_object", Key="small.jsonl"))
+        assert (status, elapsed >= 1.5) == (200, True)
+        bad_changes: list[dict[str, Any]] = [{"latency_s": -1}, {"pace_bytes_per_s": "fast"}, {"jitter_s": 1}]
+        for bad in bad_changes:
+            with pytest.raises(urllib.error.HTTPError) as raised:
+                far_proxy.set_network(**bad)
+            assert raised.value.code == 400
+        assert far_proxy.network() == {"pace_bytes_per_s": PACE, "latency_s": 1.5}
+    finally:
+        far_proxy.reset()
+        far_proxy.set_network(latency_s=LATENCY_S)
+
+
+def test_the_proxy_is_unpaced_by_default(proxy: S3FaultProxyProcess) -> None:
+    assert proxy.network() == {"pace_bytes_per_s": 0.0, "latency_s": 0.0}
