@@ -32,7 +32,7 @@ def parse_rate(text: str) -> float:
     if match is None:
         raise ValueError(f"{text!r} is not a rate: use bytes per second such as 50M, 1.5G or 800K")
     number, unit, binary = match.groups()
-    value = float(number) * (1024 if binary else 1000) ** _POWERS[unit.lower()]
+    value = float(number) * float((1024 if binary else 1000) ** _POWERS[unit.lower()])
     if value < 1:
         raise ValueError(f"{text!r} is not a rate above 0 bytes per second")
     return value
