@@ -8,6 +8,8 @@
     ├── IncompleteJobError        a bulk pull's job manifest waits for shards not complete yet
     ├── RetryableError            internal: one failed attempt worth another (never reaches a user:
     │                             the retry loop turns it into a SourceError when the budget is spent)
+    ├── RangeIgnoredError         internal: storage answered a range request with the whole file (the
+    │                             downloader falls back to one stream per shard)
     ├── SourceError               the Hub: repo, revision, auth, network
     │   └── CorruptShardError     a shard that is not gzip'd JSON Lines of documents
     │       └── LineTooLongError  a line over the limit (the reader adds its line number)
@@ -36,6 +38,7 @@ __all__ = [
     "LineTooLongError",
     "ManifestError",
     "PartsNotUploadedError",
+    "RangeIgnoredError",
     "RetryableError",
     "SourceError",
     "UploadError",
@@ -89,6 +92,14 @@ class RetryableError(Aioc4Error):
         super().__init__(reason)
         self.reason = reason
         self.retry_after_s = retry_after_s
+
+
+class RangeIgnoredError(Aioc4Error):
+    """Storage sent the whole shard (HTTP 200) to a request for one range of it."""
+
+    def __init__(self, shard: str) -> None:
+        super().__init__(f"{shard}: storage ignores Range requests")
+        self.shard = shard
 
 
 class SourceError(Aioc4Error):

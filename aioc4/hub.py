@@ -38,12 +38,13 @@ from huggingface_hub.hf_api import DatasetInfo, RepoFile
 from huggingface_hub.utils._headers import build_hf_headers
 
 from ._version import __version__
-from .errors import CorruptShardError, RetryableError, SourceError
+from .errors import CorruptShardError, RangeIgnoredError, RetryableError, SourceError
+from .rate import RateLimit
 from .redact import display_url
 from .retry import RETRYABLE_STATUSES, RetryBudget, retry_after_seconds
 from .variants import Variant, Variants, glob_folders, pick_variant, shard_pattern, variants_to_use
 
-__all__ = ["CHUNK_BYTES", "HUB_TIMEOUT_S", "HubSource", "Shard", "chunks_of", "install_hub_client"]
+__all__ = ["CHUNK_BYTES", "HUB_TIMEOUT_S", "HubSource", "Shard", "install_hub_client"]
 
 CHUNK_BYTES = 1 << 19
 HUB_CONNECT_TIMEOUT_S = 10.0
@@ -87,8 +88,10 @@ class HubSource:
         budget: RetryBudget | None = None,
         timeout_s: float = HUB_TIMEOUT_S,
         session: aiohttp.ClientSession | None = None,
+        rate: RateLimit | None = None,
     ) -> None:
         self.repo_id = repo_id
+        self.rate = rate  # --max-download-rate, shared by every transfer of the run
         self.timeout_s = timeout_s
         self.call_limit_s = max(HUB_CALL_TIMEOUT_S, 4 * timeout_s)  # a listing may walk many pages
         self.endpoint = (endpoint or constants.ENDPOINT).rstrip("/")
@@ -98,6 +101,8 @@ class HubSource:
         self._api = HfApi(endpoint=self.endpoint, library_name="aioc4", library_version=__version__)
         self._hub_headers = build_hf_headers(library_name="aioc4", library_version=__version__)
         self._storage_urls: dict[str, str] = {}
+        self._resolving: dict[str, asyncio.Lock] = {}
+        self._redirected: dict[str, bool] = {}
         self._cards: dict[str, Mapping[str, Any] | None] = {}
         self._session = session  # the transport seam: an injected session is used, never closed here
         self._owns_session = session is None
@@ -263,15 +268,26 @@ class HubSource:
 
     # -- bodies -----------------------------------------------------------------------------------
 
-    async def stream(self, shard: Shard, commit: str) -> AsyncGenerator[bytes, None]:
-        """The shard's compressed bytes, each exactly once, resuming after drops; stop iterating to stop."""
-        received = 0
+    async def stream(
+        self, shard: Shard, commit: str, start: int = 0, end: int | None = None
+    ) -> AsyncGenerator[bytes, None]:
+        """Bytes `start` to `end` (default: the end) of the shard, each exactly once, resuming after
+        drops; stop iterating to stop.
+
+        Without `end`, a storage host that ignores `Range` still works (the bytes before `start` are
+        skipped). With `end` (one range of several read at once), such a host raises
+        `RangeIgnoredError` instead, so the caller can fall back to one stream.
+        """
+        stop = shard.size if end is None else end
+        received = start
         attempt = 0
         while True:
             response: aiohttp.ClientResponse | None = None
             started, sent = time.monotonic(), 0
             try:
-                response = await self._open_at(shard, commit, received)
+                response = await self._open_at(shard, commit, received, None if end is None else stop)
+                if response.status == 200 and end is not None and (start, stop) != (0, shard.size):
+                    raise RangeIgnoredError(shard.path)  # the caller reads the shard as one stream
                 skip = received if response.status == 200 else 0  # a server that ignored Range
                 async for chunk in response.content.iter_chunked(CHUNK_BYTES):
                     sent += len(chunk)
@@ -282,15 +298,19 @@ class HubSource:
                         if not chunk:
                             continue
                     received += len(chunk)
-                    if received > shard.size:
-                        raise CorruptShardError(
-                            f"{shard.path}: storage sent more than the {shard.size:,} bytes the Hub lists"
-                        )
+                    if received > stop:
+                        if end is None:
+                            raise CorruptShardError(
+                                f"{shard.path}: storage sent more than the {shard.size:,} bytes the Hub lists"
+                            )
+                        raise CorruptShardError(f"{shard.path}: storage sent more than the range asked for")
                     attempt = 0  # progress: the next failure starts a fresh count
+                    if self.rate is not None:
+                        await self.rate.take(len(chunk))
                     yield chunk
-                if received >= shard.size:
+                if received >= stop:
                     return
-                failure = RetryableError(f"body ended at byte {received:,} of {shard.size:,}")
+                failure = RetryableError(f"body ended at byte {received:,} of {stop:,}")
             except RetryableError as exc:
                 failure = exc
             except (aiohttp.ClientError, TimeoutError) as exc:
@@ -306,12 +326,30 @@ class HubSource:
             attempt += 1
             await self._wait_or_give_up(attempt, failure, what=shard.path)
 
-    async def _open_at(self, shard: Shard, commit: str, offset: int) -> aiohttp.ClientResponse:
-        """A response whose body continues the shard at `offset` (206), or holds all of it (200).
+    def redirects_to_storage(self, shard: Shard) -> bool | None:
+        """Whether the Hub sent the shard's bytes from a storage host it redirected to (then more
+        ranges of it cost no `resolve`) or served them itself; None until a first answer came."""
+        return self._redirected.get(shard.path)
+
+    async def _open_at(
+        self, shard: Shard, commit: str, offset: int, stop: int | None = None
+    ) -> aiohttp.ClientResponse:
+        """A response whose body continues the shard at `offset` up to `stop` (206), or holds all of
+        it (200).
 
         Redirects are followed by hand: the Hub's headers (with the token) go to the Hub origin
-        only, never to the storage host it redirects to, and only to http(s) URLs.
+        only, never to the storage host it redirects to, and only to http(s) URLs. One range at a
+        time resolves a shard: others wait for its storage URL instead of asking the Hub again.
         """
+        if shard.path in self._storage_urls:
+            return await self._request_at(shard, commit, offset, stop)
+        lock = self._resolving.setdefault(shard.path, asyncio.Lock())
+        async with lock:
+            return await self._request_at(shard, commit, offset, stop)
+
+    async def _request_at(
+        self, shard: Shard, commit: str, offset: int, stop: int | None
+    ) -> aiohttp.ClientResponse:
         session = self._require_session()
         url = self._storage_urls.get(shard.path) or hf_hub_url(
             self.repo_id, shard.path, repo_type="dataset", revision=commit, endpoint=self.endpoint
@@ -319,11 +357,12 @@ class HubSource:
         for _ in range(_MAX_REDIRECTS):
             on_hub = _same_origin(url, self.endpoint)
             headers = dict(self._hub_headers if on_hub else _without_auth(self._hub_headers))
-            if offset:
-                headers["Range"] = f"bytes={offset}-"
+            if offset or stop is not None:
+                headers["Range"] = f"bytes={offset}-{'' if stop is None else stop - 1}"
             started = time.monotonic()
             response = await session.get(url, headers=headers, allow_redirects=False)
             if response.status in (200, 206):
+                self._redirected[shard.path] = not on_hub
                 return response
             _log_storage_request(response, 0, time.monotonic() - started)
             response.release()
@@ -333,7 +372,8 @@ class HubSource:
                     self._storage_urls[shard.path] = url
                 continue
             if not on_hub and response.status in (401, 403, 410) and shard.path in self._storage_urls:
-                del self._storage_urls[shard.path]  # an expired or revoked signed URL: resolve again
+                if self._storage_urls[shard.path] == url:  # not already replaced by another range
+                    del self._storage_urls[shard.path]  # an expired or revoked signed URL: resolve again
                 raise RetryableError(
                     f"storage refused the signed URL (HTTP {response.status}); resolving again", 0
                 )
@@ -383,21 +423,6 @@ class HubSource:
         return self._session
 
 
-def chunks_of(
-    source: HubSource, shard: Shard, commit: str, *, streaming: bool
-) -> AsyncGenerator[bytes, None]:
-    """The compressed bytes of a shard, over HTTP (streaming) or from the Hub cache."""
-    if streaming:
-        return source.stream(shard, commit)
-    return _cached_chunks(source, shard, commit)
-
-
-async def _cached_chunks(source: HubSource, shard: Shard, commit: str) -> AsyncGenerator[bytes, None]:
-    path = await source.download(shard, commit)
-    async for chunk in source.read_cached(path):
-        yield chunk
-
-
 def _not_gzip(shard: Shard, response: aiohttp.ClientResponse, first: bytes) -> str:
     """What came instead of a gzip'd shard (an HTML error page, a captive portal): said once, no retry."""
     kind = response.headers.get("Content-Type", "no content type")
@@ -440,7 +465,9 @@ def _cache_problem(path: Path, shard: Shard) -> str | None:
 def _log_storage_request(response: aiohttp.ClientResponse, sent: int, seconds: float) -> None:
     if log.isEnabledFor(logging.DEBUG):
         url = response.url.with_query(None)
-        log.debug("GET %s -> %d, %d bytes, %.3f s", url, response.status, sent, seconds)
+        asked = response.request_info.headers.get("Range")
+        shown = f"GET {url} ({asked})" if asked else f"GET {url}"
+        log.debug("%s -> %d, %d bytes, %.3f s", shown, response.status, sent, seconds)
 
 
 def _auth_message(status: int, what: str) -> str:

@@ -15,8 +15,10 @@ from contextlib import aclosing
 from dataclasses import dataclass
 
 from .decode import Batch, GzipLineDecoder, SourcePosition, check_block, good_runs
+from .download import RangedDownload
 from .errors import CorruptShardError, LineTooLongError, SourceError
-from .hub import HubSource, Shard, chunks_of
+from .hub import HubSource, Shard
+from .readahead import DEFAULT_DOWNLOAD_CONNECTIONS, ReadAhead
 
 __all__ = ["ReadProgress", "read_documents"]
 
@@ -24,6 +26,7 @@ log = logging.getLogger("aioc4")
 
 _DECODES_AHEAD = 2
 _SHOWN_BAD_RECORDS = 10  # skipped lines named in the log; the rest are only counted
+_READ_AHEAD_MARGIN = 1.05  # documents vary in size: ask for a little more than the average says
 EXACT_DOCUMENTS = 10_000  # the first documents of a run are all parsed: exact statistics for small jobs
 
 
@@ -36,11 +39,17 @@ class ReadProgress:
     compressed_bytes: int = 0
     exhausted: bool = False  # the split ended before N documents
     skipped_records: int = 0  # bad lines dropped with --skip-bad-records
+    decoding_bytes: int = 0  # compressed bytes handed to the decoders whose documents are not out yet
 
     @property
     def documents_per_byte(self) -> float:
         """Observed so far, or C4's typical ~840 gzip bytes per document before anything is decoded."""
-        return self.documents / self.compressed_bytes if self.documents else 1 / 840
+        decoded = self.compressed_bytes - self.decoding_bytes
+        return self.documents / decoded if self.documents and decoded > 0 else 1 / 840
+
+    def bytes_wanted(self, limit: int) -> float:
+        """Compressed bytes the documents still wanted probably take, beyond those being decoded."""
+        return (limit - self.documents) / self.documents_per_byte * _READ_AHEAD_MARGIN - self.decoding_bytes
 
 
 async def read_documents(
@@ -53,25 +62,28 @@ async def read_documents(
     progress: ReadProgress,
     start: SourcePosition | None = None,
     skip_bad_records: bool = False,
+    connections: int = DEFAULT_DOWNLOAD_CONNECTIONS,
 ) -> AsyncGenerator[Batch, None]:
     """Batches holding exactly the next `limit` documents from `start` (default: the first line of the
     first shard); stops reading as soon as they are out.
 
-    Shards are read one after the other. Reading the next shard ahead (into a spill file, so that
-    two shards inflate at once) was measured and dropped: on two cores the run is CPU-bound, and
-    the spill's extra writes and reads made 200k documents slower (75-79k against 91-112k docs/s).
+    Shards are decoded one after the other; over HTTP they download as several ranges at once, the
+    next shard's before the current one ends (aioc4.download), up to `connections` at a time.
     """
     first_shard, first_line = _start_at(shards, start)
-    async with _Decoders() as decoders:
+    async with (
+        _Decoders() as decoders,
+        _shard_bytes(
+            source, shards[first_shard:], commit, streaming, connections, lambda: progress.bytes_wanted(limit)
+        ) as downloads,
+    ):
         for index in range(first_shard, len(shards)):
             progress.shards_opened += 1
             first = index == first_shard
             batches = _read_shard(
-                source,
+                downloads.chunks(index - first_shard),
                 shards[index],
-                commit,
                 decoders,
-                streaming=streaming,
                 progress=progress,
                 skip_before=first_line if first else 1,
                 exact_documents=EXACT_DOCUMENTS if first else 0,
@@ -109,6 +121,39 @@ class _Decoders:
         await asyncio.shield(asyncio.to_thread(_join, self.inflater, self.checker))
 
 
+def _shard_bytes(
+    source: HubSource,
+    shards: list[Shard],
+    commit: str,
+    streaming: bool,
+    connections: int,
+    wanted_bytes: Callable[[], float],
+) -> RangedDownload | _CachedShards:
+    if streaming:
+        read_ahead = ReadAhead(max_connections=connections)
+        return RangedDownload(source, shards, commit, read_ahead=read_ahead, wanted_bytes=wanted_bytes)
+    return _CachedShards(source, shards, commit)
+
+
+class _CachedShards:
+    """`--no-streaming`: each shard downloaded whole into the Hub cache, then read from there."""
+
+    def __init__(self, source: HubSource, shards: list[Shard], commit: str) -> None:
+        self._source, self._shards, self._commit = source, shards, commit
+
+    async def __aenter__(self) -> _CachedShards:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+    async def chunks(self, position: int) -> AsyncGenerator[bytes, None]:
+        path = await self._source.download(self._shards[position], self._commit)
+        async with aclosing(self._source.read_cached(path)) as chunks:
+            async for chunk in chunks:
+                yield chunk
+
+
 def _start_at(shards: list[Shard], start: SourcePosition | None) -> tuple[int, int]:
     if start is None:
         return 0, 1
@@ -124,12 +169,10 @@ def _join(*executors: ThreadPoolExecutor) -> None:
 
 
 async def _read_shard(
-    source: HubSource,
+    chunks: AsyncGenerator[bytes, None],
     shard: Shard,
-    commit: str,
     decoders: _Decoders,
     *,
-    streaming: bool,
     progress: ReadProgress,
     skip_before: int,
     exact_documents: int,
@@ -146,26 +189,34 @@ async def _read_shard(
     loop = asyncio.get_running_loop()
     inflater, checker = decoders.inflater, decoders.checker
     in_flight: deque[tuple[asyncio.Future[list[Batch]], int]] = deque()
+
+    async def oldest() -> list[Batch]:
+        checked, size = in_flight.popleft()
+        progress.decoding_bytes -= size
+        return await checked
+
     try:
         # aclosing: stop the transfer as soon as we stop reading, not when the generator is collected
-        async with aclosing(chunks_of(source, shard, commit, streaming=streaming)) as chunks:
+        async with aclosing(chunks):
             async for chunk in chunks:
                 progress.compressed_bytes += len(chunk)
+                progress.decoding_bytes += len(chunk)
                 inflating = inflater.submit(decoder.feed, chunk)
                 checked = asyncio.wrap_future(checker.submit(_check, inflating, position), loop=loop)
                 in_flight.append((checked, len(chunk)))
                 while in_flight and (
                     len(in_flight) > _DECODES_AHEAD or _enough(in_flight, progress, wanted())
                 ):
-                    for batch in await in_flight.popleft()[0]:
+                    for batch in await oldest():
                         yield batch
         while in_flight:
-            for batch in await in_flight.popleft()[0]:
+            for batch in await oldest():
                 yield batch
         for batch in await loop.run_in_executor(checker, _finish, decoder, position):
             yield batch
     finally:
-        for checked, _ in in_flight:  # after a failure: later chunks' outcomes are not wanted
+        for checked, size in in_flight:  # after a failure: later chunks' outcomes are not wanted
+            progress.decoding_bytes -= size
             checked.cancel()
             if checked.done() and not checked.cancelled():
                 checked.exception()  # retrieved, so asyncio does not print "never retrieved"

@@ -207,7 +207,8 @@ def test_verbose_logs_debug_lines_and_contradicts_quiet(
     )
     assert any(re.match(hub_line, message) for message in messages), result.stderr
     storage_line = (
-        rf"^GET {re.escape(hub.storage)}/cdn/[0-9a-f]+/c4-train\.00000-of-00003\.json\.gz -> 200, \d+ bytes"
+        rf"^GET {re.escape(hub.storage)}/cdn/[0-9a-f]+/c4-train\.00000-of-00003\.json\.gz "
+        r"\(bytes=0-\d+\) -> 206, \d+ bytes"
     )
     assert any(re.match(storage_line, message) for message in messages), result.stderr
     assert not any("sig=" in message for message in messages)  # signed URLs are logged without their query

@@ -107,7 +107,9 @@ def test_a_rerun_restores_damaged_and_missing_parts_only(
     assert rerun.returncode == 0, rerun.stderr
     assert "resuming after 3 part(s) (3000 documents)" in rerun.stderr
     assert parts_in(folder) == split_expected(source_lines("train"), names, 1000)
-    assert hub.stats()["storage_get_requests"] == 1  # one shard, read from its start to document 6,000
+    stats = hub.stats()  # one shard, read from its start to document 6,000 (as ranges: one resolve)
+    assert list(stats["storage_body_bytes_by_path"]) == ["en/c4-train.00000-of-00003.json.gz"]
+    assert stats["resolve_requests"]["GET"] == 1
 
 
 def test_a_different_job_in_the_same_place_is_refused_unless_overwrite(
