@@ -115,7 +115,7 @@ def test_streaming_stops_reading_once_n_documents_are_out(
 
 
 def _every_body_ended(stats: dict[str, Any]) -> bool:
-    return sum(stats["storage_body_ends"].values()) == stats["storage_get_requests"]
+    return bool(sum(stats["storage_body_ends"].values()) == stats["storage_get_requests"])
 
 
 @pytest.mark.parametrize(
