@@ -24,6 +24,8 @@ from ._version import __version__
 from .config import (
     COMPRESSIONS,
     DEFAULT_OUTPUT_DIR,
+    DEFAULT_UPLOAD_CONNECTIONS,
+    MAX_CONNECTIONS,
     MAX_COUNT,
     MAX_PROCS,
     MAX_RETRY_BUDGET_S,
@@ -41,6 +43,8 @@ from .config import (
 )
 from .console import append_step_summary, configure_logging, known_secrets_redactor, print_error, print_json
 from .errors import Aioc4Error, ChildrenFailedError, DestinationError, UsageError
+from .rate import parse_rate
+from .readahead import DEFAULT_DOWNLOAD_CONNECTIONS
 from .redact import Redactor
 from .report import (
     RunSummary,
@@ -86,6 +90,13 @@ def _count(minimum: int = 1, maximum: int = MAX_COUNT) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
     return parse
+
+
+def _rate(text: str) -> float:
+    try:
+        return parse_rate(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _count_or_all(text: str) -> int | str:
@@ -250,6 +261,33 @@ def _add_pull_arguments(parser: argparse.ArgumentParser) -> None:
         help="parallel part uploads (default: %(default)s)",
     )
     add(
+        "--download-connections",
+        type=_count(maximum=MAX_CONNECTIONS),
+        default=DEFAULT_DOWNLOAD_CONNECTIONS,
+        metavar="N",
+        help="range requests to the Hub's storage in flight at most; fewer open while they keep up "
+        "(default: %(default)s)",
+    )
+    add(
+        "--upload-connections",
+        type=_count(maximum=MAX_CONNECTIONS),
+        default=DEFAULT_UPLOAD_CONNECTIONS,
+        metavar="N",
+        help="S3 upload requests in flight at most, multipart chunks included (default: %(default)s)",
+    )
+    add(
+        "--max-download-rate",
+        type=_rate,
+        metavar="RATE",
+        help="cap on download bytes per second over all connections, e.g. 50M or 1.5G (default: none)",
+    )
+    add(
+        "--max-upload-rate",
+        type=_rate,
+        metavar="RATE",
+        help="cap on S3 upload bytes per second over all requests, e.g. 50M (default: none)",
+    )
+    add(
         "--retry-budget",
         type=_seconds(MAX_RETRY_BUDGET_S, zero=True),
         default=600.0,
@@ -348,6 +386,10 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str] = os.e
         config_name=args.config,
         endpoint_url=endpoint,
         upload_workers=args.upload_workers,
+        download_connections=args.download_connections,
+        upload_connections=args.upload_connections,
+        max_download_rate=args.max_download_rate,
+        max_upload_rate=args.max_upload_rate,
         retry_budget_s=args.retry_budget,
         timeout_s=args.timeout,
         skip_bad_records=args.skip_bad_records,

@@ -16,9 +16,10 @@ from pathlib import Path
 from .config import RunConfig
 from .manifest import JobIdentity
 from .naming import CountNaming, ShardNaming, part_names
+from .readahead import DEFAULT_DOWNLOAD_CONNECTIONS
 from .sharding import WorkerSlot, selection_text, worker_share
 
-__all__ = ["BulkJob", "CountJob", "Job", "PartSpec", "SourceSpec", "job_of"]
+__all__ = ["BulkJob", "CountJob", "Job", "PartSpec", "SourceSpec", "job_of", "rate_share"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,8 @@ class SourceSpec:
     skip_bad_records: bool = False
     retry_budget_s: float = 600.0
     timeout_s: float = 30.0
+    download_connections: int = DEFAULT_DOWNLOAD_CONNECTIONS
+    max_download_rate: float | None = None  # bytes per second for this process (its share of the cap)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +148,8 @@ def job_of(config: RunConfig) -> Job:
         skip_bad_records=config.skip_bad_records,
         retry_budget_s=config.retry_budget_s,
         timeout_s=config.timeout_s,
+        download_connections=config.download_connections,
+        max_download_rate=rate_share(config, config.max_download_rate),
     )
     parts = PartSpec(
         staging=config.output_dir,
@@ -159,3 +164,11 @@ def job_of(config: RunConfig) -> Job:
     return BulkJob(
         source, parts, WorkerSlot(bulk.worker_index, bulk.num_workers), bulk.procs, bulk.proc_index
     )
+
+
+def rate_share(config: RunConfig, rate: float | None) -> float | None:
+    """This process's share of a rate cap: a `--procs` child gets 1/procs of it, so the cap holds for
+    the machine's pull as a whole."""
+    if rate is None or config.bulk is None or config.bulk.proc_index is None:
+        return rate
+    return rate / config.bulk.procs

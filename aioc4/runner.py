@@ -35,6 +35,7 @@ from .merge import load_shard_manifests, merge_at
 from .naming import CountNaming, ShardNaming, part_index
 from .pipeline import PartPipeline, StopRequest
 from .progress import ProgressDisplay
+from .rate import RateLimit
 from .reader import ReadProgress, read_documents
 from .report import Reading, RunSummary
 from .retry import RetryBudget, RetryPolicy
@@ -65,7 +66,7 @@ def destination_for(config: RunConfig) -> Destination:
         endpoint_url=config.endpoint_url,
         checksum=config.s3_checksum,
         timeout_s=config.timeout_s,
-        connections=config.upload_workers,
+        connections=config.upload_connections,
     )
     return Destination(storage, config.output_dir, cleanup_local=bool(config.cleanup_local))
 
@@ -73,12 +74,14 @@ def destination_for(config: RunConfig) -> Destination:
 def hub_for(source: SourceSpec, endpoint: str | None = None) -> HubSource:
     """The Hub source of a run: its repo, cache, timeout, and one retry budget for the whole run."""
     budget = RetryBudget(RetryPolicy(total_wait_s=source.retry_budget_s))
+    rate = RateLimit(source.max_download_rate) if source.max_download_rate is not None else None
     return HubSource(
         source.repo_id,
         endpoint=endpoint,
         cache_dir=source.cache_dir,
         budget=budget,
         timeout_s=source.timeout_s,
+        rate=rate,
     )
 
 
@@ -288,6 +291,7 @@ async def _pull(
         progress=progress,
         start=point.start,
         skip_bad_records=job.source.skip_bad_records,
+        connections=job.source.download_connections,
     )
     pipeline = PartPipeline(job.parts, unit.naming, destination, manifest, point, limit=unit.limit)
     if swept := await asyncio.to_thread(pipeline.writer.sweep):

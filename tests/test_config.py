@@ -54,6 +54,10 @@ def test_keys_and_urls_join_prefix_and_name() -> None:
         ("max_lines_per_file", 0, "--max-lines-per-file"),
         ("split", "test", "--split"),
         ("upload_workers", 0, "--upload-workers"),
+        ("download_connections", 0, "--download-connections"),
+        ("upload_connections", 257, "--upload-connections"),
+        ("max_download_rate", 0.0, "--max-download-rate"),
+        ("max_upload_rate", float("nan"), "--max-upload-rate"),
         ("cleanup_local", True, "--cleanup-local"),
     ],
 )

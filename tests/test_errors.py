@@ -72,6 +72,10 @@ def assert_one_line_error(result: Result, code: int, starts_with: str, *, alone:
         (["--repo-id", "../../etc"], "--repo-id must look like namespace/name"),
         (["--endpoint-url", "notaurl", "--s3-path", "s3://b-1/c4"], "--endpoint-url must be an http:// or"),
         (["verify"], "the following arguments are required: target"),
+        (["--download-connections", "0"], "argument --download-connections: must be a positive integer"),
+        (["--upload-connections", "999"], "argument --upload-connections: must be at most 256, got 999"),
+        (["--max-download-rate", "fast"], "argument --max-download-rate: 'fast' is not a rate"),
+        (["--max-upload-rate", "0"], "argument --max-upload-rate: '0' is not a rate above 0"),
     ],
 )
 def test_usage_errors_exit_2_before_any_work(

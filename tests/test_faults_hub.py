@@ -7,6 +7,7 @@ import gzip
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -270,3 +271,72 @@ def test_a_line_over_64_mib_is_named_by_shard_and_line(
         f"aioc4: error: {shard}: line 2500 is longer than 64 MiB: not a C4 document"
     ]
     assert parts_in(tmp_path / "o") == split_expected(lines, part_names("train", 3000, 1000)[:2], 1000)
+
+
+@pytest.fixture(scope="module")
+def far_hub(fake_repo: FakeRepo) -> Iterator[HubServerProcess]:
+    """Storage at 2 MB/s per connection, 20 ms before every answer: the reader waits, so the read-ahead
+    window opens and many ranges are in flight at once."""
+    with HubServerProcess(fake_repo.root, pace_bytes_per_s=2e6, latency_s=0.02) as server:
+        yield server
+
+
+def test_many_ranges_in_flight_survive_cuts_throttling_and_expired_urls(
+    far_hub: HubServerProcess, tmp_path: Path, source_lines: Lines
+) -> None:
+    far_hub.reset_stats()
+    far_hub.set_faults(
+        fault_seed=11,
+        storage_error_rate=0.2,
+        storage_error_statuses=[429, 503],
+        retry_after_s=0,
+        reset_after_bytes=300_000,
+        reset_rate=0.5,
+        url_ttl_s=1.0,
+    )
+    try:
+        aioc4 = Aioc4(cwd=tmp_path, env=clean_env(far_hub.endpoint, {}, tmp_path))
+        # across the first shard's end, so ranges of two shards are in flight together
+        run_and_check(aioc4, DOCS_PER_TRAIN_SHARD + 2_000, 5_000, source_lines("train"))
+    finally:
+        far_hub.clear_faults()
+    stats = far_hub.stats()
+    injected = stats["faults_injected"]
+    print(f"many ranges: {stats['storage_get_requests']} storage GETs, faults survived: {injected}")
+    for kind in ("storage_429", "storage_503", "reset", "expired_url"):
+        assert injected.get(kind, 0) > 0, injected
+    assert stats["storage_get_requests"] > 2 * 13  # ~13 MB in ranges of at most 1 MiB, plus retries
+    assert set(stats["storage_body_bytes_by_path"]) == {
+        "en/c4-train.00000-of-00003.json.gz",
+        "en/c4-train.00001-of-00003.json.gz",
+    }
+
+
+def test_ranges_of_a_shard_cost_one_resolve(
+    hub_with: tuple[HubServerProcess, Aioc4], source_lines: Lines
+) -> None:
+    """The Hub rate-limits `resolve`, not its storage: a shard read as many ranges resolves once."""
+    hub, aioc4 = hub_with
+    run_and_check(aioc4, DOCS_PER_TRAIN_SHARD + 1, 20_000, source_lines("train"))
+    stats = hub.stats()
+    assert stats["storage_get_requests"] > 10
+    assert stats["resolve_requests"]["GET"] == 2  # the two shards read, once each
+
+
+def test_the_download_rate_cap_holds_over_all_connections(
+    far_hub: HubServerProcess, tmp_path: Path, source_lines: Lines
+) -> None:
+    """8 MB/s of connections (4 open) capped at 2 MB/s: the run cannot take less than bytes / cap
+    (a lower bound only: timing upper bounds flake on a busy machine; the benchmark measures speed)."""
+    far_hub.reset_stats()
+    far_hub.set_faults(latency_s=0)
+    try:
+        aioc4 = Aioc4(cwd=tmp_path, env=clean_env(far_hub.endpoint, {}, tmp_path))
+        started = time.monotonic()
+        run_and_check(aioc4, 6_000, 6_000, source_lines("train"), "--max-download-rate", "2M")
+        elapsed = time.monotonic() - started
+    finally:
+        far_hub.clear_faults()
+    served = far_hub.stats()["storage_body_bytes"]
+    assert served > 5_000_000
+    assert elapsed >= 0.9 * served / 2e6, f"{served:,} bytes in {elapsed:.2f} s"
