@@ -16,6 +16,7 @@ range of it starts; a shard the Hub serves itself (no redirect) is read in one m
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
@@ -23,10 +24,12 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 from .errors import RangeIgnoredError
-from .hub import HubSource, Shard
+from .hub import CHUNK_BYTES, HubSource, Shard
 from .readahead import ReadAhead
 
 __all__ = ["RangedDownload"]
+
+log = logging.getLogger("aioc4")
 
 
 @dataclass(eq=False, slots=True)
@@ -76,6 +79,7 @@ class RangedDownload:
         self._next_offset = 0
         self._ranged = True  # until a storage host ignores Range
         self.peak_connections = 0
+        self.ranges_started = 0
 
     async def __aenter__(self) -> RangedDownload:
         return self
@@ -84,6 +88,13 @@ class RangedDownload:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self._cancel_all()
+        log.debug(
+            "downloaded %d range(s); at most %d at once (read-ahead window %d of %d)",
+            self.ranges_started,
+            self.peak_connections,
+            self._read_ahead.window,
+            self._read_ahead.max_connections,
+        )
 
     async def chunks(self, position: int) -> AsyncGenerator[bytes, None]:
         """Shard `position`'s bytes in order; shards must be asked for in order."""
@@ -95,7 +106,7 @@ class RangedDownload:
                     raise RuntimeError("shards must be read whole and in order")
                 return  # every range of the shard has been read
             if head.pieces:
-                piece = head.pieces.popleft()
+                piece = _take(head.pieces)
                 head.taken += len(piece)
                 yield piece
                 continue
@@ -152,6 +163,7 @@ class RangedDownload:
 
     def _start(self, item: _Range) -> None:
         self._ranges.append(item)
+        self.ranges_started += 1
         task = asyncio.create_task(self._fetch(item), name=f"aioc4-range-{item.start}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -178,3 +190,17 @@ class RangedDownload:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._ranges.clear()
         self._next_position = len(self._shards)
+
+
+def _take(pieces: deque[bytes]) -> bytes:
+    """The pieces that arrived, joined up to `CHUNK_BYTES`: a paced connection delivers 64 KiB or
+    less at a time, and each chunk costs the decoders two thread hand-offs whatever its size."""
+    first = pieces.popleft()
+    if not pieces or len(first) >= CHUNK_BYTES:
+        return first
+    taken, size = [first], len(first)
+    while pieces and size + len(pieces[0]) <= CHUNK_BYTES:
+        piece = pieces.popleft()
+        taken.append(piece)
+        size += len(piece)
+    return b"".join(taken)
