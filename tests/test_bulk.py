@@ -276,6 +276,8 @@ def test_sigterm_reaches_every_process_and_a_rerun_finishes_the_pull(
             "2",
             "--max-lines-per-file",
             "4000",
+            "--max-download-rate",
+            "6M",  # 3 MB/s for each process, over all its connections
             "--output-dir",
             str(out),
         ]

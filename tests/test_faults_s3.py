@@ -154,6 +154,7 @@ def test_sigterm_lets_uploads_in_flight_finish_saves_the_manifest_and_a_rerun_co
         env["AWS_ENDPOINT_URL_S3"] = proxy.endpoint
         aioc4 = Aioc4(cwd=tmp_path, env=env)
         args = ["--num-samples", "12000", "--max-lines-per-file", "1000", "--s3-path", f"s3://{bucket}/t"]
+        args += ["--max-download-rate", "4M"]  # still reading when the signal comes
         process = aioc4.popen(*args)
         folder = tmp_path / "data" / "c4_subset"
         deadline = time.monotonic() + 60

@@ -114,7 +114,8 @@ def test_a_signal_stops_a_run_blocked_on_a_silent_hub_at_once(
 
 @pytest.fixture(scope="module")
 def slow_hub(fake_repo: FakeRepo) -> Iterator[HubServerProcess]:
-    """Storage at 1 MB/s: a run is still reading when it is signalled."""
+    """Storage at 1 MB/s per connection (the tests cap runs at 1 MB/s in all): a run is still reading when it
+    is signalled."""
     with HubServerProcess(fake_repo.root, pace_bytes_per_s=1e6) as server:
         yield server
 
@@ -128,7 +129,7 @@ def test_two_quick_signals_always_stop_at_once(
         out = tmp_path / f"out{attempt}"
         process = subprocess.Popen(
             [*Aioc4.command(), "--num-samples", "20000", "--max-lines-per-file", "100",
-             "--output-dir", str(out)],
+             "--max-download-rate", "1M", "--output-dir", str(out)],
             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         wait_for(lambda out=out: out.exists() and any(out.iterdir()), HARD_LIMIT_S, "the first part")

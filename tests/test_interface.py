@@ -167,7 +167,8 @@ def test_the_bars_last_frame_shows_the_final_counts() -> None:
 
 @pytest.fixture(scope="module")
 def paced_hub(fake_repo: FakeRepo) -> Iterator[HubServerProcess]:
-    """Storage at 10 MB/s: a 30,000-document run takes about 3 s, long enough for progress lines."""
+    """Storage at 10 MB/s per connection, runs capped at 10 MB/s in all: a 30,000-document run takes about
+    3 s, long enough for progress lines."""
     with HubServerProcess(fake_repo.root, pace_bytes_per_s=10e6) as server:
         yield server
 
@@ -177,7 +178,10 @@ def test_progress_lines_off_a_terminal_and_silence_with_q(
 ) -> None:
     aioc4.env["HF_ENDPOINT"] = paced_hub.endpoint
     fast = {"AIOC4_PROGRESS_INTERVAL": "0.2"}
-    result = aioc4("--num-samples", "30000", "--max-lines-per-file", "10000", "--output-dir", "o", env=fast)
+    result = aioc4(
+        "--num-samples", "30000", "--max-lines-per-file", "10000", "--max-download-rate", "10M",
+        "--output-dir", "o", env=fast,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     progress = [line for line in result.stderr.splitlines() if "/30,000 documents" in line]
     assert len(progress) >= 3, result.stderr

@@ -126,7 +126,10 @@ def test_a_signal_keeps_finished_parts_and_leaves_no_temp_file(
 ) -> None:
     with HubServerProcess(fake_repo.root, pace_bytes_per_s=2e6) as slow_hub:
         aioc4 = Aioc4(cwd=tmp_path, env=clean_env(slow_hub.endpoint, {}, tmp_path))
-        process = aioc4.popen("--num-samples", "30000", "--max-lines-per-file", "500", "--output-dir", "o")
+        process = aioc4.popen(
+            "--num-samples", "30000", "--max-lines-per-file", "500", "--max-download-rate", "2M",
+            "--output-dir", "o",
+        )  # fmt: skip
         folder = tmp_path / "o"
         deadline = time.monotonic() + 60
         while not list(folder.glob("*_part002.jsonl")) and time.monotonic() < deadline:
