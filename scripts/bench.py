@@ -12,19 +12,19 @@ outside, on the same documents:
   one core with the fastest inflater available and splits lines (`--decode-limit N PATH...`);
 - `aioc4`: `python -m aioc4`, with local output and with S3 output.
 
-The network model (`shared/network.md`): on loopback one connection carries GB/s, where on EC2 one
-connection to the Hub's storage CDN carries ~50 MB/s and one S3 request ~85 MB/s. At this machine's
-scale that is 5 MB/s per connection and 20 ms before each response (`MODEL`), on the Hub's storage and
-on S3 alike: the Hub on the model paces each storage body on its own and holds every Hub and storage
-response; the proxy on the model paces each request body and each response body on its own and holds
-every answer.
+The network model: on loopback one connection carries GB/s, where on EC2 one connection to the Hub's
+storage CDN carries ~40-60 MB/s (huggingface_hub#2658) and one S3 request ~85-90 MB/s (AWS's S3
+performance whitepaper). At this machine's scale that is 5 MB/s per connection and 20 ms before each
+response (`MODEL`), on the Hub's storage and on S3 alike: the Hub on the model paces each storage body
+on its own and holds every Hub and storage response; the proxy on the model paces each request body and
+each response body on its own and holds every answer.
 
 The scenarios:
 
 - `all-shards`, `one-shard`, `shards`, `startup`: aioc4 against the baseline and the decode limit on
   loopback, to a local folder and to S3 (over all shards; within one shard; across several; N=1000);
 - `hub-model`: aioc4's `shards` runs to a local folder on the Hub on the model, against the same runs on
-  the plain Hub (the `shards` runs themselves, shared): what a slow connection costs the reader;
+  the plain Hub (shared with `shards` when both run): what a slow connection costs the reader;
 - `s3-model`: aioc4 to S3 over the same N pair, with the bench's part size, through the proxy on the
   model against the same runs through the same proxy with pacing off, the Hub unpaced in both. The
   unpaced runs go through a proxy too so that both pay its CPU and its copy of every body: the ratio
@@ -155,8 +155,8 @@ def decode_limit_main(values: Sequence[str]) -> None:
 
 @dataclass(frozen=True)
 class NetworkModel:
-    """A far-away network at this machine's scale (`shared/network.md`): every Hub storage body, S3 request
-    body and S3 response body paced on its own, and a wait before every Hub, storage and S3 response."""
+    """A far-away network at this machine's scale: every Hub storage body, S3 request body and S3 response
+    body paced on its own, and a wait before every Hub, storage and S3 response."""
 
     pace_bytes_per_s: float
     latency_s: float
@@ -1188,8 +1188,8 @@ def _table_row(result: ScenarioResult, figures: ToolFigures, found: Sequence[Tar
         "" if tool == "decode" else f"{_num(figures.max_hub_in_flight)}/{_num(figures.max_s3_in_flight)}",
         _num(figures.cpu_us_per_doc, 1),
         _num(figures.cpu_ceiling_docs_per_s),
-        _num(result.ratio_vs_baseline, 2) if headline else "",
-        _num(result.ratio_vs_decode_limit, 2) if headline else "",
+        _num(result.ratio_vs_baseline, 2) if headline and not scenario.paired else "",
+        _num(result.ratio_vs_decode_limit, 2) if headline and not scenario.paired else "",
         _num(result.ratio_vs_unpaced, 2) if headline and scenario.paired else "",
         _row_target(result, found) if headline else "",
     )
