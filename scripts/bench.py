@@ -819,7 +819,9 @@ def describe(run: Run) -> str:
     spec = run.spec
     hub = "" if run.hub_bytes is None else f", Hub {run.hub_bytes / MB:.2f} MB"
     disk = "" if run.disk_max_parts is None else f", <= {run.disk_max_parts} parts on disk"
-    at_once = f", requests at once: Hub {_num(run.hub_peak_in_flight)}, S3 {_num(run.s3_peak_in_flight)}"
+    at_once = ""
+    if run.hub_peak_in_flight is not None:
+        at_once = f", requests at once: Hub {run.hub_peak_in_flight}, S3 {_num(run.s3_peak_in_flight)}"
     network = "" if spec.network == "loopback" else f" {spec.network}"
     head = f"[round {run.round + 1}] {spec.tool:<8} N={spec.n:<9,} {spec.output:<5}{network}"
     verdict = f"FAILED: {run.error}" if run.error else f"{run.peak_rss_mb:.0f} MB RSS{hub}{disk}{at_once}"

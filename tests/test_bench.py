@@ -158,3 +158,12 @@ def test_every_target_is_evaluated(report: dict[str, Any]) -> None:
         assert target["value"] is not None
         assert target["met"] in (True, False)
     assert report["config"]["compressed_first_1000"]["gzip"] > 0
+
+
+def test_the_table_shows_the_model_ratios(report: dict[str, Any]) -> None:
+    header = report["table"].splitlines()[0]
+    assert "x unpaced" in header
+    assert "at once Hub/S3" in header
+    for scenario in PAIRED:
+        for output in scenario.outputs:
+            assert f"network model, {scenario.name} {output}: aioc4 " in report["table"]
