@@ -1,14 +1,44 @@
-"""Benchmark aioc4 against the tool it replaces and against the decode limit (`make bench`).
+"""Benchmark aioc4 against the tool it replaces, the decode limit and the network model (`make bench`).
 
-In one invocation: generates deterministic C4-format shards (cached under `.bench/`), starts the local
-Hub (`scripts.hub_server`, plain and paced) and moto's S3 (`scripts.s3_server`) in their own processes,
-and runs, as whole child processes timed from outside, on the same documents:
+In one invocation: generates deterministic C4-format shards (cached under `.bench/`), starts in their own
+processes the local Hub (`scripts.hub_server`), moto's S3 (`scripts.s3_server`) and, as the chosen
+scenarios need them, a second Hub on the network model and the pacing proxy (`scripts.s3_fault_proxy`) in
+front of moto twice (pacing off, and on the model); then runs, as whole child processes timed from
+outside, on the same documents:
 
 - `baseline`: `scripts/baseline_seed.py`, the replaced approach (`datasets` streaming, `json.dumps`,
   boto3 `upload_file`, one step at a time);
 - `decode`: the decode limit, one process that only reads the shards from local disk, inflates them on
   one core with the fastest inflater available and splits lines (`--decode-limit N PATH...`);
 - `aioc4`: `python -m aioc4`, with local output and with S3 output.
+
+The network model: on loopback one connection carries GB/s, where on EC2 one connection to the Hub's
+storage CDN carries ~40-60 MB/s (huggingface_hub#2658) and one S3 request ~85-90 MB/s (AWS's S3
+performance whitepaper). At this machine's scale that is 5 MB/s per connection and 20 ms before each
+response (`MODEL`), on the Hub's storage and on S3 alike: the Hub on the model paces each storage body
+on its own and holds every Hub and storage response; the proxy on the model paces each request body and
+each response body on its own and holds every answer.
+
+The scenarios:
+
+- `all-shards`, `one-shard`, `shards`, `startup`: aioc4 against the baseline and the decode limit on
+  loopback, to a local folder and to S3 (over all shards; within one shard; across several; N=1000);
+- `hub-model`: aioc4's `shards` runs to a local folder on the Hub on the model, against the same runs on
+  the plain Hub (shared with `shards` when both run): what a slow connection costs the reader;
+- `s3-model`: aioc4 to S3 over the same N pair, with the bench's part size, through the proxy on the
+  model against the same runs through the same proxy with pacing off, the Hub unpaced in both. The
+  unpaced runs go through a proxy too so that both pay its CPU and its copy of every body: the ratio
+  isolates the network model from the proxy's own cost;
+- `hub-bytes`: N=1000 from the Hub on the model, the bytes the Hub serves against the gzip size of those
+  documents (slow, so socket buffers cannot hide over-reading);
+- `bulk`: `--num-samples all` over every shard, in several processes and in one;
+- `big` (only with `--big` or `--only big`): N=2M over 40 hard-linked shards, for memory.
+
+A paired scenario (`hub-model`, `s3-model`) runs each run on the model right after the same run unpaced,
+in every round, so machine noise hits both alike, and reports aioc4's rate on the model over its rate
+unpaced (`x unpaced`). Every row shows the most requests a run kept in flight at once each way (`at once
+Hub/S3`): Hub storage responses from the Hub server's counter, S3 requests from the proxy's when it
+counts them ("-" otherwise, and for S3 runs straight to moto).
 
 A scenario with one N times whole processes (docs/s = N / T); one with two N excludes start-up by
 differencing: docs/s = (N2 - N1) / (T(N2) - T(N1)). Every figure is the median over `--rounds`. Peak RSS
@@ -46,25 +76,26 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from scripts.shards import GZIP_LEVEL, FakeRepo, build_fake_c4, iter_shard_lines
 
 if TYPE_CHECKING:  # imported when the servers start, so the decode-limit child stays light
     from scripts.hub_server import HubServerProcess
+    from scripts.s3_fault_proxy import S3FaultProxyProcess
     from scripts.s3_server import MotoServerProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = REPO_ROOT / ".bench"
 BUCKET = "aioc4-bench"
-PACE_BYTES_PER_S = 20e6
-"""The Hub's send rate in the Hub-bytes scenario, so socket buffers cannot hide over-reading."""
 UPLOAD_WORKERS = 4
 """aioc4's default `--upload-workers`; parts on local disk should stay within 2 x this + 1."""
 RSS_LIMIT_MB = 150.0
 CORES = os.cpu_count() or 1
 BULK_PROCS = max(2, CORES)
 HUB_BYTES_FACTOR = 3.0
+MODEL_RATIO = 0.8
+"""A rate on the network model, at least this share of the same rate unpaced."""
 MB = 1e6
 CHUNK = 1 << 18
 """Compressed bytes per read in the decode limit (256 KiB measured fastest)."""
@@ -119,6 +150,52 @@ def decode_limit_main(values: Sequence[str]) -> None:
     print(json.dumps({"lines": lines, "raw_bytes": raw, "inflater": name}), flush=True)
 
 
+# -------------------------------------------------------------------------------------- the network model
+
+
+@dataclass(frozen=True)
+class NetworkModel:
+    """A far-away network at this machine's scale: every Hub storage body, S3 request body and S3 response
+    body paced on its own, and a wait before every Hub, storage and S3 response."""
+
+    pace_bytes_per_s: float
+    latency_s: float
+
+    @property
+    def title(self) -> str:
+        return f"{self.pace_bytes_per_s / MB:g} MB/s per connection + {self.latency_s * 1e3:g} ms"
+
+
+MODEL = NetworkModel(pace_bytes_per_s=5e6, latency_s=0.02)
+"""EC2's ~50 MB/s per Hub CDN connection and ~85 MB/s per S3 request, scaled to this machine's 2 cores."""
+UNPACED = NetworkModel(pace_bytes_per_s=0.0, latency_s=0.0)
+
+HubRoute = Literal["loopback", "model"]
+S3Route = Literal["moto", "proxy", "model"]
+
+
+@dataclass(frozen=True)
+class Network:
+    """The path of a run's traffic: which local Hub it reads, and where its S3 requests go: straight to
+    moto, or through the pacing proxy in front of it with pacing off (`proxy`) or on the model."""
+
+    name: str
+    hub: HubRoute
+    s3: S3Route
+    title: str
+
+
+NETWORKS = {
+    network.name: network
+    for network in (
+        Network("loopback", "loopback", "moto", "loopback"),
+        Network("hub-model", "model", "moto", "Hub on the model"),
+        Network("s3-proxy", "loopback", "proxy", "S3 via the proxy, unpaced"),
+        Network("s3-model", "loopback", "model", "S3 via the proxy on the model"),
+    )
+}
+
+
 # --------------------------------------------------------------------------------------------- the shards
 
 
@@ -135,6 +212,7 @@ class Shape:
     part_lines: int
     docs_per_validation_shard: int = 1_000
     """The benchmark reads only train shards; `--smoke` keeps the validation split small."""
+    model: NetworkModel = MODEL
 
 
 FULL_SHAPE = Shape("shards", 4, 50_000, 200_000, (5_000, 40_000), (20_000, 200_000), 10_000)
@@ -142,9 +220,10 @@ QUICK_SHAPE = Shape("shards-quick", 2, 20_000, 30_000, (1_000, 18_000), (1_000, 
 """Its N are shared between scenarios, so that `--quick --rounds 1` takes about half a minute."""
 SMOKE_SHAPE = Shape("shards-smoke", 2, 1_000, 2_000, (500, 1_000), (500, 2_000), 1_000, 20)
 """`--smoke`, the harness's own test (`tests/test_bench.py`), whose figures mean nothing: every scenario,
-output and tool still runs, on two shards of 1k. Its N are the fewest distinct ones the scenarios allow
-(500, 1k, 2k: one-shard differences 500..1k within a shard, shards 500..2k across both; startup and
-hub-bytes keep their N=1k, a single part as the part size is 1k)."""
+output, tool and network still runs, on two shards of 1k. Its N are the fewest distinct ones the
+scenarios allow (500, 1k, 2k: one-shard differences 500..1k within a shard, shards, hub-model and
+s3-model 500..2k across both; startup and hub-bytes keep their N=1k, a single part as the part size is
+1k). The network model keeps its real pace: at these N a run on it takes a second or two."""
 
 
 def train_shards(root: Path) -> list[Path]:
@@ -223,12 +302,28 @@ class Scenario:
     """One N: whole processes timed; two: the rate between them, (N2 - N1) / (T(N2) - T(N1))."""
     part_lines: int | None
     tools: tuple[str, ...] = TOOLS
-    paced: bool = False
+    outputs: tuple[str, ...] = OUTPUTS
+    networks: tuple[str, ...] = ("loopback",)
+    """One network (a name in `NETWORKS`); or two, (unpaced, model): every run on each, for the ratio."""
     big: bool = False
 
     @property
     def differenced(self) -> bool:
         return len(self.ns) == 2
+
+    @property
+    def paired(self) -> bool:
+        """Runs on the network model and the same runs unpaced, side by side in every round."""
+        return len(self.networks) == 2
+
+    @property
+    def variants(self) -> list[tuple[str, str]]:
+        """(tool, network) of each row of figures."""
+        return [(tool, network) for tool in self.tools for network in self.networks]
+
+    def key(self, tool: str, network: str) -> str:
+        """The name of a row of figures: the tool, or with two networks `tool@network`."""
+        return f"{tool}@{network}" if self.paired else tool
 
 
 def scenarios(shape: Shape) -> list[Scenario]:
@@ -240,18 +335,38 @@ def scenarios(shape: Shape) -> list[Scenario]:
         shape.part_lines,
     )
     big_n = BIG_SHARDS * shape.docs_per_shard
+    model = shape.model.title
     return [
         Scenario("all-shards", f"N={n_all:,} over all shards, parts of {part:,}", (n_all,), part),
         Scenario("one-shard", f"streaming within one shard, N={_ns_text(n_one)}", n_one, part),
         Scenario("shards", f"several shards, N={_ns_text(n_several)}", n_several, part),
+        Scenario(
+            "hub-model",
+            f"several shards, N={_ns_text(n_several)}, Hub on the model ({model}) and unpaced",
+            n_several,
+            part,
+            tools=("aioc4",),
+            outputs=("local",),
+            networks=("loopback", "hub-model"),
+        ),
+        Scenario(
+            "s3-model",
+            f"several shards, N={_ns_text(n_several)}, parts of {part:,}, via the S3 proxy on the model "
+            f"({model}) and unpaced",
+            n_several,
+            part,
+            tools=("aioc4",),
+            outputs=("s3",),
+            networks=("s3-proxy", "s3-model"),
+        ),
         Scenario("startup", "start-up: N=1,000, one file", (1_000,), None),
         Scenario(
             "hub-bytes",
-            f"N=1,000, Hub paced at {PACE_BYTES_PER_S / MB:g} MB/s",
+            f"N=1,000, Hub on the model ({model})",
             (1_000,),
             None,
             tools=("baseline", "aioc4"),
-            paced=True,
+            networks=("hub-model",),
         ),
         Scenario(
             "bulk",
@@ -280,16 +395,29 @@ class RunSpec:
     output: str
     """`local`, `s3`, or `-` for the decode limit (which writes nothing)."""
     part_lines: int | None
-    paced: bool
+    network: str
+    """A name in `NETWORKS`: which Hub the run reads and where its S3 requests go."""
     big: bool
 
 
-def spec_for(scenario: Scenario, tool: str, output: str, n: int) -> RunSpec:
-    """The run a scenario needs; a part size of at least N is no split (one file, the same names)."""
+def spec_for(scenario: Scenario, tool: str, output: str, n: int, network: str) -> RunSpec:
+    """The run a scenario needs; a part size of at least N is no split (one file, the same names). The
+    decode limit reads local disk, so one run of it serves every scenario, whatever the network."""
     if tool == "decode":
-        return RunSpec(tool, n, "-", None, paced=False, big=scenario.big)
+        return RunSpec(tool, n, "-", None, network="loopback", big=scenario.big)
     part_lines = scenario.part_lines if scenario.part_lines is not None and scenario.part_lines < n else None
-    return RunSpec(tool, n, output, part_lines, paced=scenario.paced, big=scenario.big)
+    return RunSpec(tool, n, output, part_lines, network=network, big=scenario.big)
+
+
+def scenario_specs(scenario: Scenario) -> list[RunSpec]:
+    """Every run of a scenario in one round: by output and N, each tool on each network in turn, so a run
+    on the network model and the same run unpaced follow one another."""
+    return [
+        spec_for(scenario, tool, output, n, network)
+        for output, n, tool, network in itertools.product(
+            scenario.outputs, scenario.ns, scenario.tools, scenario.networks
+        )
+    ]
 
 
 @dataclass
@@ -303,12 +431,14 @@ class Run:
     exit_code: int
     raw_bytes: int
     cpu_s: float = 0.0  # the tool's process
-    server_cpu_s: float = 0.0  # the Hub server and (S3 runs) moto during the run: they share the cores
+    server_cpu_s: float = 0.0  # the Hub server and (S3 runs) moto and the proxy: they share the cores
     hub_bytes: int | None = None
     out_bytes: int | None = None
     out_parts: int | None = None
     disk_max_parts: int | None = None
     disk_max_mb: float | None = None
+    hub_peak_in_flight: int | None = None  # storage responses at once (the Hub server's counter)
+    s3_peak_in_flight: int | None = None  # requests at once through the S3 proxy, if it counts them
     error: str | None = None
 
     @property
@@ -494,22 +624,58 @@ class BucketClient:
 
 
 class Servers:
-    """The local Hub (plain, paced, and the big repo with `--big`) and moto's S3, in their own processes
-    (started by `start_servers`)."""
+    """The local Hubs and moto's S3 in their own processes (started by `start_servers`): the plain Hub, and
+    as the chosen scenarios need them, the Hub on the network model, the big repo's Hub (`--big`), and the
+    pacing proxy in front of moto with pacing off and on the model."""
 
-    def __init__(self, root: Path, big_root: Path | None) -> None:
+    def __init__(
+        self, root: Path, big_root: Path | None, networks: Iterable[Network], model: NetworkModel
+    ) -> None:
         from scripts.hub_server import HubServerProcess
         from scripts.s3_server import MotoServerProcess
 
-        self.hub = HubServerProcess(root)
-        self.paced = HubServerProcess(root, pace_bytes_per_s=PACE_BYTES_PER_S)
+        wanted = list(networks)
+        self.hubs: dict[HubRoute, HubServerProcess] = {"loopback": HubServerProcess(root)}
+        if any(network.hub == "model" for network in wanted):
+            self.hubs["model"] = HubServerProcess(
+                root, pace_bytes_per_s=model.pace_bytes_per_s, latency_s=model.latency_s
+            )
         self.big = None if big_root is None else HubServerProcess(big_root, startup_timeout_s=120)
         self.s3 = MotoServerProcess()
+        self.proxy_models: dict[S3Route, NetworkModel] = {
+            network.s3: model if network.s3 == "model" else UNPACED
+            for network in wanted
+            if network.s3 != "moto"
+        }
+        self.proxies: dict[S3Route, S3FaultProxyProcess] = {}
+        """Started once moto is, in front of it."""
         self._bucket: BucketClient | None = None
 
     @property
-    def processes(self) -> list[HubServerProcess | MotoServerProcess]:
-        return [server for server in (self.hub, self.paced, self.big, self.s3) if server is not None]
+    def processes(self) -> list[HubServerProcess | MotoServerProcess | S3FaultProxyProcess]:
+        big = [] if self.big is None else [self.big]
+        return [*self.hubs.values(), *big, self.s3, *self.proxies.values()]
+
+    def start_steps(self) -> list[Callable[[], object]]:
+        """What starts these servers, in steps that may run side by side (each waits for its children)."""
+        big = [] if self.big is None else [self.big.start]
+        return [*(hub.start for hub in self.hubs.values()), *big, self._start_s3]
+
+    def _start_s3(self) -> None:
+        """Moto, then the proxies in front of it (each is told moto's endpoint as it starts)."""
+        from scripts.s3_fault_proxy import S3FaultProxyProcess
+
+        self.s3.start()
+        for route, model in self.proxy_models.items():
+            self.proxies[route] = S3FaultProxyProcess(
+                self.s3.endpoint, pace_bytes_per_s=model.pace_bytes_per_s, latency_s=model.latency_s
+            )
+            self.proxies[route].start()
+
+    def stop(self) -> None:
+        """Stop every server, the proxies first (stop() does nothing for a server that did not start)."""
+        for process in reversed(self.processes):
+            process.stop()
 
     @property
     def bucket(self) -> BucketClient:
@@ -520,7 +686,12 @@ class Servers:
         if spec.big:
             assert self.big is not None
             return self.big
-        return self.paced if spec.paced else self.hub
+        return self.hubs[NETWORKS[spec.network].hub]
+
+    def proxy_for(self, spec: RunSpec) -> S3FaultProxyProcess | None:
+        """The proxy an S3 run's requests go through, if any (the harness's own calls go to moto)."""
+        route = NETWORKS[spec.network].s3
+        return None if spec.output != "s3" or route == "moto" else self.proxies[route]
 
     def fresh_bucket(self) -> None:
         """Moto keeps every object in memory, also after deletes: empty it before each S3 run."""
@@ -531,14 +702,22 @@ class Servers:
         return self.bucket.parts()
 
 
-def start_servers(stack: ExitStack, root: Path, big_root: Path | None, sets: int) -> list[Servers]:
+def start_servers(
+    stack: ExitStack,
+    root: Path,
+    big_root: Path | None,
+    sets: int,
+    networks: Iterable[Network],
+    model: NetworkModel,
+) -> list[Servers]:
     """`sets` independent sets of servers (one per `--jobs` slot), all started side by side."""
-    started = [Servers(root, big_root) for _ in range(sets)]
-    processes = [process for servers in started for process in servers.processes]
-    for process in processes:  # stop() does nothing for a server that did not start
-        stack.callback(process.stop)
-    with ThreadPoolExecutor(len(processes)) as pool:  # each start() waits for its own child
-        for future in [pool.submit(process.start) for process in processes]:
+    wanted = list(networks)
+    started = [Servers(root, big_root, wanted, model) for _ in range(sets)]
+    for servers in started:
+        stack.callback(servers.stop)
+    steps = [step for servers in started for step in servers.start_steps()]
+    with ThreadPoolExecutor(len(steps)) as pool:
+        for future in [pool.submit(step) for step in steps]:
             future.result()
     for servers in started:
         servers._bucket = BucketClient(stack, servers.s3.endpoint)
@@ -571,13 +750,17 @@ class Bench:
     def _measure_in(self, folder: Path, spec: RunSpec, round_index: int) -> Run:
         out_dir = folder / "out"
         hub = None if spec.tool == "decode" else self.servers.hub_for(spec)
+        proxy = self.servers.proxy_for(spec)
         if spec.output == "s3":
             self.servers.fresh_bucket()
         if hub is not None:
             hub.reset_stats()
-        env = child_env((hub or self.servers.hub).endpoint, self.servers.s3.env(), folder)
+        if proxy is not None:
+            proxy.reset()  # its counters start from zero (it has no rules)
+        env = child_env(self.servers.hub_for(spec).endpoint, (proxy or self.servers.s3).env(), folder)
         watcher = DiskWatcher(out_dir) if spec.output == "s3" else None
-        servers = [server.pid for server in (hub, self.servers.s3 if spec.output == "s3" else None) if server]
+        s3_servers = (self.servers.s3, proxy) if spec.output == "s3" else ()
+        servers = [server.pid for server in (hub, *s3_servers) if server is not None]
         if watcher is not None:
             watcher.start()
         servers_before = sum(map(process_cpu_seconds, servers))
@@ -594,8 +777,15 @@ class Bench:
             raw_bytes=self.sizes.first(self.shards_for(spec), spec.n),
             cpu_s=child.cpu_s,
             server_cpu_s=server_cpu_s,
-            hub_bytes=None if hub is None else int(hub.stats()["storage_body_bytes"]),
         )
+        if hub is not None:
+            stats = hub.stats()
+            run.hub_bytes, run.hub_peak_in_flight = (
+                stats["storage_body_bytes"],
+                stats["storage_peak_in_flight"],
+            )
+        if proxy is not None:  # None until the proxy counts them
+            run.s3_peak_in_flight = proxy.stats().get("peak_in_flight")
         if watcher is not None:
             run.disk_max_parts, run.disk_max_mb = watcher.max_parts, watcher.max_bytes / MB
         run.error = self._check(run, child, out_dir)
@@ -629,8 +819,12 @@ def describe(run: Run) -> str:
     spec = run.spec
     hub = "" if run.hub_bytes is None else f", Hub {run.hub_bytes / MB:.2f} MB"
     disk = "" if run.disk_max_parts is None else f", <= {run.disk_max_parts} parts on disk"
-    head = f"[round {run.round + 1}] {spec.tool:<8} N={spec.n:<9,} {spec.output:<5}"
-    verdict = f"FAILED: {run.error}" if run.error else f"{run.peak_rss_mb:.0f} MB RSS{hub}{disk}"
+    at_once = ""
+    if run.hub_peak_in_flight is not None:
+        at_once = f", requests at once: Hub {run.hub_peak_in_flight}, S3 {_num(run.s3_peak_in_flight)}"
+    network = "" if spec.network == "loopback" else f" {spec.network}"
+    head = f"[round {run.round + 1}] {spec.tool:<8} N={spec.n:<9,} {spec.output:<5}{network}"
+    verdict = f"FAILED: {run.error}" if run.error else f"{run.peak_rss_mb:.0f} MB RSS{hub}{disk}{at_once}"
     return f"{head} {run.seconds:7.2f} s, {verdict}"
 
 
@@ -642,10 +836,10 @@ def run_rounds(benches: Sequence[Bench], chosen: Sequence[Scenario], rounds: int
     stay per run; only the times (and so every rate) are distorted by the sharing of the cores."""
     keys = list(
         dict.fromkeys(
-            (round_index, spec_for(scenario, tool, output, n))
+            (round_index, spec)
             for round_index in range(rounds)
             for scenario in chosen
-            for output, n, tool in itertools.product(OUTPUTS, scenario.ns, scenario.tools)
+            for spec in scenario_specs(scenario)
         )
     )
     idle: queue.SimpleQueue[Bench] = queue.SimpleQueue()
@@ -681,9 +875,10 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 @dataclass
 class ToolFigures:
-    """One tool in one scenario and output: per-round figures and their medians."""
+    """One tool on one network in one scenario and output: per-round figures and their medians."""
 
     tool: str
+    network: str
     docs_per_s_by_round: list[float | None]
     mb_per_s_by_round: list[float | None]
     seconds: dict[int, list[float]]
@@ -691,12 +886,18 @@ class ToolFigures:
     hub_bytes: list[int]
     disk_max_parts: list[int]
     cpu_us_per_doc_by_round: list[float | None]
+    hub_peak_in_flight: list[int]
+    s3_peak_in_flight: list[int]
     docs_per_s: float | None = None
     mb_per_s: float | None = None
     median_seconds: dict[int, float | None] = field(default_factory=dict)
     median_peak_rss_mb: float | None = None
     median_hub_bytes: float | None = None
     cpu_us_per_doc: float | None = None
+    max_hub_in_flight: int | None = None
+    """The most Hub storage responses at once in any of its runs."""
+    max_s3_in_flight: int | None = None
+    """The most S3 requests at once in any of its runs (None: direct to moto, or not counted)."""
 
     @property
     def cpu_ceiling_docs_per_s(self) -> float | None:
@@ -710,6 +911,8 @@ class ToolFigures:
         self.median_seconds = {n: median(times) for n, times in self.seconds.items()}
         self.median_peak_rss_mb = median(self.peak_rss_mb)
         self.median_hub_bytes = median(self.hub_bytes)
+        self.max_hub_in_flight = max(self.hub_peak_in_flight, default=None)
+        self.max_s3_in_flight = max(self.s3_peak_in_flight, default=None)
 
 
 def round_rate(ns: Sequence[int], runs: Sequence[Run]) -> tuple[float | None, float | None]:
@@ -736,21 +939,28 @@ def round_cpu_per_doc(ns: Sequence[int], runs: Sequence[Run]) -> float | None:
     return (spent[1] - spent[0]) / (ns[1] - ns[0]) * 1e6 if spent[1] > spent[0] else None
 
 
-def tool_figures(scenario: Scenario, tool: str, output: str, runs: Sequence[Run]) -> ToolFigures:
+def tool_figures(
+    scenario: Scenario, tool: str, network: str, output: str, runs: Sequence[Run]
+) -> ToolFigures:
     by_key = {(run.round, run.spec): run for run in runs}
     rounds = sorted({run.round for run in runs})
-    rows = [[by_key[(r, spec_for(scenario, tool, output, n))] for n in scenario.ns] for r in rounds]
+    rows = [[by_key[(r, spec_for(scenario, tool, output, n, network))] for n in scenario.ns] for r in rounds]
     rates = [round_rate(scenario.ns, row) for row in rows]
     mine = [run for row in rows for run in row if run.ok]
     return ToolFigures(
         tool,
-        [rate for rate, _ in rates],
-        [mb for _, mb in rates],
-        {n: [run.seconds for run in mine if run.spec.n == n] for n in scenario.ns},
-        [run.peak_rss_mb for run in mine],
-        [run.hub_bytes for run in mine if run.hub_bytes is not None and run.spec.n == scenario.ns[-1]],
-        [run.disk_max_parts for run in mine if run.disk_max_parts is not None],
-        [round_cpu_per_doc(scenario.ns, row) for row in rows],
+        network,
+        docs_per_s_by_round=[rate for rate, _ in rates],
+        mb_per_s_by_round=[mb for _, mb in rates],
+        seconds={n: [run.seconds for run in mine if run.spec.n == n] for n in scenario.ns},
+        peak_rss_mb=[run.peak_rss_mb for run in mine],
+        hub_bytes=[
+            run.hub_bytes for run in mine if run.hub_bytes is not None and run.spec.n == scenario.ns[-1]
+        ],
+        disk_max_parts=[run.disk_max_parts for run in mine if run.disk_max_parts is not None],
+        cpu_us_per_doc_by_round=[round_cpu_per_doc(scenario.ns, row) for row in rows],
+        hub_peak_in_flight=[run.hub_peak_in_flight for run in mine if run.hub_peak_in_flight is not None],
+        s3_peak_in_flight=[run.s3_peak_in_flight for run in mine if run.s3_peak_in_flight is not None],
     )
 
 
@@ -759,10 +969,23 @@ class ScenarioResult:
     scenario: Scenario
     output: str
     tools: dict[str, ToolFigures]
+    """By `Scenario.key`: the tool, or with two networks `tool@network`."""
 
-    def rate(self, tool: str) -> float | None:
-        figures = self.tools.get(tool)
+    def figures(self, tool: str, network: str | None = None) -> ToolFigures | None:
+        """A tool's figures on a network (by default the scenario's last: the model, when paired)."""
+        return self.tools.get(self.scenario.key(tool, network or self.scenario.networks[-1]))
+
+    def rate(self, tool: str, network: str | None = None) -> float | None:
+        figures = self.figures(tool, network)
         return None if figures is None else figures.docs_per_s
+
+    @property
+    def ratio_vs_unpaced(self) -> float | None:
+        """aioc4's rate on the network model over its rate unpaced, when the scenario pairs them."""
+        if not self.scenario.paired:
+            return None
+        unpaced, model = self.scenario.networks
+        return ratio(self.rate("aioc4", model), self.rate("aioc4", unpaced))
 
     @property
     def ratio_vs_baseline(self) -> float | None:
@@ -779,18 +1002,27 @@ class ScenarioResult:
             "output": self.output,
             "ns": list(self.scenario.ns),
             "part_lines": self.scenario.part_lines,
+            "networks": list(self.scenario.networks),
             "rate": "difference of two runs" if self.scenario.differenced else "whole process",
-            "tools": {tool: asdict(figures) for tool, figures in self.tools.items()},
+            "tools": {key: asdict(figures) for key, figures in self.tools.items()},
             "ratio_vs_baseline": self.ratio_vs_baseline,
             "ratio_vs_decode_limit": self.ratio_vs_decode_limit,
+            "ratio_vs_unpaced": self.ratio_vs_unpaced,
         }
 
 
 def scenario_results(chosen: Sequence[Scenario], runs: Sequence[Run]) -> list[ScenarioResult]:
     return [
-        ScenarioResult(s, output, {tool: tool_figures(s, tool, output, runs) for tool in s.tools})
+        ScenarioResult(
+            s,
+            output,
+            {
+                s.key(tool, network): tool_figures(s, tool, network, output, runs)
+                for tool, network in s.variants
+            },
+        )
         for s in chosen
-        for output in OUTPUTS
+        for output in s.outputs
     ]
 
 
@@ -839,17 +1071,37 @@ def _startup_target(results: Sequence[ScenarioResult]) -> Target:
     found = _find(results, "startup", "local")
     value = None
     if found is not None:
-        times = [found.tools[tool].median_seconds.get(1_000) for tool in ("aioc4", "baseline")]
+        figures = [found.figures(tool) for tool in ("aioc4", "baseline")]
+        times = [None if f is None else f.median_seconds.get(1_000) for f in figures]
         value = ratio(times[0], times[1])
     text = "wall time of --num-samples 1000 to a local folder, aioc4 / baseline"
     return Target("startup-local-time", text, value, "<=", 0.6, "x", "startup", "local")
+
+
+def _model_target(results: Sequence[ScenarioResult], name: str, output: str, text: str) -> Target:
+    """A paired scenario's rate on the network model as a share of the same rate unpaced."""
+    found = _find(results, name, output)
+    value = None if found is None else found.ratio_vs_unpaced
+    return Target(name, text, value, ">=", MODEL_RATIO, "x", name, output)
+
+
+def _hub_bytes_target(results: Sequence[ScenarioResult], compressed_1k: int, model: NetworkModel) -> Target:
+    """The most Hub bytes any aioc4 run of the hub-bytes scenario took, over the gzip of its documents."""
+    found = [r.figures("aioc4") for r in results if r.scenario.name == "hub-bytes"]
+    served = [size for figures in found if figures is not None for size in figures.hub_bytes]
+    text = f"Hub bytes for N=1000 on the model ({model.title}), max / gzip of them ({compressed_1k:,} B)"
+    return _run_target(
+        "hub-bytes", text, [size / compressed_1k for size in served], "<", HUB_BYTES_FACTOR, "x"
+    )
 
 
 def _run_target(name: str, text: str, values: Sequence[float], op: str, limit: float, unit: str) -> Target:
     return Target(name, text, max(values) if values else None, op, limit, unit)
 
 
-def targets(results: Sequence[ScenarioResult], runs: Sequence[Run], compressed_1k: int) -> list[Target]:
+def targets(
+    results: Sequence[ScenarioResult], runs: Sequence[Run], compressed_1k: int, model: NetworkModel
+) -> list[Target]:
     """Each target of the issue with its measured value (medians; maxima over runs for bounds)."""
     mine = [run for run in runs if run.ok and run.spec.tool == "aioc4"]
     bound = 2 * UPLOAD_WORKERS + 1
@@ -857,6 +1109,12 @@ def targets(results: Sequence[ScenarioResult], runs: Sequence[Run], compressed_1
         _ratio_target(results, "all-shards", "s3", "baseline", 5.0, "docs/s to S3, aioc4 / baseline"),
         _ratio_target(results, "one-shard", "local", "decode", 0.7, "docs/s within one shard, vs decode"),
         _ratio_target(results, "shards", "local", "decode", 1.4, "docs/s over several shards, vs decode"),
+        _model_target(
+            results, "hub-model", "local", "docs/s over several shards, Hub on the model / unpaced Hub"
+        ),
+        _model_target(
+            results, "s3-model", "s3", "docs/s to S3 via the proxy, on the model / unpaced (Hub unpaced)"
+        ),
         _startup_target(results),
         _run_target(
             "peak-rss",
@@ -874,14 +1132,7 @@ def targets(results: Sequence[ScenarioResult], runs: Sequence[Run], compressed_1
             bound,
             "parts",
         ),
-        _run_target(
-            "hub-bytes",
-            f"Hub bytes for N=1000 (paced), max / gzip of those documents ({compressed_1k:,} B)",
-            [run.hub_bytes / compressed_1k for run in mine if run.spec.paced and run.hub_bytes is not None],
-            "<",
-            HUB_BYTES_FACTOR,
-            "x",
-        ),
+        _hub_bytes_target(results, compressed_1k, model),
     ]
 
 
@@ -915,40 +1166,61 @@ def _ns_text(ns: Sequence[int]) -> str:
     return "..".join(f"{n:,}" for n in ns)
 
 
+TABLE_HEAD = (
+    "scenario", "output", "what", "N", "docs/s", "MB/s", "RSS MB", "Hub MB", "at once Hub/S3", "CPU us/doc",
+    "CPU cap", "x base", "x decode", "x unpaced", "target",
+)  # fmt: skip
+
+
+def _table_row(result: ScenarioResult, figures: ToolFigures, found: Sequence[Target]) -> tuple[str, ...]:
+    """One tool on one network; the ratios and targets on aioc4's row (on the model, when paired)."""
+    scenario, tool = result.scenario, figures.tool
+    headline = tool == "aioc4" and figures.network == scenario.networks[-1]
+    what = tool_title(tool) + (f", {NETWORKS[figures.network].title}" if scenario.paired else "")
+    hub_mb = None if figures.median_hub_bytes is None else figures.median_hub_bytes / MB
+    return (
+        scenario.name,
+        "-" if tool == "decode" else result.output,
+        what,
+        _ns_text(scenario.ns),
+        _num(figures.docs_per_s),
+        _num(figures.mb_per_s, 1),
+        _num(figures.median_peak_rss_mb, 0),
+        _num(hub_mb, 2),
+        "" if tool == "decode" else f"{_num(figures.max_hub_in_flight)}/{_num(figures.max_s3_in_flight)}",
+        _num(figures.cpu_us_per_doc, 1),
+        _num(figures.cpu_ceiling_docs_per_s),
+        _num(result.ratio_vs_baseline, 2) if headline and not scenario.paired else "",
+        _num(result.ratio_vs_decode_limit, 2) if headline and not scenario.paired else "",
+        _num(result.ratio_vs_unpaced, 2) if headline and scenario.paired else "",
+        _row_target(result, found) if headline else "",
+    )
+
+
 def table(results: Sequence[ScenarioResult], found: Sequence[Target]) -> str:
-    """One row per scenario, output and tool (the decode limit once per scenario), then the targets."""
-    head = (
-        "scenario", "output", "what", "N", "docs/s", "MB/s", "RSS MB", "Hub MB", "CPU us/doc", "CPU cap",
-        "x base", "x decode",
-    )  # fmt: skip
-    rows: list[tuple[str, ...]] = []
-    for result in results:
-        for tool, figures in result.tools.items():
-            if tool == "decode" and result.output != OUTPUTS[0]:
-                continue
-            is_aioc4 = tool == "aioc4"
-            rows.append(
-                (
-                    result.scenario.name,
-                    "-" if tool == "decode" else result.output,
-                    tool_title(tool),
-                    _ns_text(result.scenario.ns),
-                    _num(figures.docs_per_s),
-                    _num(figures.mb_per_s, 1),
-                    _num(figures.median_peak_rss_mb, 0),
-                    _num(None if figures.median_hub_bytes is None else figures.median_hub_bytes / MB, 2),
-                    _num(figures.cpu_us_per_doc, 1),
-                    _num(figures.cpu_ceiling_docs_per_s),
-                    _num(result.ratio_vs_baseline, 2) if is_aioc4 else "",
-                    _num(result.ratio_vs_decode_limit, 2) if is_aioc4 else "",
-                    _row_target(result, found) if is_aioc4 else "",
-                )
-            )
-    widths = [max(len(row[i]) for row in [(*head, "target"), *rows]) for i in range(len(head) + 1)]
+    """One row per scenario, output, tool and network (the decode limit once per scenario), then the
+    targets and the summaries."""
+    rows = [
+        _table_row(result, figures, found)
+        for result in results
+        for figures in result.tools.values()
+        if figures.tool != "decode" or result.output == OUTPUTS[0]
+    ]
+    widths = [max(len(row[i]) for row in [TABLE_HEAD, *rows]) for i in range(len(TABLE_HEAD))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows]
-    header = "  ".join(cell.ljust(width) for cell, width in zip((*head, "target"), widths, strict=True))
+    header = "  ".join(cell.ljust(width) for cell, width in zip(TABLE_HEAD, widths, strict=True))
     return "\n".join(
-        [header, "-" * len(header), *lines, "", "targets:", *map(_target_line, found), *_ceilings(results)]
+        [
+            header,
+            "-" * len(header),
+            *lines,
+            "",
+            "targets:",
+            *map(_target_line, found),
+            *_bulk_lines(results),
+            *_model_lines(results),
+            *_ceilings(results),
+        ]
     )
 
 
@@ -965,20 +1237,40 @@ def _bulk_lines(results: Sequence[ScenarioResult]) -> list[str]:
     return lines
 
 
+def _model_lines(results: Sequence[ScenarioResult]) -> list[str]:
+    """The paired scenarios: aioc4 on the network model against the same runs unpaced, and how many
+    requests it kept in flight each way on the model (the most at once in any run)."""
+    return [_model_line(result) for result in results if result.scenario.paired]
+
+
+def _model_line(result: ScenarioResult) -> str:
+    unpaced, model = result.scenario.networks
+    figures = result.figures("aioc4", model)
+    hub, s3 = (None, None) if figures is None else (figures.max_hub_in_flight, figures.max_s3_in_flight)
+    return (
+        f"network model, {result.scenario.name} {result.output}: aioc4 {_num(result.rate('aioc4', model))} "
+        f"docs/s on the model, {_num(result.rate('aioc4', unpaced))} unpaced = "
+        f"{_num(result.ratio_vs_unpaced, 2)} x; at once on the model: Hub {_num(hub)}, S3 {_num(s3)} requests"
+    )
+
+
 def _ceilings(results: Sequence[ScenarioResult]) -> list[str]:
     """What the machine allows: aioc4's rate if all its cores did nothing but this run's work (its CPU
-    per document summed over aioc4, the Hub server and moto), as the same ratios as the targets."""
-    lines = _bulk_lines(results)
-    lines += [f"CPU caps ({CORES} cores; CPU us/doc of aioc4 + Hub server + moto, all on this machine):"]
+    per document summed over aioc4, the Hub server, moto and the S3 proxy), as the same ratios as the
+    targets (none for the paired scenarios, which compare aioc4 with itself)."""
+    lines = [
+        f"CPU caps ({CORES} cores; CPU us/doc of aioc4 + Hub server + moto + proxy, all on this machine):"
+    ]
     for result in results:
-        cap = result.tools["aioc4"].cpu_ceiling_docs_per_s if "aioc4" in result.tools else None
-        if cap is None:
-            continue
+        figures = result.figures("aioc4")
+        cap = None if figures is None else figures.cpu_ceiling_docs_per_s
         versus = [
             f"{_num(ratio(cap, result.rate(tool)), 2)} x {tool}"
             for tool in ("baseline", "decode")
             if result.rate(tool)
         ]
+        if cap is None or not versus:
+            continue
         lines.append(
             f"  {result.scenario.name:<11} {result.output:<6} {cap:>9,.0f} docs/s = {', '.join(versus)}"
         )
@@ -1044,9 +1336,13 @@ def choose(all_scenarios: Sequence[Scenario], args: argparse.Namespace) -> list[
 
 
 def report(
-    args: argparse.Namespace, config: dict[str, Any], runs: Sequence[Run], results: Sequence[ScenarioResult]
+    args: argparse.Namespace,
+    config: dict[str, Any],
+    runs: Sequence[Run],
+    results: Sequence[ScenarioResult],
+    model: NetworkModel,
 ) -> list[Target]:
-    found = targets(results, runs, config["compressed_first_1000"]["gzip"])
+    found = targets(results, runs, config["compressed_first_1000"]["gzip"], model)
     text = table(results, found)
     print(text, file=sys.stderr if args.json == "-" else sys.stdout, flush=True)
     if args.json is not None:
@@ -1065,6 +1361,11 @@ def report(
         else:
             Path(args.json).write_text(encoded + "\n", encoding="utf-8")
     return found
+
+
+def networks_of(chosen: Sequence[Scenario]) -> list[Network]:
+    """The networks the chosen scenarios run on, so only their servers start."""
+    return [NETWORKS[name] for name in dict.fromkeys(name for s in chosen for name in s.networks)]
 
 
 def prepare(shape: Shape, chosen: Sequence[Scenario]) -> tuple[FakeRepo, Path | None]:
@@ -1092,7 +1393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "jobs": args.jobs,
         "shards": {"count": shape.shards, "docs_per_shard": shape.docs_per_shard, "root": str(repo.root)},
         "inflater": fastest_inflater()[0],
-        "pace_bytes_per_s": PACE_BYTES_PER_S,
+        "network_model": asdict(shape.model),
         "cpus": os.cpu_count(),
         "python": sys.version.split()[0],
         "compressed_first_1000": compressed_size(shards, 1_000, shape.docs_per_shard),
@@ -1105,11 +1406,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         big_shards = train_shards(big_root) if big_root is not None else []
         benches = [
             Bench(servers, shards, big_shards, work)
-            for servers in start_servers(stack, repo.root, big_root, args.jobs)
+            for servers in start_servers(
+                stack, repo.root, big_root, args.jobs, networks_of(chosen), shape.model
+            )
         ]
         runs = run_rounds(benches, chosen, args.rounds)
     config["wall_seconds"] = time.perf_counter() - started
-    found = report(args, config, runs, scenario_results(chosen, runs))
+    found = report(args, config, runs, scenario_results(chosen, runs), shape.model)
     log(f"benchmark took {config['wall_seconds']:.0f} s")
     failed = any(not run.ok for run in runs)
     return 1 if failed or (args.check and not all(target.met for target in found)) else 0

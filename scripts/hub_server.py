@@ -4,7 +4,8 @@ Two origins run in one event loop, like the real Hub and its CDN: the Hub origin
 `resolve` URLs and redirects LFS files (`*.json.gz`) to the storage origin, which serves the bytes from
 short-lived signed URLs with `Range` support. The real `huggingface_hub` client works against it through
 `HF_ENDPOINT` or an explicit `endpoint=`. `GET /_stats` and `POST /_stats/reset` on the Hub origin expose
-what was transferred, so tests can assert on traffic.
+what was transferred, so tests can assert on traffic, and how many storage bodies were in flight at once
+(`storage_peak_in_flight`), so a benchmark can tell how many connections a client keeps busy.
 
 A far-away network is modelled per response: `--pace-bytes-per-s` caps each storage body on its own (so
 concurrent range requests add up, as on a real CDN), and the `latency_s` knob holds every Hub and storage
@@ -42,7 +43,8 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, fields
 from http import HTTPStatus
 from pathlib import Path
@@ -212,6 +214,15 @@ class Stats:
     storage_body_ends: Counter[str] = field(default_factory=Counter)
     """How storage GET bodies ended: `complete`, `cut` (the reset fault), `client_left`, `file_shrank`;
     a test can wait for one of them instead of sleeping."""
+    storage_in_flight: int = 0
+    """Storage GET responses being answered now: from the start of the answer (the latency wait included)
+    to the end of its body, however it ends."""
+    storage_peak_in_flight: int = 0
+    """The most storage GET responses in flight at once since the last reset."""
+
+    def reset(self) -> Stats:
+        """Zeroed counters, but the responses still in flight stay counted (their ends will uncount them)."""
+        return Stats(storage_in_flight=self.storage_in_flight, storage_peak_in_flight=self.storage_in_flight)
 
     def as_json(self) -> dict[str, Any]:
         return {name: dict(value) if isinstance(value, dict) else value for name, value in vars(self).items()}
@@ -405,6 +416,18 @@ class ServerState:
     def count_fault(self, kind: str) -> None:
         self.stats.faults_injected[kind] += 1
 
+    @contextmanager
+    def storage_body_in_flight(self) -> Iterator[None]:
+        """Count a storage body response in flight while the block runs (and its peak)."""
+        self.stats.storage_in_flight += 1
+        self.stats.storage_peak_in_flight = max(
+            self.stats.storage_peak_in_flight, self.stats.storage_in_flight
+        )
+        try:
+            yield
+        finally:
+            self.stats.storage_in_flight -= 1  # the stats in force now: a reset carries the count over
+
 
 def add_latency(app: web.Application, state: ServerState) -> None:
     """Hold every response of `app` for the `latency_s` knob before its first byte (status line) leaves.
@@ -560,7 +583,7 @@ class HubOrigin:
         return web.json_response(self.state.stats.as_json())
 
     async def reset_stats(self, request: web.Request) -> web.Response:
-        self.state.stats = Stats()
+        self.state.stats = self.state.stats.reset()
         return web.Response(status=204)
 
     async def get_faults(self, request: web.Request) -> web.Response:
@@ -835,17 +858,19 @@ class StorageOrigin:
         def ended(how: str) -> None:
             self.state.stats.storage_body_ends[how] += 1
 
-        return await send_file(
-            request,
-            self.state.repo.root / file.path,
-            file.size,
-            {"ETag": f'"{file.sha256}"', "Content-Type": "application/octet-stream"},
-            pace_bytes_per_s=self.state.pace_bytes_per_s,
-            on_chunk=count,
-            honour_range=honour_range,
-            cut_after=cut_after,
-            on_end=ended,
-        )
+        in_flight = self.state.storage_body_in_flight() if request.method == "GET" else nullcontext()
+        with in_flight:
+            return await send_file(
+                request,
+                self.state.repo.root / file.path,
+                file.size,
+                {"ETag": f'"{file.sha256}"', "Content-Type": "application/octet-stream"},
+                pace_bytes_per_s=self.state.pace_bytes_per_s,
+                on_chunk=count,
+                honour_range=honour_range,
+                cut_after=cut_after,
+                on_end=ended,
+            )
 
     def _refusal(self, request: web.Request) -> web.Response | None:
         """The CDN's refusals: an Authorization header (when forbidden), a bad signature, an expired URL."""

@@ -1,9 +1,10 @@
 """The benchmark harness runs end to end in its smoke configuration and reports every figure.
 
-`--smoke` is the real harness on two tiny shards: every scenario with both outputs and every tool, the
-differenced scenarios still over two N. `--jobs 2` runs two children at a time (each slot with its own
-servers), which only distorts the times. No assertion on speed: performance is measured by `make bench`,
-never by a timed unit test.
+`--smoke` is the real harness on two tiny shards: every scenario with its outputs, tools and networks
+(the network-model scenarios pair each run on the model with the same run unpaced), the differenced
+scenarios still over two N. `--jobs 2` runs two children at a time (each slot with its own servers),
+which only distorts the times. No assertion on speed: performance is measured by `make bench`, never by
+a timed unit test.
 """
 
 from __future__ import annotations
@@ -12,15 +13,34 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from scripts.bench import BULK_PROCS, OUTPUTS, SMOKE_SHAPE, Scenario, scenarios
+from scripts.bench import BULK_PROCS, FULL_SHAPE, NETWORKS, SMOKE_SHAPE, Scenario, scenario_specs, scenarios
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXPECTED = [s for s in scenarios(SMOKE_SHAPE) if not s.big]
+PAIRED = [s for s in EXPECTED if s.paired]
+
+
+def test_the_unpaced_hub_model_runs_are_the_shards_runs() -> None:
+    """Shared, so they run once a round; the runs on the model differ from them only by the network."""
+    by_name = {s.name: s for s in scenarios(FULL_SHAPE)}
+    shards = set(scenario_specs(by_name["shards"]))
+    model = scenario_specs(by_name["hub-model"])
+    assert [spec.network for spec in model] == ["loopback", "hub-model"] * 2  # each pair side by side
+    assert {spec for spec in model if spec.network == "loopback"} <= shards
+    assert all(spec.output == "local" and spec.tool == "aioc4" for spec in model)
+
+
+def test_the_s3_model_pair_both_go_through_the_proxy() -> None:
+    s3_model = {s.name: s for s in scenarios(FULL_SHAPE)}["s3-model"]
+    routes = [NETWORKS[spec.network].s3 for spec in scenario_specs(s3_model)]
+    assert routes == ["proxy", "model"] * 2
+    assert {NETWORKS[name].hub for name in s3_model.networks} == {"loopback"}
 
 
 @pytest.fixture(scope="module")
@@ -55,15 +75,15 @@ def test_every_run_succeeded(report: dict[str, Any]) -> None:
     assert all(run["ok"] and run["seconds"] > 0 and run["peak_rss_mb"] > 0 for run in report["runs"])
 
 
-def test_every_scenario_with_both_outputs(report: dict[str, Any]) -> None:
+def test_every_scenario_with_its_outputs(report: dict[str, Any]) -> None:
     found = {(entry["name"], entry["output"]) for entry in report["scenarios"]}
-    assert found == {(s.name, output) for s in EXPECTED for output in OUTPUTS}
+    assert found == {(s.name, output) for s in EXPECTED for output in s.outputs}
 
 
 @pytest.mark.parametrize("scenario", EXPECTED, ids=lambda s: s.name)
 def test_rates_are_positive(report: dict[str, Any], scenario: Scenario) -> None:
     for entry in (e for e in report["scenarios"] if e["name"] == scenario.name):
-        assert set(entry["tools"]) == set(scenario.tools)
+        assert set(entry["tools"]) == {scenario.key(tool, network) for tool, network in scenario.variants}
         for figures in entry["tools"].values():
             assert figures["docs_per_s"] > 0
             assert figures["mb_per_s"] > 0
@@ -86,6 +106,12 @@ def test_ratios_are_computed_from_the_rates(report: dict[str, Any]) -> None:
             assert sorted(tools) == ["bulk-1", f"bulk-{BULK_PROCS}"]
             assert all(figures["docs_per_s"] > 0 for figures in tools.values())
             continue
+        if len(entry["networks"]) == 2:  # aioc4 against itself: on the network model and unpaced
+            unpaced, model = (tools[f"aioc4@{network}"]["docs_per_s"] for network in entry["networks"])
+            assert math.isclose(entry["ratio_vs_unpaced"], model / unpaced)
+            assert entry["ratio_vs_baseline"] is None
+            continue
+        assert entry["ratio_vs_unpaced"] is None
         aioc4 = tools["aioc4"]["docs_per_s"]
         assert math.isclose(entry["ratio_vs_baseline"], aioc4 / tools["baseline"]["docs_per_s"])
         if "decode" in tools:
@@ -102,10 +128,42 @@ def test_hub_bytes_are_counted(report: dict[str, Any]) -> None:
                 assert figures["median_hub_bytes"] > 0
 
 
+@pytest.mark.parametrize("scenario", PAIRED, ids=lambda s: s.name)
+def test_paired_runs_share_every_round(report: dict[str, Any], scenario: Scenario) -> None:
+    """Each run on the model and its unpaced twin ran in every round."""
+    for round_index in range(report["config"]["rounds"]):
+        specs = [run["spec"] for run in report["runs"] if run["round"] == round_index]
+        for spec in scenario_specs(scenario):
+            assert asdict(spec) in specs
+
+
+def test_requests_at_once_are_counted(report: dict[str, Any]) -> None:
+    """The Hub counts storage responses in flight for every run that reads it; the S3 proxy may not count
+    its requests yet (None), but never counts none."""
+    for run in report["runs"]:
+        tool, network = run["spec"]["tool"], run["spec"]["network"]
+        assert (run["hub_peak_in_flight"] is None) == (tool == "decode")
+        if tool != "decode":
+            assert run["hub_peak_in_flight"] >= 1
+        if run["spec"]["output"] != "s3" or NETWORKS[network].s3 == "moto":
+            assert run["s3_peak_in_flight"] is None
+        assert run["s3_peak_in_flight"] is None or run["s3_peak_in_flight"] >= 1
+
+
 def test_every_target_is_evaluated(report: dict[str, Any]) -> None:
     names = {target["name"] for target in report["targets"]}
-    assert {"all-shards-s3-vs-baseline", "startup-local-time", "peak-rss", "hub-bytes"} <= names
+    expected = {"all-shards-s3-vs-baseline", "startup-local-time", "peak-rss", "hub-bytes"}
+    assert expected | {"hub-model", "s3-model"} <= names
     for target in report["targets"]:
         assert target["value"] is not None
         assert target["met"] in (True, False)
     assert report["config"]["compressed_first_1000"]["gzip"] > 0
+
+
+def test_the_table_shows_the_model_ratios(report: dict[str, Any]) -> None:
+    header = report["table"].splitlines()[0]
+    assert "x unpaced" in header
+    assert "at once Hub/S3" in header
+    for scenario in PAIRED:
+        for output in scenario.outputs:
+            assert f"network model, {scenario.name} {output}: aioc4 " in report["table"]

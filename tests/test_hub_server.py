@@ -469,6 +469,23 @@ def test_paced_storage_stops_when_the_client_leaves(small_repo: FakeRepo) -> Non
     assert sent <= 4 * CHUNK_SIZE
 
 
+def test_storage_bodies_in_flight_are_counted_across_a_reset(small_repo: FakeRepo) -> None:
+    # At two chunks a second the shard's body takes seconds: it is still being sent throughout.
+    with HubServerProcess(small_repo.root, pace_bytes_per_s=2 * CHUNK_SIZE) as paced:
+        parts = urlsplit(storage_url(paced, SHARD))  # HEAD requests have no body: not counted
+        assert paced.stats()["storage_peak_in_flight"] == 0
+        connection = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=10)
+        connection.request("GET", f"{parts.path}?{parts.query}")
+        assert len(connection.getresponse().read(CHUNK_SIZE)) == CHUNK_SIZE
+        in_flight = ("storage_in_flight", "storage_peak_in_flight")
+        assert [paced.stats()[name] for name in in_flight] == [1, 1]
+        paced.reset_stats()  # the peak starts again from what is in flight
+        assert [paced.stats()[name] for name in in_flight] == [1, 1]
+        connection.close()
+        wait_for_stats(paced, lambda stats: stats["storage_body_ends"] == {"client_left": 1}, "the end")
+        assert [paced.stats()[name] for name in in_flight] == [0, 1]
+
+
 # The network model at test scale: B-byte range requests paced at PACE take B / PACE = 1.2 s each, so the
 # serial time of CONCURRENT of them is over 7 s. Timings are lower bounds only, except the one comparison
 # of concurrent against serial time, which has a margin of about 3x on an idle machine.
@@ -531,6 +548,7 @@ def test_pacing_is_per_response_so_concurrent_ranges_add_up(
     stats = far_hub.stats()
     assert stats["storage_body_ends"] == {"complete": CONCURRENT}
     assert stats["storage_body_bytes"] == CONCURRENT * RANGE_BYTES
+    assert (stats["storage_peak_in_flight"], stats["storage_in_flight"]) == (CONCURRENT, 0)
 
 
 def test_latency_delays_every_hub_and_storage_response(far_hub: HubServerProcess) -> None:
