@@ -229,6 +229,11 @@ class RunConfig:
         ):
             if rate is not None and not (math.isfinite(rate) and rate >= 1):
                 raise UsageError(f"{flag} must be a rate above 0 bytes per second, got {rate}")
+        if self.max_download_rate is not None and not self.streaming:
+            raise UsageError(
+                "--max-download-rate caps streamed reads; with --no-streaming huggingface_hub downloads "
+                "the shards itself: drop one of them"
+            )
         if not (math.isfinite(self.retry_budget_s) and 0 <= self.retry_budget_s <= MAX_RETRY_BUDGET_S):
             raise UsageError(
                 f"--retry-budget must be a number of seconds within 0..{MAX_RETRY_BUDGET_S:.0f}, "
