@@ -46,6 +46,11 @@ def test_keys_and_urls_join_prefix_and_name() -> None:
     assert S3Target(bucket="b", prefix="").key_for("x.jsonl") == "x.jsonl"
 
 
+def test_a_download_rate_cap_needs_streaming() -> None:
+    with pytest.raises(UsageError, match="--max-download-rate caps streamed reads"):
+        RunConfig(max_download_rate=50e6, streaming=False)
+
+
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
@@ -61,11 +66,6 @@ def test_keys_and_urls_join_prefix_and_name() -> None:
         ("cleanup_local", True, "--cleanup-local"),
     ],
 )
-def test_a_download_rate_cap_needs_streaming() -> None:
-    with pytest.raises(UsageError, match="--max-download-rate caps streamed reads"):
-        RunConfig(max_download_rate=50e6, streaming=False)
-
-
 def test_invalid_config_is_rejected(field: str, value: object, message: str) -> None:
     with pytest.raises(UsageError, match=message):
         RunConfig(**{field: value})  # type: ignore[arg-type]
