@@ -381,6 +381,11 @@ class HubSource:
                 raise RetryableError(
                     f"HTTP {response.status} from {_origin(url)}", retry_after_seconds(response.headers)
                 )
+            if response.status == 416:
+                raise CorruptShardError(
+                    f"{shard.path}: storage holds fewer than the {shard.size:,} bytes the Hub lists "
+                    f"(HTTP 416 for the bytes from {offset:,})"
+                )
             error_code = response.headers.get("X-Error-Code", "")
             raise SourceError(_http_failure(response.status, error_code, f"{self.repo_id}/{shard.path}"))
         raise SourceError(f"{shard.path}: more than {_MAX_REDIRECTS} redirects")
