@@ -40,6 +40,7 @@ from huggingface_hub.utils._headers import build_hf_headers
 from ._version import __version__
 from .errors import CorruptShardError, RangeIgnoredError, RetryableError, SourceError
 from .rate import RateLimit
+from .readahead import DEFAULT_DOWNLOAD_CONNECTIONS, ReadAhead
 from .redact import display_url
 from .retry import RETRYABLE_STATUSES, RetryBudget, retry_after_seconds
 from .variants import Variant, Variants, glob_folders, pick_variant, shard_pattern, variants_to_use
@@ -89,9 +90,12 @@ class HubSource:
         timeout_s: float = HUB_TIMEOUT_S,
         session: aiohttp.ClientSession | None = None,
         rate: RateLimit | None = None,
+        connections: int = DEFAULT_DOWNLOAD_CONNECTIONS,
     ) -> None:
         self.repo_id = repo_id
         self.rate = rate  # --max-download-rate, shared by every transfer of the run
+        # how many ranges the link needs, learned once per run: a bulk pull's next shard starts there
+        self.read_ahead = ReadAhead(max_connections=connections)
         self.timeout_s = timeout_s
         self.call_limit_s = max(HUB_CALL_TIMEOUT_S, 4 * timeout_s)  # a listing may walk many pages
         self.endpoint = (endpoint or constants.ENDPOINT).rstrip("/")

@@ -18,7 +18,6 @@ from .decode import Batch, GzipLineDecoder, SourcePosition, check_block, good_ru
 from .download import RangedDownload
 from .errors import CorruptShardError, LineTooLongError, SourceError
 from .hub import HubSource, Shard
-from .readahead import DEFAULT_DOWNLOAD_CONNECTIONS, ReadAhead
 
 __all__ = ["ReadProgress", "read_documents"]
 
@@ -62,19 +61,18 @@ async def read_documents(
     progress: ReadProgress,
     start: SourcePosition | None = None,
     skip_bad_records: bool = False,
-    connections: int = DEFAULT_DOWNLOAD_CONNECTIONS,
 ) -> AsyncGenerator[Batch, None]:
     """Batches holding exactly the next `limit` documents from `start` (default: the first line of the
     first shard); stops reading as soon as they are out.
 
     Shards are decoded one after the other; over HTTP they download as several ranges at once, the
-    next shard's before the current one ends (aioc4.download), up to `connections` at a time.
+    next shard's before the current one ends (aioc4.download), as far as `source.read_ahead` allows.
     """
     first_shard, first_line = _start_at(shards, start)
     async with (
         _Decoders() as decoders,
         _shard_bytes(
-            source, shards[first_shard:], commit, streaming, connections, lambda: progress.bytes_wanted(limit)
+            source, shards[first_shard:], commit, streaming, lambda: progress.bytes_wanted(limit)
         ) as downloads,
     ):
         for index in range(first_shard, len(shards)):
@@ -126,11 +124,10 @@ def _shard_bytes(
     shards: list[Shard],
     commit: str,
     streaming: bool,
-    connections: int,
     wanted_bytes: Callable[[], float],
 ) -> RangedDownload | _CachedShards:
     if streaming:
-        read_ahead = ReadAhead(max_connections=connections)
+        read_ahead = source.read_ahead
         return RangedDownload(source, shards, commit, read_ahead=read_ahead, wanted_bytes=wanted_bytes)
     return _CachedShards(source, shards, commit)
 

@@ -82,6 +82,7 @@ def hub_for(source: SourceSpec, endpoint: str | None = None) -> HubSource:
         budget=budget,
         timeout_s=source.timeout_s,
         rate=rate,
+        connections=source.download_connections,
     )
 
 
@@ -291,7 +292,6 @@ async def _pull(
         progress=progress,
         start=point.start,
         skip_bad_records=job.source.skip_bad_records,
-        connections=job.source.download_connections,
     )
     pipeline = PartPipeline(job.parts, unit.naming, destination, manifest, point, limit=unit.limit)
     if swept := await asyncio.to_thread(pipeline.writer.sweep):
