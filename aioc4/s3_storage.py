@@ -169,7 +169,11 @@ class LinkMeter:
     carry no more in total: each then carries less the more are in flight. It is the slope of
     log(rate) over log(requests in flight during the request), weighted like the rate: about 0 when
     each request is limited on its own (a far link), about -1 when they share; saturated below -0.5,
-    once the requests seen ran at concurrencies far enough apart to tell.
+    once the requests seen ran at concurrencies far enough apart to tell. A known bottleneck, the upload
+    `cap`, need not be discovered: the requests are also saturated while together they have been
+    carrying 80% of it (their rate times their typical concurrency). Measured: under a cap, parts split
+    by the initial rate otherwise kept ~9 requests in flight at every moment, too alike to tell, and
+    stayed split.
 
     The rate alone would mislead: on a shared bottleneck, splitting parts puts more requests in flight,
     which lowers every request's rate, which looks like a slow link and keeps parts split (measured on
@@ -182,10 +186,12 @@ class LinkMeter:
         initial: float = INITIAL_REQUEST_RATE,
         *,
         memory: float = 0.95,
+        cap: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.initial = initial
         self.memory = memory
+        self.cap = cap
         self._clock = clock
         self.in_flight = 0
         self._busy = 0.0  # integral of requests in flight over time
@@ -227,7 +233,14 @@ class LinkMeter:
 
     @property
     def saturated(self) -> bool:
-        return self._saturated
+        return self._saturated or (self.cap is not None and self.carried >= 0.8 * self.cap)
+
+    @property
+    def carried(self) -> float:
+        """Bytes per second the requests have been carrying together: the rate a request carries times
+        the (geometric) mean concurrency they ran at; 0 before any completes."""
+        weight, log_concurrency = self._sums[2], self._sums[3]
+        return self.request_rate * math.exp(log_concurrency / weight) if weight > 0 else 0.0
 
     def _advance(self) -> float:
         now = self._clock()
@@ -382,7 +395,7 @@ class S3Storage:
         self._client: Any = client
         self._owns_client = client is None
         self._slots = RequestSlots(connections)
-        self._link = LinkMeter()
+        self._link = LinkMeter(cap=None if rate is None else rate.bytes_per_s)
         self._upload_rate = rate
 
     async def __aenter__(self) -> Self:

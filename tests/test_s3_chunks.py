@@ -143,6 +143,16 @@ def test_without_different_concurrencies_the_verdict_stands() -> None:
     assert meter.saturated
 
 
+def test_requests_carrying_most_of_the_upload_cap_are_saturated() -> None:
+    for cap, saturated in [(20 * MB, True), (40 * MB, False)]:
+        meter = LinkMeter(cap=cap)
+        assert not meter.saturated
+        for _ in range(10):
+            meter.add(5 * MB, 1.0, 4)  # four at a time, 5 MB/s each
+        assert meter.carried == pytest.approx(20 * MB)
+        assert meter.saturated is saturated
+
+
 def test_begin_and_end_measure_the_average_concurrency_meanwhile() -> None:
     clock = FakeClock()
     meter = LinkMeter(clock=clock)
