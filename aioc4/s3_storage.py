@@ -12,11 +12,31 @@ not hash the body again): a whole part goes up with the value the writer compute
 so bytes that changed on disk since are rejected; multipart chunks carry their own. Each object also
 carries the part's CRC-32 as metadata, which the manifest records, so a rerun can tell an intact
 object with one HEAD request.
-A part up to `MULTIPART_THRESHOLD` goes up in one PUT whose body is streamed from the file (nothing
-held in memory); a larger one as a multipart upload of 8 MiB chunks, of which at most
-`BODIES_IN_MEMORY` are held at once; a failed multipart upload is aborted. One PUT per part costs
-S3 (and moto, measured: 25-35% less CPU per byte) less than multipart, and parts of the usual sizes
-(10,000 documents, ~25 MB) gain nothing from being split.
+
+Requests: every part body (a PUT, or one chunk of a multipart upload) is one data request, and at
+most `connections` (`DEFAULT_UPLOAD_CONNECTIONS`) of them are in flight at once over the whole
+storage, whichever parts they belong to; they wait their turn first come, first served, so no part
+starves. A part goes up in one PUT unless that request would take much longer than a second at the
+rate a request has been measured to carry (`chunk_size_for`, fed by `LinkMeter`): then its chunks go
+up side by side, enough to make each about a second long or to use the free connections (each at
+least 5 MiB). So over a fast link (EC2: 85-90 MB/s a request; loopback) a part of the usual size
+(10,000 documents, ~25 MB) stays one PUT, which costs S3 (and moto, measured: 25-35% less CPU per
+byte) less than multipart, while over a link carrying 5 MB/s a request it goes up as 5 concurrent
+chunks. Requests that share one bottleneck (moto's CPU, a full network card, the upload cap) each
+carry less the more are in flight; the meter tells that apart, and parts then stay whole, as more
+requests would carry no more. A part over `MULTIPART_THRESHOLD` always goes multipart. A failed or
+cancelled multipart upload has its chunks in flight cancelled, then is aborted.
+
+Memory: no body is held in memory. Each body is a view of a byte range of the part file
+(`FileRange`) that aiohttp reads in pieces of 256 KiB (aiohttp 3.14) in its executor, and a chunk's
+checksum is one read of its range, in 256 KiB pieces in a thread, before it is sent. A request in
+flight holds a piece or two (the one being read, the one being written): uploads hold about
+`connections` x 512 KiB of buffers (12 MiB with the default), whatever the part sizes and worker
+count (measured: peak RSS ~1 MB higher per request in flight).
+
+An upload rate cap (`rate`, a `RateLimit`) paces every part body byte as the sending thread reads
+it, so the cap holds in aggregate over all the requests in flight. Manifests (a few KB each) are
+neither paced nor counted among the data requests: they must not wait behind parts.
 """
 
 from __future__ import annotations
@@ -24,18 +44,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
+import io
 import logging
 import math
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-import aiofiles
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
@@ -44,14 +65,55 @@ from .checksum import crc32, crc32_base64
 from .compression import CONTENT_TYPES, compression_of
 from .config import S3Target
 from .errors import DestinationError, UploadError
+from .rate import RateLimit
 from .storage import READ_CHUNK, ObjectInfo
 
-__all__ = ["MULTIPART_CHUNK", "MULTIPART_THRESHOLD", "PERMANENT_ERRORS", "S3Storage", "multipart_chunk_size"]
+__all__ = [
+    "DEFAULT_UPLOAD_CONNECTIONS",
+    "MIN_CHUNK",
+    "MULTIPART_CHUNK",
+    "MULTIPART_THRESHOLD",
+    "PERMANENT_ERRORS",
+    "FileRange",
+    "LinkMeter",
+    "S3Storage",
+    "chunk_size_for",
+    "multipart_chunk_size",
+]
 
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
 MULTIPART_CHUNK = 8 * 1024 * 1024
-BODIES_IN_MEMORY = 2  # request bodies (at most one chunk each) held at once, over all workers: 16 MiB
+"""Chunk size of a part over the threshold when the link is fast enough not to need more chunks."""
+MIN_CHUNK = 5 * 1024 * 1024
+"""S3's smallest chunk of a multipart upload (but the last)."""
 _MAX_CHUNKS = 10_000  # S3's limit on parts per multipart upload
+_MAX_CHUNK_SIZE = 5 * 1024**3  # and on a part's size
+DEFAULT_UPLOAD_CONNECTIONS = 24
+"""Data requests in flight at once, by default. AWS measures 85-90 MB/s per request stream on EC2 and
+advises one request per 85-90 MB/s (~15 fill 10 Gb/s); over a link carrying 5 MB/s a request (the
+network model of scripts/s3_fault_proxy.py), the ~110 MB/s one aioc4 process writes need ~20: four
+parts being delivered at once, in five 5 MiB chunks each. Where requests are fast, parts stay single
+PUTs and no more requests are in flight than parts, so the bound costs nothing; a request costs a
+pooled connection and ~0.5 MiB of buffers."""
+_CHECKSUM_PIECE = 256 * 1024  # what a chunk's checksum is computed over at a time (aiohttp's piece)
+_CONTROL_CONNECTIONS = 16
+"""Pool room besides the data requests: a HEAD and a create/complete/abort per part being delivered,
+the runner's intact checks (8), manifests and listings; without it they would queue behind chunks
+(aiobotocore's default pool of 10 silently queues: mosaicml/streaming#902)."""
+_MIN_CONCURRENCY_SPREAD = 0.2
+"""Standard deviation of log(requests in flight) below which `LinkMeter` cannot tell a shared
+bottleneck from requests limited on their own (0.2: concurrencies ~20% apart)."""
+TARGET_REQUEST_S = 1.0
+"""How long a chunk should take to send at the measured rate: long enough that the time before the
+answer (a few ms on EC2) is small beside it, short enough that chunks spread over connections."""
+SPLIT_AFTER_S = 2.0
+"""A part goes multipart only if one request would take longer than this ("much longer than ~1 s")."""
+INITIAL_REQUEST_RATE = MIN_CHUNK / TARGET_REQUEST_S
+"""The per-request rate assumed until a data request completes: the slowest link worth splitting for
+(a 5 MiB chunk a second), low on purpose. Assuming a slow link costs a fast one a few extra requests
+for the first part or two, until their chunks have measured it (within a second on loopback);
+assuming a fast link would cost a slow one whole PUTs of several seconds each, the first
+`--upload-workers` parts of the run, before anything is measured."""
 _PROBE_NAME = ".aioc4-write-check"
 PERMANENT_ERRORS = frozenset(
     {
@@ -78,11 +140,228 @@ def multipart_chunk_size(size: int) -> int:
     return max(MULTIPART_CHUNK, math.ceil(size / _MAX_CHUNKS))
 
 
+def chunk_size_for(
+    size: int, request_rate: float, free_connections: int, *, saturated: bool = False
+) -> int | None:
+    """How to upload a part of `size` bytes when one request carries `request_rate` bytes/s and
+    `free_connections` are idle: None for one PUT, else the multipart chunk size.
+
+    One PUT unless it would take over `SPLIT_AFTER_S`, the part makes two chunks of S3's minimum and
+    the requests are not `saturated` (sharing one bottleneck, where more of them carry no more). Then
+    enough chunks that each takes about `TARGET_REQUEST_S`, or that they fill the free connections,
+    whichever is more; each of `MIN_CHUNK` to 5 GiB, and at most 10,000 of them. A part over
+    `MULTIPART_THRESHOLD` that needs no more goes up in 8 MiB chunks, as always.
+    """
+    single_s = size / request_rate
+    if saturated or single_s <= SPLIT_AFTER_S or size < 2 * MIN_CHUNK:
+        return multipart_chunk_size(size) if size > MULTIPART_THRESHOLD else None
+    chunks = max(math.ceil(single_s / TARGET_REQUEST_S), free_connections)
+    return min(max(MIN_CHUNK, math.ceil(size / chunks), math.ceil(size / _MAX_CHUNKS)), _MAX_CHUNK_SIZE)
+
+
+class LinkMeter:
+    """What the data requests that completed tell about the link, for `chunk_size_for`.
+
+    `request_rate` is the bytes per second one request carries: the requests' bytes over their seconds
+    (so a tiny request, all latency, weighs little), each completion keeping `memory` of the past;
+    `initial` until one completes. `saturated` says whether the requests share one bottleneck (the
+    server's or this machine's CPU, a full network card, an upload cap), so that more of them at once
+    carry no more in total: each then carries less the more are in flight. It is the slope of
+    log(rate) over log(requests in flight during the request), weighted like the rate: about 0 when
+    each request is limited on its own (a far link), about -1 when they share; saturated below -0.5,
+    once the requests seen ran at concurrencies far enough apart to tell. A known bottleneck, the upload
+    `cap`, need not be discovered: the requests are also saturated while together they have been
+    carrying 80% of it (their rate times their typical concurrency). Measured: under a cap, parts split
+    by the initial rate otherwise kept ~9 requests in flight at every moment, too alike to tell, and
+    stayed split.
+
+    The rate alone would mislead: on a shared bottleneck, splitting parts puts more requests in flight,
+    which lowers every request's rate, which looks like a slow link and keeps parts split (measured on
+    loopback against moto on 2 busy cores: every part split to the end of the run, 3x the requests,
+    about twice moto's CPU and the run's time).
+    """
+
+    def __init__(
+        self,
+        initial: float = INITIAL_REQUEST_RATE,
+        *,
+        memory: float = 0.95,
+        cap: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.initial = initial
+        self.memory = memory
+        self.cap = cap
+        self._clock = clock
+        self.in_flight = 0
+        self._busy = 0.0  # integral of requests in flight over time
+        self._last = clock()
+        self._sums = [0.0] * 7  # decayed: bytes, seconds, and weight, x, y, xx, xy of the regression
+        self._saturated = False  # until told otherwise, requests are taken to be limited on their own
+
+    def begin(self) -> tuple[float, float]:
+        """A data request is sent; give what this returns to `end`."""
+        now = self._advance()
+        self.in_flight += 1
+        return now, self._busy
+
+    def end(self, began: tuple[float, float], size: int | None) -> None:
+        """It is answered, having carried `size` bytes (None: it failed, which measures nothing)."""
+        now = self._advance()
+        self.in_flight -= 1
+        started, busy = began
+        seconds = now - started
+        if size and seconds > 0:
+            self.add(size, seconds, (self._busy - busy) / seconds)
+
+    def add(self, size: int, seconds: float, concurrency: float) -> None:
+        """One completed request: `size` bytes in `seconds`, with `concurrency` requests in flight on
+        average meanwhile (itself included)."""
+        x, y = math.log(max(concurrency, 1.0)), math.log(size / seconds)
+        point = (size, seconds, size, size * x, size * y, size * x * x, size * x * y)
+        self._sums = [total * self.memory + value for total, value in zip(self._sums, point, strict=True)]
+        weight, x_sum, y_sum, xx_sum, xy_sum = self._sums[2:]
+        mean_x, mean_y = x_sum / weight, y_sum / weight
+        spread = xx_sum / weight - mean_x * mean_x
+        if spread >= _MIN_CONCURRENCY_SPREAD**2:  # else too alike to tell: the verdict stands
+            self._saturated = (xy_sum / weight - mean_x * mean_y) / spread < -0.5
+
+    @property
+    def request_rate(self) -> float:
+        size, seconds = self._sums[0], self._sums[1]
+        return size / seconds if seconds > 0 else self.initial
+
+    @property
+    def saturated(self) -> bool:
+        return self._saturated or (self.cap is not None and self.carried >= 0.8 * self.cap)
+
+    @property
+    def carried(self) -> float:
+        """Bytes per second the requests have been carrying together: the rate a request carries times
+        the (geometric) mean concurrency they ran at; 0 before any completes."""
+        weight, log_concurrency = self._sums[2], self._sums[3]
+        return self.request_rate * math.exp(log_concurrency / weight) if weight > 0 else 0.0
+
+    def _advance(self) -> float:
+        now = self._clock()
+        self._busy += self.in_flight * (now - self._last)
+        self._last = now
+        return now
+
+
+class RequestSlots:
+    """At most `size` data requests at once. Waiters are served first come, first served (asyncio's
+    Semaphore is FIFO and lets none barge in), so the chunks of a part that asked later wait behind
+    those of earlier parts but never starve."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._semaphore = asyncio.Semaphore(size)
+        self._wanted = 0  # holding a slot or waiting for one
+
+    @property
+    def free(self) -> int:
+        return max(0, self.size - self._wanted)
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        self._wanted += 1
+        try:
+            async with self._semaphore:
+                yield
+        finally:
+            self._wanted -= 1
+
+
+class FileRange(io.RawIOBase):
+    """Bytes `offset` to `offset + length` of a file, as a file of their own: a request body that is
+    streamed, never held. aiohttp reads it in pieces (256 KiB) in its executor; botocore rewinds it with
+    `seek(0)` before a retry (and over plain http reads it once on the event loop to sign it), so
+    positions are relative to the range. It has no `fileno`, so aiohttp takes the length from the
+    request's Content-Length, not from the whole file.
+
+    With a `rate`, every piece read in a thread (a piece being sent) waits its turn under the cap before
+    it is handed over. Reads on the event loop (botocore's signing) are not sends and are not paced.
+    """
+
+    def __init__(
+        self, file: io.RawIOBase, offset: int, length: int, *, rate: RateLimit | None = None
+    ) -> None:
+        super().__init__()
+        self._file = file
+        self._offset = offset
+        self._length = length
+        self._position = 0
+        self._rate = rate
+
+    @classmethod
+    def open(cls, path: Path, offset: int, length: int, *, rate: RateLimit | None = None) -> FileRange:
+        """Blocking: call it in a thread."""
+        return cls(open(path, "rb", buffering=0), offset, length, rate=rate)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._position, os.SEEK_END: self._length}[whence]
+        if base + offset < 0:
+            raise ValueError(f"negative seek position {base + offset}")
+        self._position = base + offset
+        return self._position
+
+    def read(self, size: int | None = -1) -> bytes:
+        wanted = self._readable_now(size)
+        if wanted == 0:
+            return b""
+        self._file.seek(self._offset + self._position)
+        data = self._file.read(wanted)
+        self._advance(len(data))
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        wanted = self._readable_now(len(memoryview(buffer).cast("B")))
+        if wanted == 0:
+            return 0
+        self._file.seek(self._offset + self._position)
+        count = self._file.readinto(memoryview(buffer).cast("B")[:wanted]) or 0
+        self._advance(count)
+        return count
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+    def _readable_now(self, size: int | None) -> int:
+        left = max(0, self._length - self._position)
+        return left if size is None or size < 0 else min(size, left)
+
+    def _advance(self, count: int) -> None:
+        self._position += count
+        if self._rate is not None and count and not _on_event_loop():
+            self._rate.take_blocking(count)
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 class S3Storage:
     """Objects under `s3://bucket/prefix/`; use as an async context manager.
 
     `client` is the transport seam: an aiobotocore S3 client to use instead of opening one (tests,
-    or an application that already has one); it is then neither opened nor closed here.
+    or an application that already has one); it is then neither opened nor closed here (and its own
+    pool should have room for `connections` requests and a few more).
+    `connections` bounds the data requests (part bodies) in flight at once; `rate` caps their bytes.
     """
 
     local_folder: Path | None = None
@@ -94,16 +373,19 @@ class S3Storage:
         endpoint_url: str | None = None,
         checksum: str = "crc32",
         timeout_s: float = 60.0,
-        connections: int = 4,
+        connections: int = DEFAULT_UPLOAD_CONNECTIONS,
+        rate: RateLimit | None = None,
         client: Any = None,
     ) -> None:
+        if connections < 1:
+            raise ValueError("an S3 storage needs at least one upload connection")
         self.target = target
         self.url = f"s3://{target.bucket}/{target.prefix}".rstrip("/")
         self.endpoint_url = endpoint_url
         self.checksum = checksum
         self._session = get_session()
         self._config = AioConfig(
-            max_pool_connections=max(10, connections + BODIES_IN_MEMORY),
+            max_pool_connections=connections + _CONTROL_CONNECTIONS,
             retries=_retry_policy(),
             connect_timeout=min(10.0, timeout_s),
             read_timeout=timeout_s,
@@ -112,7 +394,9 @@ class S3Storage:
         self._stack = AsyncExitStack()
         self._client: Any = client
         self._owns_client = client is None
-        self._bodies = asyncio.Semaphore(BODIES_IN_MEMORY)  # bounds memory, whatever the worker count
+        self._slots = RequestSlots(connections)
+        self._link = LinkMeter(cap=None if rate is None else rate.bytes_per_s)
+        self._upload_rate = rate
 
     async def __aenter__(self) -> Self:
         if self._owns_client:
@@ -314,34 +598,56 @@ class S3Storage:
 
     async def _upload(self, name: str, path: Path, key: str, *, size: int, crc32: str) -> None:
         metadata = {_CRC32_METADATA: crc32}
-        if size > MULTIPART_THRESHOLD:
-            await self._upload_multipart(name, path, key, size, metadata)
-            return
-        file = await asyncio.to_thread(open, path, "rb")
-        try:
-            # botocore sends (and on a retry rewinds) the open file; aiohttp reads it in a thread
-            await self._client.put_object(
-                Bucket=self.target.bucket,
-                Key=key,
-                Body=file,
-                ContentLength=size,
-                Metadata=metadata,
+        request_rate, saturated = self._link.request_rate, self._link.saturated
+        chunk = chunk_size_for(size, request_rate, self._slots.free, saturated=saturated)
+        if chunk is None:
+            put = functools.partial(
+                self._client.put_object, Bucket=self.target.bucket, Key=key, Metadata=metadata,
                 **_content_type(name),
-                **(await self._whole_file_integrity(path, crc32)),
-            )
-        finally:
-            await asyncio.to_thread(file.close)
+            )  # fmt: skip
+            await self._send(put, path, 0, size, known_crc32=crc32)
+            return
+        log.debug(
+            "%s: %d chunks of up to %d bytes (a request carries ~%.1f MB/s%s, %d connections free)",
+            name, math.ceil(size / chunk), chunk, request_rate / 1e6, ", saturated" if saturated else "",
+            self._slots.free,
+        )  # fmt: skip
+        await self._upload_multipart(name, path, key, size, chunk, metadata)
 
-    async def _whole_file_integrity(self, path: Path, crc32_hex: str) -> dict[str, str]:
-        """The checksum S3 verifies for a whole part: the CRC-32 the writer computed while writing it,
-        so S3 rejects bytes that changed on disk since (MD5 has to read the file once)."""
-        if self.checksum == "md5":
-            digest = await asyncio.to_thread(_md5_of_file, path)
-            return {"ContentMD5": base64.b64encode(digest).decode()}
-        return {"ChecksumCRC32": crc32_base64(int(crc32_hex, 16))}
+    async def _send(
+        self,
+        request: Callable[..., Awaitable[dict[str, Any]]],
+        path: Path,
+        offset: int,
+        length: int,
+        *,
+        known_crc32: str | None = None,
+    ) -> dict[str, Any]:
+        """One data request whose body is a byte range of `path`, once a connection is free; measured by
+        the link meter the splitting follows."""
+        async with self._slots.slot():
+            integrity = await self._range_integrity(path, offset, length, known_crc32)
+            body = await asyncio.to_thread(FileRange.open, path, offset, length, rate=self._upload_rate)
+            began, carried = self._link.begin(), None
+            try:
+                answer = await request(Body=body, ContentLength=length, **integrity)
+                carried = length
+                return answer
+            finally:
+                self._link.end(began, carried)
+                body.close()  # a read-only file: no flush, so no blocking to speak of
+
+    async def _range_integrity(
+        self, path: Path, offset: int, length: int, known_crc32: str | None
+    ) -> dict[str, str]:
+        """The checksum S3 verifies for a byte range. For a whole part, the CRC-32 the writer computed
+        while writing it, so S3 rejects bytes that changed on disk since; otherwise one read of the range."""
+        if known_crc32 is not None and self.checksum == "crc32":
+            return {"ChecksumCRC32": crc32_base64(int(known_crc32, 16))}
+        return await asyncio.to_thread(_checksum_of_range, path, offset, length, self.checksum)
 
     async def _upload_multipart(
-        self, name: str, path: Path, key: str, size: int, metadata: dict[str, str]
+        self, name: str, path: Path, key: str, size: int, chunk: int, metadata: dict[str, str]
     ) -> None:
         bucket = self.target.bucket
         created = await self._client.create_multipart_upload(
@@ -349,39 +655,40 @@ class S3Storage:
         )
         upload_id = created["UploadId"]
         try:
-            chunk = multipart_chunk_size(size)
-
-            async def send(number: int) -> dict[str, Any]:
-                async with self._bodies:
-                    body = await _read_range(path, (number - 1) * chunk, chunk)
-                    answer = await self._client.upload_part(
-                        Bucket=bucket,
-                        Key=key,
-                        UploadId=upload_id,
-                        PartNumber=number,
-                        Body=body,
-                        **self._integrity(body),
-                    )
-                    return {"PartNumber": number, "ETag": answer["ETag"], **_checksums(answer)}
-
-            numbers = range(1, math.ceil(size / chunk) + 1)
-            try:
-                async with asyncio.TaskGroup() as group:
-                    tasks = [group.create_task(send(number)) for number in numbers]
-            except ExceptionGroup as failures:
-                raise failures.exceptions[0] from None
+            upload_part = functools.partial(
+                self._client.upload_part, Bucket=bucket, Key=key, UploadId=upload_id
+            )
+            parts = await self._send_chunks(upload_part, path, size, chunk)
             await self._client.complete_multipart_upload(
-                Bucket=bucket,
-                Key=key,
-                UploadId=upload_id,
-                MultipartUpload={"Parts": [t.result() for t in tasks]},
+                Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
             )
         except BaseException:
+            # the chunks still in flight were cancelled (and awaited) before we got here
             with contextlib.suppress(ClientError, BotoCoreError):
                 await asyncio.shield(
                     self._client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
                 )
             raise
+
+    async def _send_chunks(
+        self, upload_part: Callable[..., Awaitable[dict[str, Any]]], path: Path, size: int, chunk: int
+    ) -> list[dict[str, Any]]:
+        """Every chunk as a task waiting for a connection; the first failure cancels the others."""
+
+        async def send(number: int, offset: int) -> dict[str, Any]:
+            request = functools.partial(upload_part, PartNumber=number)
+            answer = await self._send(request, path, offset, min(chunk, size - offset))
+            return {"PartNumber": number, "ETag": answer["ETag"], **_checksums(answer)}
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [
+                    group.create_task(send(number, offset))
+                    for number, offset in enumerate(range(0, size, chunk), start=1)
+                ]
+        except ExceptionGroup as failures:
+            raise failures.exceptions[0] from None
+        return [task.result() for task in tasks]
 
 
 def _note_call_start(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
@@ -443,18 +750,24 @@ def _retry_policy() -> dict[str, Any] | None:
     return {"mode": "standard", "max_attempts": 5}
 
 
-def _md5_of_file(path: Path) -> bytes:
-    digest = hashlib.md5()
-    with open(path, "rb") as file:
-        while chunk := file.read(1 << 20):
-            digest.update(chunk)
-    return digest.digest()
-
-
-async def _read_range(path: Path, offset: int, length: int) -> bytes:
-    async with aiofiles.open(path, "rb") as file:
-        await file.seek(offset)
-        return await file.read(length)
+def _checksum_of_range(path: Path, offset: int, length: int, checksum: str) -> dict[str, str]:
+    """Blocking: the checksum S3 verifies for bytes `offset` to `offset + length` of `path`, in one read."""
+    digest = hashlib.md5() if checksum == "md5" else None
+    value = 0
+    with open(path, "rb", buffering=0) as file:
+        file.seek(offset)
+        left = length
+        while left > 0 and (piece := file.read(min(_CHECKSUM_PIECE, left))):
+            left -= len(piece)
+            if digest is not None:
+                digest.update(piece)
+            else:
+                value = crc32(piece, value)
+    if left:
+        raise OSError(f"{path} is {left} bytes shorter than expected")
+    if digest is not None:
+        return {"ContentMD5": base64.b64encode(digest.digest()).decode()}
+    return {"ChecksumCRC32": crc32_base64(value)}
 
 
 def _checksums(answer: dict[str, Any]) -> dict[str, str]:

@@ -25,6 +25,7 @@ import aiofiles
 from .config import S3Target
 from .errors import DestinationError
 from .manifest import write_atomically
+from .rate import RateLimit
 
 __all__ = ["READ_CHUNK", "LocalStorage", "ObjectInfo", "Storage", "storage_for"]
 
@@ -169,13 +170,21 @@ def storage_for(
     endpoint_url: str | None = None,
     checksum: str = "crc32",
     timeout_s: float = 60.0,
-    connections: int = 4,
+    connections: int | None = None,
+    upload_rate: RateLimit | None = None,
 ) -> Storage:
-    """The storage at a folder or an S3 prefix (not yet opened: use `async with`)."""
+    """The storage at a folder or an S3 prefix (not yet opened: use `async with`). For S3, `connections`
+    bounds the upload requests in flight at once (default `DEFAULT_UPLOAD_CONNECTIONS`, not the number
+    of parts uploaded at once) and `upload_rate` caps their bytes per second in aggregate."""
     if isinstance(target, Path):
         return LocalStorage(target)
-    from .s3_storage import S3Storage  # aiobotocore is only imported when S3 is used
+    from .s3_storage import DEFAULT_UPLOAD_CONNECTIONS, S3Storage  # aiobotocore only when S3 is used
 
     return S3Storage(
-        target, endpoint_url=endpoint_url, checksum=checksum, timeout_s=timeout_s, connections=connections
+        target,
+        endpoint_url=endpoint_url,
+        checksum=checksum,
+        timeout_s=timeout_s,
+        connections=DEFAULT_UPLOAD_CONNECTIONS if connections is None else connections,
+        rate=upload_rate,
     )

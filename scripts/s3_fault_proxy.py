@@ -52,7 +52,9 @@ Control endpoints on the proxy itself: ``POST /_proxy/rules`` (JSON list, replac
 ``GET /_proxy/rules``, ``GET /_proxy/stats``, ``POST /_proxy/reset`` (no rules, zero counters; the network
 knobs stay). In the stats, a request counts once: under ``forwarded`` if no rule acted, else under
 ``injected``, under ``injected_by_action[action]`` and under its rule's ``injected`` (delay and
-forward_first requests reach the upstream, but count as injected).
+forward_first requests reach the upstream, but count as injected). ``peak_in_flight`` is the most S3
+requests (forwarded or injected; not control ones) in flight at once, each from its arrival until its answer
+is written (latency and paced body included) or its connection cut; a reset starts it afresh.
 
 ``python -m scripts.s3_fault_proxy --upstream URL [--host H] [--port N] [--rules JSON] [--seed N]
 [--pace-bytes-per-s BPS] [--latency-s S]`` prints one JSON line ``{"endpoint": ...}`` once listening and
@@ -300,6 +302,9 @@ class ProxyState:
     forwarded: int = 0
     injected: int = 0
     injected_by_action: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ACTIONS, 0))
+    in_flight: int = 0
+    """S3 requests (not control ones) from arrival until their answer is written, or the connection cut."""
+    peak_in_flight: int = 0
 
     def pick(self, request: web.BaseRequest) -> Rule | None:
         """The rule that acts on this request, if any (counting every match along the way)."""
@@ -336,12 +341,14 @@ class ProxyState:
         self.forwarded = 0
         self.injected = 0
         self.injected_by_action = dict.fromkeys(ACTIONS, 0)
+        self.peak_in_flight = self.in_flight
 
     def stats(self) -> dict[str, Any]:
         return {
             "forwarded": self.forwarded,
             "injected": self.injected,
             "injected_by_action": dict(self.injected_by_action),
+            "peak_in_flight": self.peak_in_flight,
             "rules": {rule.name: {"matched": rule.matched, "injected": rule.injected} for rule in self.rules},
         }
 
@@ -523,6 +530,21 @@ async def forward(request: web.Request, body: bytes) -> web.Response:
 
 
 async def proxy_handler(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    state.in_flight += 1
+    state.peak_in_flight = max(state.peak_in_flight, state.in_flight)
+    try:
+        response = await answer(request)
+        if request.transport is not None and not request.transport.is_closing():
+            # Written here rather than after returning, so the latency and a paced body count as in flight.
+            await response.prepare(request)
+            await response.write_eof()
+        return response
+    finally:
+        state.in_flight -= 1
+
+
+async def answer(request: web.Request) -> web.StreamResponse:
     # Rules match on the request line and headers only, so the body is left to the action to read.
     rule = request.app[STATE_KEY].pick(request)
     if rule is not None:

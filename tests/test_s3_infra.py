@@ -164,6 +164,7 @@ def test_multipart_upload_through_proxy(moto_server: MotoServerProcess, proxy: S
         "forwarded": 1 + 4 + 1 + 5,
         "injected": 0,
         "injected_by_action": by_action(),
+        "peak_in_flight": 1,  # one request at a time
         "rules": {},
     }
 
@@ -186,6 +187,7 @@ def test_rule_fails_only_matching_puts(moto_server: MotoServerProcess, proxy: S3
         "forwarded": 2,
         "injected": 1,
         "injected_by_action": by_action(status=1),
+        "peak_in_flight": 1,  # one request at a time
         "rules": {"part2": {"matched": 1, "injected": 1}},
     }
 
@@ -235,6 +237,7 @@ def test_rules_match_method_and_query(moto_server: MotoServerProcess, proxy: S3F
         "forwarded": 1,
         "injected": 1,
         "injected_by_action": by_action(status=1),
+        "peak_in_flight": 1,  # one request at a time
         "rules": {"lists": {"matched": 1, "injected": 1}},
     }
 
@@ -305,7 +308,13 @@ def test_control_api_shows_rules_and_resets(proxy: S3FaultProxyProcess) -> None:
     assert http_json("GET", proxy.endpoint + "/_proxy/rules") == rules
     proxy.reset()
     assert http_json("GET", proxy.endpoint + "/_proxy/rules") == []
-    assert proxy.stats() == {"forwarded": 0, "injected": 0, "injected_by_action": by_action(), "rules": {}}
+    assert proxy.stats() == {
+        "forwarded": 0,
+        "injected": 0,
+        "injected_by_action": by_action(),
+        "peak_in_flight": 0,
+        "rules": {},
+    }
 
 
 def test_initial_rules_from_command_line(moto_server: MotoServerProcess) -> None:
@@ -322,6 +331,7 @@ def test_initial_rules_from_command_line(moto_server: MotoServerProcess) -> None
             "forwarded": 0,
             "injected": 1,
             "injected_by_action": by_action(status=1),
+            "peak_in_flight": 1,  # one request at a time
             "rules": {"all": {"matched": 1, "injected": 1}},
         }
 
@@ -359,6 +369,7 @@ def test_reset_fails_a_call_without_retries(
         "forwarded": 1,
         "injected": 3,
         "injected_by_action": by_action(reset=3),
+        "peak_in_flight": 1,  # one request at a time
         "rules": {"cut": {"matched": 2, "injected": 1}},
     }
     assert asyncio.run(list_objects(moto_server.endpoint, bucket)) == {"en_part002.jsonl": body}
@@ -637,6 +648,7 @@ def test_pacing_is_per_request_so_concurrent_parts_add_up(
     async def scenario() -> tuple[
         list[tuple[dict[str, Any], float]], float, list[tuple[bytes, float]], float
     ]:
+        far_proxy.reset()
         async with s3_client(far_proxy.endpoint) as client:  # 10 pooled connections: all parts at once
             created = await client.create_multipart_upload(Bucket=bucket, Key=key)
             began = time.monotonic()
@@ -664,7 +676,8 @@ def test_pacing_is_per_request_so_concurrent_parts_add_up(
             f"{CONCURRENT} paced {what} at once took {total:.2f} s, serially {serial} s"
         )
     assert asyncio.run(list_objects(moto_server.endpoint, bucket)) == {key: b"".join(parts)}
-    assert far_proxy.stats()["injected"] == 0
+    stats = far_proxy.stats()
+    assert (stats["injected"], stats["peak_in_flight"]) == (0, CONCURRENT)  # each >= 1.2 s: all overlap
 
 
 def test_latency_holds_every_answer_and_changes_at_runtime(
