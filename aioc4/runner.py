@@ -29,7 +29,7 @@ from .config import RunConfig
 from .destination import Destination
 from .errors import DestinationError, IncompleteJobError, UploadError, UsageError
 from .hub import HubSource, Shard
-from .jobs import BulkJob, CountJob, Job, SourceSpec
+from .jobs import BulkJob, CountJob, Job, SourceSpec, rate_share
 from .manifest import JobIdentity, Manifest, PartRecord, resume_point
 from .merge import load_shard_manifests, merge_at
 from .naming import CountNaming, ShardNaming, part_index
@@ -67,6 +67,7 @@ def destination_for(config: RunConfig) -> Destination:
         checksum=config.s3_checksum,
         timeout_s=config.timeout_s,
         connections=config.upload_connections,
+        upload_rate=RateLimit(rate) if (rate := rate_share(config, config.max_upload_rate)) else None,
     )
     return Destination(storage, config.output_dir, cleanup_local=bool(config.cleanup_local))
 

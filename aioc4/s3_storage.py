@@ -63,13 +63,12 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from .checksum import crc32, crc32_base64
 from .compression import CONTENT_TYPES, compression_of
-from .config import S3Target
+from .config import DEFAULT_UPLOAD_CONNECTIONS, S3Target
 from .errors import DestinationError, UploadError
 from .rate import RateLimit
 from .storage import READ_CHUNK, ObjectInfo
 
 __all__ = [
-    "DEFAULT_UPLOAD_CONNECTIONS",
     "MIN_CHUNK",
     "MULTIPART_CHUNK",
     "MULTIPART_THRESHOLD",
@@ -88,13 +87,6 @@ MIN_CHUNK = 5 * 1024 * 1024
 """S3's smallest chunk of a multipart upload (but the last)."""
 _MAX_CHUNKS = 10_000  # S3's limit on parts per multipart upload
 _MAX_CHUNK_SIZE = 5 * 1024**3  # and on a part's size
-DEFAULT_UPLOAD_CONNECTIONS = 24
-"""Data requests in flight at once, by default. AWS measures 85-90 MB/s per request stream on EC2 and
-advises one request per 85-90 MB/s (~15 fill 10 Gb/s); over a link carrying 5 MB/s a request (the
-network model of scripts/s3_fault_proxy.py), the ~110 MB/s one aioc4 process writes need ~20: four
-parts being delivered at once, in five 5 MiB chunks each. Where requests are fast, parts stay single
-PUTs and no more requests are in flight than parts, so the bound costs nothing; a request costs a
-pooled connection and ~0.5 MiB of buffers."""
 _CHECKSUM_PIECE = 256 * 1024  # what a chunk's checksum is computed over at a time (aiohttp's piece)
 _CONTROL_CONNECTIONS = 16
 """Pool room besides the data requests: a HEAD and a create/complete/abort per part being delivered,

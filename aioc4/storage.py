@@ -22,7 +22,7 @@ from typing import Protocol, Self
 
 import aiofiles
 
-from .config import S3Target
+from .config import DEFAULT_UPLOAD_CONNECTIONS, S3Target
 from .errors import DestinationError
 from .manifest import write_atomically
 from .rate import RateLimit
@@ -178,7 +178,7 @@ def storage_for(
     of parts uploaded at once) and `upload_rate` caps their bytes per second in aggregate."""
     if isinstance(target, Path):
         return LocalStorage(target)
-    from .s3_storage import DEFAULT_UPLOAD_CONNECTIONS, S3Storage  # aiobotocore only when S3 is used
+    from .s3_storage import S3Storage  # aiobotocore only when S3 is used
 
     return S3Storage(
         target,

@@ -18,11 +18,10 @@ from typing import Any
 import pytest
 
 from aioc4.checksum import crc32_hex
-from aioc4.config import S3Target
+from aioc4.config import DEFAULT_UPLOAD_CONNECTIONS, S3Target
 from aioc4.errors import UploadError
 from aioc4.rate import RateLimit
 from aioc4.s3_storage import (
-    DEFAULT_UPLOAD_CONNECTIONS,
     MIN_CHUNK,
     MULTIPART_CHUNK,
     MULTIPART_THRESHOLD,
