@@ -257,7 +257,7 @@ def _add_pull_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "--upload-workers",
         type=_count(maximum=MAX_UPLOAD_WORKERS),
-        default=4,
+        default=8,
         help="parallel part uploads (default: %(default)s)",
     )
     add(
@@ -690,9 +690,10 @@ async def _verify(target: str, endpoint_url: str | None) -> tuple[str, bool]:
 def _tune_malloc() -> None:
     """Two glibc settings, both measured:
 
-    - glibc raises its mmap threshold after large frees, so the 8 MiB upload bodies aioc4 cycles
-      through end up in per-thread heaps that never shrink (peak RSS of an S3 run: 245 MB instead
-      of 145 MB). A fixed 4 MiB threshold maps each such body on its own and returns it when freed,
+    - glibc raises its mmap threshold after large frees, so large short-lived buffers end up in
+      per-thread heaps that never shrink (measured when uploads held 8 MiB bodies in memory, which
+      they no longer do: peak RSS of an S3 run 245 MB instead of 145 MB). A fixed 4 MiB threshold
+      maps each such buffer on its own and returns it when freed,
       while the ~1.2 MB decoded blocks keep being recycled from the heap (mapping those costs 20%).
     - glibc gives the top of a heap back to the kernel as soon as 128 KiB of it are free, so every
       decoded block was faulted in afresh: 100k+ page faults for 200k documents. Keeping up to

@@ -185,7 +185,7 @@ class RunConfig:
     revision: str = "main"
     config_name: str = "en"
     endpoint_url: str | None = None
-    upload_workers: int = 4
+    upload_workers: int = 8
     download_connections: int = DEFAULT_DOWNLOAD_CONNECTIONS  # range requests in flight at most
     upload_connections: int = DEFAULT_UPLOAD_CONNECTIONS  # S3 upload requests in flight at most
     max_download_rate: float | None = None  # bytes per second over all connections; None = no cap

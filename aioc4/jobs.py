@@ -48,7 +48,7 @@ class PartSpec:
     staging: Path
     max_lines_per_file: int | None = None
     compression: str = "none"
-    deliveries: int = 4
+    deliveries: int = 8
     overwrite: bool = False
 
 

@@ -88,7 +88,7 @@ if TYPE_CHECKING:  # imported when the servers start, so the decode-limit child 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = REPO_ROOT / ".bench"
 BUCKET = "aioc4-bench"
-UPLOAD_WORKERS = 4
+UPLOAD_WORKERS = 8
 """aioc4's default `--upload-workers`; parts on local disk should stay within 2 x this + 1."""
 RSS_LIMIT_MB = 150.0
 CORES = os.cpu_count() or 1

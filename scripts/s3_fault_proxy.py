@@ -87,7 +87,7 @@ from scripts.s3_server import HOST, START_TIMEOUT, EndpointProcess, http_json
 # S3's largest single PUT / part; the proxy buffers whole bodies.
 MAX_BODY = 5 * 1024**3
 # Paced bodies move in chunks of this size, each once the pace allows it.
-PACE_CHUNK = 64 * 1024
+PACE_CHUNK = 256 * 1024
 NETWORK_KNOBS = ("pace_bytes_per_s", "latency_s")
 HOP_BY_HOP = frozenset(
     {
