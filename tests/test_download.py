@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 
 import pytest
@@ -86,6 +86,12 @@ class ScriptedSource:
             self.running -= 1
 
 
+def download_of(
+    source: ScriptedSource, shards: list[Shard], policy: ReadAhead, wanted_bytes: Callable[[], float]
+) -> RangedDownload:
+    return RangedDownload(source, shards, "c", read_ahead=policy, wanted_bytes=wanted_bytes)  # type: ignore[arg-type]
+
+
 def make_shards(sizes: list[int]) -> tuple[list[Shard], dict[str, bytes]]:
     rng = random.Random(1)
     shards = [Shard(f"s{index}.json.gz", index, size) for index, size in enumerate(sizes)]
@@ -110,13 +116,8 @@ def test_ranges_arriving_in_any_order_are_read_in_order_across_shards() -> None:
     source = ScriptedSource(data, seed=7)
 
     async def main() -> list[bytes]:
-        policy = ReadAhead(max_connections=8, range_bytes=64 * KIB, window=8)
-        async with RangedDownload(
-            source,  # type: ignore[arg-type]
-            shards,
-            "c",
-            read_ahead=policy,
-            wanted_bytes=lambda: 10**9,
+        async with download_of(
+            source, shards, ReadAhead(max_connections=8, range_bytes=64 * KIB, window=8), lambda: 10**9
         ) as download:
             return await read_all(download, len(shards), source.events)
 
@@ -134,13 +135,11 @@ def test_an_early_stop_cancels_every_range_and_reads_no_further() -> None:
     wanted = {"bytes": 200 * KIB}
 
     async def main() -> tuple[bytes, int]:
-        policy = ReadAhead(max_connections=16, range_bytes=64 * KIB, window=16)
-        async with RangedDownload(
-            source,  # type: ignore[arg-type]
+        async with download_of(
+            source,
             shards,
-            "c",
-            read_ahead=policy,
-            wanted_bytes=lambda: wanted["bytes"],
+            ReadAhead(max_connections=16, range_bytes=64 * KIB, window=16),
+            lambda: wanted["bytes"],
         ) as download:
             got = bytearray()
             async with aclosing(download.chunks(0)) as chunks:
@@ -166,13 +165,8 @@ def test_read_ahead_holds_at_most_the_window_of_bytes() -> None:
     peak = {"ahead": 0}
 
     async def main() -> bytes:
-        policy = ReadAhead(max_connections=4, range_bytes=64 * KIB, window=4)
-        async with RangedDownload(
-            source,  # type: ignore[arg-type]
-            shards,
-            "c",
-            read_ahead=policy,
-            wanted_bytes=lambda: 10**9,
+        async with download_of(
+            source, shards, ReadAhead(max_connections=4, range_bytes=64 * KIB, window=4), lambda: 10**9
         ) as download:
             got = bytearray()
             async with aclosing(download.chunks(0)) as chunks:
@@ -192,13 +186,8 @@ def test_a_host_that_ignores_range_is_read_as_one_stream_per_shard() -> None:
     source = ScriptedSource(data, ignore_ranges=True)
 
     async def main() -> list[bytes]:
-        policy = ReadAhead(max_connections=4, range_bytes=64 * KIB)
-        async with RangedDownload(
-            source,  # type: ignore[arg-type]
-            shards,
-            "c",
-            read_ahead=policy,
-            wanted_bytes=lambda: 10**9,
+        async with download_of(
+            source, shards, ReadAhead(max_connections=4, range_bytes=64 * KIB), lambda: 10**9
         ) as download:
             return await read_all(download, len(shards))
 
@@ -213,13 +202,8 @@ def test_a_failed_range_fails_the_read_only_when_the_reader_reaches_it() -> None
     source.fail_at[("s1.json.gz", 0)] = SourceError("s1: gave up after 8 attempts")
 
     async def main(count: int) -> list[bytes]:
-        policy = ReadAhead(max_connections=8, range_bytes=64 * KIB, window=8)
-        async with RangedDownload(
-            source,  # type: ignore[arg-type]
-            shards,
-            "c",
-            read_ahead=policy,
-            wanted_bytes=lambda: 10**9,
+        async with download_of(
+            source, shards, ReadAhead(max_connections=8, range_bytes=64 * KIB, window=8), lambda: 10**9
         ) as download:
             return await read_all(download, count)
 
