@@ -109,8 +109,9 @@ def test_streaming_stops_reading_once_n_documents_are_out(
     served = paced_hub.stats()["storage_body_bytes_by_path"]
     shard_size = (fake_repo.root / shard).stat().st_size
     assert list(served) == [shard]
-    # ~0.9 MB hold the first 1,000 documents; the rest is read-ahead, which grows when the machine is busy
-    assert served[shard] < 0.3 * shard_size, f"served {served[shard]:,} of {shard_size:,} bytes"
+    # ~0.9 MB hold the first 1,000 documents: read-ahead asks for what they probably take, not more
+    needed = shard_size * 1000 // DOCS_PER_TRAIN_SHARD
+    assert served[shard] < 2 * needed, f"served {served[shard]:,} bytes for documents in ~{needed:,}"
     assert parts_in(tmp_path / "o") == {"c4_train_1000.jsonl": jsonl(source_lines("train")[:1000])}
 
 
