@@ -375,9 +375,11 @@ class HubSource:
                 if not _same_origin(url, self.endpoint):
                     self._storage_urls[shard.path] = url
                 continue
-            if not on_hub and response.status in (401, 403, 410) and shard.path in self._storage_urls:
-                if self._storage_urls[shard.path] == url:  # not already replaced by another range
-                    del self._storage_urls[shard.path]  # an expired or revoked signed URL: resolve again
+            if not on_hub and response.status in (401, 403, 410):
+                # an expired or revoked signed URL: resolve again (unless another range already
+                # dropped or replaced it: then this one waits for, or takes, the new URL)
+                if self._storage_urls.get(shard.path) == url:
+                    del self._storage_urls[shard.path]
                 raise RetryableError(
                     f"storage refused the signed URL (HTTP {response.status}); resolving again", 0
                 )

@@ -341,3 +341,19 @@ def test_the_download_rate_cap_holds_over_all_connections(
     served = far_hub.stats()["storage_body_bytes"]
     assert served > 5_000_000
     assert elapsed >= 0.9 * served / 2e6, f"{served:,} bytes in {elapsed:.2f} s"
+
+
+def test_a_url_expiring_under_many_ranges_is_resolved_again_by_all(
+    far_hub: HubServerProcess, tmp_path: Path, source_lines: Lines
+) -> None:
+    """Links live 0.3 s while ~20 ranges are in flight: several ranges meet the expired link before any
+    of them has resolved it again, and every one must wait for the new link, not give up."""
+    far_hub.reset_stats()
+    far_hub.set_faults(url_ttl_s=0.3)
+    try:
+        aioc4 = Aioc4(cwd=tmp_path, env=clean_env(far_hub.endpoint, {}, tmp_path))
+        # ~3.5 s at the cap: the reader waits, so the window is open all along
+        run_and_check(aioc4, DOCS_PER_TRAIN_SHARD, 4_000, source_lines("train"), "--max-download-rate", "3M")
+    finally:
+        far_hub.clear_faults()
+    assert far_hub.stats()["faults_injected"].get("expired_url", 0) > 1
