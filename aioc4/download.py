@@ -41,7 +41,6 @@ class _Range:
     end: int
     pieces: deque[bytes] = field(default_factory=deque)
     taken: int = 0
-    arrived: int = 0
     done: bool = False
     error: Exception | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -49,6 +48,11 @@ class _Range:
     @property
     def untaken(self) -> int:
         return self.end - self.start - self.taken
+
+    @property
+    def held(self) -> int:
+        """Bytes that arrived and are not taken yet."""
+        return sum(map(len, self.pieces))
 
 
 class RangedDownload:
@@ -175,7 +179,6 @@ class RangedDownload:
             async with aclosing(self._source.stream(shard, self._commit, item.start, item.end)) as body:
                 async for piece in body:
                     item.pieces.append(piece)
-                    item.arrived += len(piece)
                     item.changed.set()
         except Exception as exc:  # the reader raises it when it reaches this range (if it does)
             item.error = exc

@@ -174,7 +174,7 @@ def test_read_ahead_holds_at_most_the_window_of_bytes() -> None:
                     got += piece
                     await asyncio.sleep(0.002)  # a slow reader: ranges pile up if nothing bounds them
                     ranges = download._ranges  # the bound under test
-                    peak["ahead"] = max(peak["ahead"], sum(item.arrived - item.taken for item in ranges))
+                    peak["ahead"] = max(peak["ahead"], sum(item.held for item in ranges))
             return bytes(got)
 
     assert asyncio.run(main()) == data["s0.json.gz"]
