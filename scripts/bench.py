@@ -432,6 +432,7 @@ class Run:
     raw_bytes: int
     cpu_s: float = 0.0  # the tool's process
     server_cpu_s: float = 0.0  # the Hub server and (S3 runs) moto and the proxy: they share the cores
+    server_cpu_by_name: dict[str, float] = field(default_factory=dict)  # the same, per server: hub, s3, proxy
     hub_bytes: int | None = None
     out_bytes: int | None = None
     out_parts: int | None = None
@@ -759,13 +760,15 @@ class Bench:
             proxy.reset()  # its counters start from zero (it has no rules)
         env = child_env(self.servers.hub_for(spec).endpoint, (proxy or self.servers.s3).env(), folder)
         watcher = DiskWatcher(out_dir) if spec.output == "s3" else None
-        s3_servers = (self.servers.s3, proxy) if spec.output == "s3" else ()
-        servers = [server.pid for server in (hub, *s3_servers) if server is not None]
+        s3_servers = {"s3": self.servers.s3, "proxy": proxy} if spec.output == "s3" else {}
+        servers = {
+            name: server.pid for name, server in {"hub": hub, **s3_servers}.items() if server is not None
+        }
         if watcher is not None:
             watcher.start()
-        servers_before = sum(map(process_cpu_seconds, servers))
+        servers_before = {name: process_cpu_seconds(pid) for name, pid in servers.items()}
         child = run_child(tool_command(spec, out_dir, self.shards_for(spec)), env, folder)
-        server_cpu_s = sum(map(process_cpu_seconds, servers)) - servers_before
+        server_cpu = {name: process_cpu_seconds(pid) - servers_before[name] for name, pid in servers.items()}
         if watcher is not None:
             watcher.finish()
         run = Run(
@@ -776,7 +779,8 @@ class Bench:
             child.exit_code,
             raw_bytes=self.sizes.first(self.shards_for(spec), spec.n),
             cpu_s=child.cpu_s,
-            server_cpu_s=server_cpu_s,
+            server_cpu_s=sum(server_cpu.values()),
+            server_cpu_by_name=server_cpu,
         )
         if hub is not None:
             stats = hub.stats()

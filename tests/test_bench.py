@@ -150,6 +150,17 @@ def test_requests_at_once_are_counted(report: dict[str, Any]) -> None:
         assert run["s3_peak_in_flight"] is None or run["s3_peak_in_flight"] >= 1
 
 
+def test_server_cpu_is_told_per_server(report: dict[str, Any]) -> None:
+    """The servers' CPU is summed and kept per server (the Hub; moto and the proxy for S3 runs)."""
+    for run in report["runs"]:
+        by_name = run["server_cpu_by_name"]
+        expected = set() if run["spec"]["tool"] == "decode" else {"hub"}
+        if run["spec"]["output"] == "s3":
+            expected |= {"s3"} | ({"proxy"} if NETWORKS[run["spec"]["network"]].s3 != "moto" else set())
+        assert set(by_name) == expected, run["spec"]
+        assert run["server_cpu_s"] == pytest.approx(sum(by_name.values()))
+
+
 def test_every_target_is_evaluated(report: dict[str, Any]) -> None:
     names = {target["name"] for target in report["targets"]}
     expected = {"all-shards-s3-vs-baseline", "startup-local-time", "peak-rss", "hub-bytes"}
