@@ -96,6 +96,9 @@ BULK_PROCS = max(2, CORES)
 HUB_BYTES_FACTOR = 3.0
 MODEL_RATIO = 0.8
 """A rate on the network model, at least this share of the same rate unpaced."""
+TOOL_CPU_FACTOR = 1.5
+"""aioc4's own CPU per document (its process tree, no servers), at most this many times the decode
+limit's, over several shards to a local folder."""
 MB = 1e6
 CHUNK = 1 << 18
 """Compressed bytes per read in the decode limit (256 KiB measured fastest)."""
@@ -430,7 +433,7 @@ class Run:
     peak_rss_mb: float
     exit_code: int
     raw_bytes: int
-    cpu_s: float = 0.0  # the tool's process
+    cpu_s: float = 0.0  # the tool's process tree: its own CPU and that of every child it reaped
     server_cpu_s: float = 0.0  # the Hub server and (S3 runs) moto and the proxy: they share the cores
     server_cpu_by_name: dict[str, float] = field(default_factory=dict)  # the same, per server: hub, s3, proxy
     hub_bytes: int | None = None
@@ -500,9 +503,13 @@ with open(sys.argv[1], "w") as report:
     cpu = usage.ru_utime + usage.ru_stime
     json.dump({"seconds": seconds, "maxrss_kib": usage.ru_maxrss, "cpu_s": cpu, "status": status}, report)
 """
-"""Runs the measured command and reports its wall time and rusage. A child's ru_maxrss starts from the
-high-water RSS of the process it was spawned from (exec keeps the larger of the two), so the command is
-spawned from this ~10 MB interpreter rather than from the benchmark, whose own RSS would leak in."""
+"""Runs the measured command and reports its wall time and rusage. The rusage `os.wait4` gives for a
+child includes every descendant that child reaped (and those reaped theirs) before it exited, so `cpu_s`
+is the CPU of the tool's whole process tree, worker processes included (`tests/test_bench.py` checks
+it); a descendant left running or unreaped when the tool exits is not counted. A child's ru_maxrss
+starts from the high-water RSS of the process it was spawned from (exec keeps the larger of the two), so
+the command is spawned from this ~10 MB interpreter rather than from the benchmark, whose own RSS would
+leak in."""
 
 
 @dataclass(frozen=True)
@@ -516,7 +523,8 @@ class ChildResult:
 
 
 def run_child(command: Sequence[str], env: dict[str, str], cwd: Path) -> ChildResult:
-    """Run a whole process through `LAUNCHER`: its wall time and its own peak RSS (KiB on Linux)."""
+    """Run a whole process through `LAUNCHER`: its wall time, its peak RSS (KiB on Linux) and the CPU of
+    its process tree."""
     report = cwd / "rusage.json"
     launcher = [sys.executable, "-I", "-S", "-c", LAUNCHER, str(report), *command]
     with (cwd / "stdout").open("w+b") as out, (cwd / "stderr").open("w+b") as err:
@@ -890,6 +898,7 @@ class ToolFigures:
     hub_bytes: list[int]
     disk_max_parts: list[int]
     cpu_us_per_doc_by_round: list[float | None]
+    tool_cpu_us_per_doc_by_round: list[float | None]
     hub_peak_in_flight: list[int]
     s3_peak_in_flight: list[int]
     docs_per_s: float | None = None
@@ -898,6 +907,9 @@ class ToolFigures:
     median_peak_rss_mb: float | None = None
     median_hub_bytes: float | None = None
     cpu_us_per_doc: float | None = None
+    """Every process: the tool's tree, the Hub server and, for S3 runs, moto and the proxy."""
+    tool_cpu_us_per_doc: float | None = None
+    """The tool's process tree alone (its children included), without the servers."""
     max_hub_in_flight: int | None = None
     """The most Hub storage responses at once in any of its runs."""
     max_s3_in_flight: int | None = None
@@ -910,6 +922,7 @@ class ToolFigures:
 
     def __post_init__(self) -> None:
         self.cpu_us_per_doc = median(self.cpu_us_per_doc_by_round)
+        self.tool_cpu_us_per_doc = median(self.tool_cpu_us_per_doc_by_round)
         self.docs_per_s = median(self.docs_per_s_by_round)
         self.mb_per_s = median(self.mb_per_s_by_round)
         self.median_seconds = {n: median(times) for n, times in self.seconds.items()}
@@ -933,11 +946,12 @@ def round_rate(ns: Sequence[int], runs: Sequence[Run]) -> tuple[float | None, fl
     return (ns[1] - ns[0]) / elapsed, (runs[1].raw_bytes - runs[0].raw_bytes) / elapsed / MB
 
 
-def round_cpu_per_doc(ns: Sequence[int], runs: Sequence[Run]) -> float | None:
-    """CPU microseconds per document over all processes (tool, Hub, S3), differenced like the rate."""
+def round_cpu_per_doc(ns: Sequence[int], runs: Sequence[Run], *, servers: bool = True) -> float | None:
+    """CPU microseconds per document, differenced like the rate: over all processes (the tool's tree, the
+    Hub, S3), or with `servers=False` over the tool's process tree alone."""
     if not all(run.ok for run in runs):
         return None
-    spent = [run.cpu_s + run.server_cpu_s for run in runs]
+    spent = [run.cpu_s + (run.server_cpu_s if servers else 0.0) for run in runs]
     if len(runs) == 1:
         return spent[0] / ns[0] * 1e6
     return (spent[1] - spent[0]) / (ns[1] - ns[0]) * 1e6 if spent[1] > spent[0] else None
@@ -963,6 +977,7 @@ def tool_figures(
         ],
         disk_max_parts=[run.disk_max_parts for run in mine if run.disk_max_parts is not None],
         cpu_us_per_doc_by_round=[round_cpu_per_doc(scenario.ns, row) for row in rows],
+        tool_cpu_us_per_doc_by_round=[round_cpu_per_doc(scenario.ns, row, servers=False) for row in rows],
         hub_peak_in_flight=[run.hub_peak_in_flight for run in mine if run.hub_peak_in_flight is not None],
         s3_peak_in_flight=[run.s3_peak_in_flight for run in mine if run.s3_peak_in_flight is not None],
     )
@@ -1082,6 +1097,21 @@ def _startup_target(results: Sequence[ScenarioResult]) -> Target:
     return Target("startup-local-time", text, value, "<=", 0.6, "x", "startup", "local")
 
 
+def _tool_cpu_target(results: Sequence[ScenarioResult]) -> Target:
+    """The CPU per document of aioc4's process tree (no servers) over several shards to a local folder,
+    over the decode limit's in the same runs' scenario (both differenced between the same two N)."""
+    found = _find(results, "shards", "local")
+    figures = [None if found is None else found.figures(tool) for tool in ("aioc4", "decode")]
+    mine, decode = (None if f is None else f.tool_cpu_us_per_doc for f in figures)
+    text = (
+        f"CPU/doc over several shards, aioc4's process tree without the servers ({_num(mine, 1)} us) "
+        f"/ decode ({_num(decode, 1)} us)"
+    )
+    return Target(
+        "shards-local-cpu-vs-decode", text, ratio(mine, decode), "<=", TOOL_CPU_FACTOR, "x", "shards", "local"
+    )
+
+
 def _model_target(results: Sequence[ScenarioResult], name: str, output: str, text: str) -> Target:
     """A paired scenario's rate on the network model as a share of the same rate unpaced."""
     found = _find(results, name, output)
@@ -1113,6 +1143,7 @@ def targets(
         _ratio_target(results, "all-shards", "s3", "baseline", 5.0, "docs/s to S3, aioc4 / baseline"),
         _ratio_target(results, "one-shard", "local", "decode", 0.7, "docs/s within one shard, vs decode"),
         _ratio_target(results, "shards", "local", "decode", 1.2, "docs/s over several shards, vs decode"),
+        _tool_cpu_target(results),
         _model_target(
             results, "hub-model", "local", "docs/s over several shards, Hub on the model / unpaced Hub"
         ),
@@ -1172,8 +1203,14 @@ def _ns_text(ns: Sequence[int]) -> str:
 
 TABLE_HEAD = (
     "scenario", "output", "what", "N", "docs/s", "MB/s", "RSS MB", "Hub MB", "at once Hub/S3", "CPU us/doc",
-    "CPU cap", "x base", "x decode", "x unpaced", "target",
+    "tool us/doc", "CPU cap", "x base", "x decode", "x unpaced", "target",
 )  # fmt: skip
+
+
+TABLE_LEGEND = (
+    "CPU us/doc: every process (the tool's process tree, the Hub server, moto and the proxy); "
+    "tool us/doc: the tool's process tree alone"
+)
 
 
 def _table_row(result: ScenarioResult, figures: ToolFigures, found: Sequence[Target]) -> tuple[str, ...]:
@@ -1193,6 +1230,7 @@ def _table_row(result: ScenarioResult, figures: ToolFigures, found: Sequence[Tar
         _num(hub_mb, 2),
         "" if tool == "decode" else f"{_num(figures.max_hub_in_flight)}/{_num(figures.max_s3_in_flight)}",
         _num(figures.cpu_us_per_doc, 1),
+        _num(figures.tool_cpu_us_per_doc, 1),
         _num(figures.cpu_ceiling_docs_per_s),
         _num(result.ratio_vs_baseline, 2) if headline and not scenario.paired else "",
         _num(result.ratio_vs_decode_limit, 2) if headline and not scenario.paired else "",
@@ -1218,6 +1256,7 @@ def table(results: Sequence[ScenarioResult], found: Sequence[Target]) -> str:
             header,
             "-" * len(header),
             *lines,
+            TABLE_LEGEND,
             "",
             "targets:",
             *map(_target_line, found),

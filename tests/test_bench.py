@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from dataclasses import asdict
@@ -19,7 +20,16 @@ from typing import Any
 
 import pytest
 
-from scripts.bench import BULK_PROCS, FULL_SHAPE, NETWORKS, SMOKE_SHAPE, Scenario, scenario_specs, scenarios
+from scripts.bench import (
+    BULK_PROCS,
+    FULL_SHAPE,
+    NETWORKS,
+    SMOKE_SHAPE,
+    Scenario,
+    run_child,
+    scenario_specs,
+    scenarios,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXPECTED = [s for s in scenarios(SMOKE_SHAPE) if not s.big]
@@ -41,6 +51,26 @@ def test_the_s3_model_pair_both_go_through_the_proxy() -> None:
     routes = [NETWORKS[spec.network].s3 for spec in scenario_specs(s3_model)]
     assert routes == ["proxy", "model"] * 2
     assert {NETWORKS[name].hub for name in s3_model.networks} == {"loopback"}
+
+
+BURN = "import time\nend = time.process_time() + {seconds}\nwhile time.process_time() < end: pass"
+
+
+def test_a_runs_cpu_includes_the_children_the_tool_reaped(tmp_path: Path) -> None:
+    """Worker processes started as asyncio subprocesses and reaped before the tool exits count in its CPU:
+    the launcher's `os.wait4` rusage covers the descendants a child reaped."""
+    parent = (
+        "import asyncio, sys\n"
+        "async def main():\n"
+        f"    code = {BURN.format(seconds=0.4)!r}\n"
+        "    workers = [await asyncio.create_subprocess_exec(sys.executable, '-c', code) for _ in range(2)]\n"
+        "    for worker in workers:\n"
+        "        await worker.wait()\n"
+        "asyncio.run(main())\n"
+    )
+    child = run_child([sys.executable, "-c", parent], dict(os.environ), tmp_path)
+    assert child.exit_code == 0, child.stderr
+    assert child.cpu_s >= 0.8
 
 
 @pytest.fixture(scope="module")
@@ -164,6 +194,7 @@ def test_server_cpu_is_told_per_server(report: dict[str, Any]) -> None:
 def test_every_target_is_evaluated(report: dict[str, Any]) -> None:
     names = {target["name"] for target in report["targets"]}
     expected = {"all-shards-s3-vs-baseline", "startup-local-time", "peak-rss", "hub-bytes"}
+    expected |= {"shards-local-vs-decode", "shards-local-cpu-vs-decode"}
     assert expected | {"hub-model", "s3-model"} <= names
     for target in report["targets"]:
         assert target["value"] is not None
