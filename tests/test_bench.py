@@ -73,6 +73,21 @@ def test_a_runs_cpu_includes_the_children_the_tool_reaped(tmp_path: Path) -> Non
     assert child.cpu_s >= 0.8
 
 
+def test_a_runs_peak_rss_sums_its_process_tree(tmp_path: Path) -> None:
+    """Two children holding 40 MB each at once: the tree's peak is their sum, where ru_maxrss (the
+    largest single process) stays near one of them."""
+    hold = "import time\ndata = b'x' * 40_000_000\ntime.sleep(0.5)"
+    parent = (
+        "import subprocess, sys\n"
+        f"workers = [subprocess.Popen([sys.executable, '-c', {hold!r}]) for _ in range(2)]\n"
+        "for worker in workers:\n"
+        "    worker.wait()\n"
+    )
+    child = run_child([sys.executable, "-c", parent], dict(os.environ), tmp_path)
+    assert child.exit_code == 0, child.stderr
+    assert child.maxrss_mb < 80 < child.tree_rss_mb == child.peak_rss_mb
+
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     path = tmp_path_factory.mktemp("bench") / "bench.json"
@@ -103,6 +118,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def test_every_run_succeeded(report: dict[str, Any]) -> None:
     assert report["failed_runs"] == 0
     assert all(run["ok"] and run["seconds"] > 0 and run["peak_rss_mb"] > 0 for run in report["runs"])
+    assert all(run["peak_rss_mb"] == max(run["tree_rss_mb"], run["maxrss_mb"]) for run in report["runs"])
 
 
 def test_every_scenario_with_its_outputs(report: dict[str, Any]) -> None:
