@@ -1031,13 +1031,17 @@ def round_rate(ns: Sequence[int], runs: Sequence[Run]) -> tuple[float | None, fl
 
 def round_cpu_per_doc(ns: Sequence[int], runs: Sequence[Run], *, servers: bool = True) -> float | None:
     """CPU microseconds per document, differenced like the rate: over all processes (the tool's tree, the
-    Hub, S3), or with `servers=False` over the tool's process tree alone."""
+    Hub, S3), or with `servers=False` over the tool's process tree alone.
+
+    As for the rate, when start-up noise is larger than the work between the two N (the larger run did
+    not use more CPU), the larger run's whole-process figure stands in: an upper bound, as it includes
+    start-up."""
     if not all(run.ok for run in runs):
         return None
     spent = [run.cpu_s + (run.server_cpu_s if servers else 0.0) for run in runs]
-    if len(runs) == 1:
-        return spent[0] / ns[0] * 1e6
-    return (spent[1] - spent[0]) / (ns[1] - ns[0]) * 1e6 if spent[1] > spent[0] else None
+    if len(runs) == 1 or spent[1] <= spent[0]:
+        return spent[-1] / ns[-1] * 1e6
+    return (spent[1] - spent[0]) / (ns[1] - ns[0]) * 1e6
 
 
 def tool_figures(
