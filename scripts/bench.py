@@ -31,6 +31,9 @@ The scenarios:
   isolates the network model from the proxy's own cost;
 - `hub-bytes`: N=1000 from the Hub on the model, the bytes the Hub serves against the gzip size of those
   documents (slow, so socket buffers cannot hide over-reading);
+- `procs`: the `shards` runs to a local folder, aioc4 with `--procs 1` against aioc4 with its default
+  (no `--procs`: as many processes as it chooses), each N of the one right after the same N of the
+  other in every round: more processes must never be slower than one (`x 1 process`, under the table);
 - `bulk`: `--num-samples all` over every shard, in several processes and in one;
 - `big` (only with `--big` or `--only big`): N=2M over 40 hard-linked shards, for memory.
 
@@ -110,6 +113,10 @@ POLL_S = 0.02
 BIG_SHARDS = 40
 OUTPUTS = ("local", "s3")
 TOOLS = ("decode", "baseline", "aioc4")
+PROCS_ONE, PROCS_DEFAULT = "procs-1", "procs-default"
+"""The `procs` scenario's tools: aioc4 with `--procs 1`, and aioc4 without `--procs` (its default)."""
+COUNT_TOOLS = ("aioc4", PROCS_ONE, PROCS_DEFAULT)
+"""The tools that run aioc4 on `--num-samples N` (not a bulk pull)."""
 
 
 # ---------------------------------------------------------------------------------------- the decode limit
@@ -312,6 +319,8 @@ class Scenario:
     networks: tuple[str, ...] = ("loopback",)
     """One network (a name in `NETWORKS`); or two, (unpaced, model): every run on each, for the ratio."""
     big: bool = False
+    headline: str = "aioc4"
+    """The tool whose row carries the scenario's ratios and targets in the table."""
 
     @property
     def differenced(self) -> bool:
@@ -373,6 +382,15 @@ def scenarios(shape: Shape) -> list[Scenario]:
             None,
             tools=("baseline", "aioc4"),
             networks=("hub-model",),
+        ),
+        Scenario(
+            "procs",
+            f"several shards, N={_ns_text(n_several)}: aioc4's default processes against --procs 1",
+            n_several,
+            part,
+            tools=(PROCS_ONE, PROCS_DEFAULT),
+            outputs=("local",),
+            headline=PROCS_DEFAULT,
         ),
         Scenario(
             "bulk",
@@ -661,6 +679,8 @@ def tool_command(spec: RunSpec, out_dir: Path, shards: Sequence[Path]) -> list[s
     if spec.tool.startswith("bulk-"):  # a bulk pull of every shard, in that many processes
         count = "all"
         module += f" --procs {spec.tool.removeprefix('bulk-')}"
+    if spec.tool == PROCS_ONE:  # PROCS_DEFAULT is aioc4 without --procs
+        module += " --procs 1"
     command = [sys.executable, "-m", *module.split(), "--num-samples", count, "--output-dir", str(out_dir)]
     if spec.part_lines is not None:
         command += ["--max-lines-per-file", str(spec.part_lines)]
@@ -1098,6 +1118,11 @@ class ScenarioResult:
         return ratio(self.rate("aioc4"), self.rate("baseline"))
 
     @property
+    def ratio_vs_one_process(self) -> float | None:
+        """aioc4's rate with its default processes over its rate with `--procs 1` (the `procs` scenario)."""
+        return ratio(self.rate(PROCS_DEFAULT), self.rate(PROCS_ONE))
+
+    @property
     def ratio_vs_decode_limit(self) -> float | None:
         return ratio(self.rate("aioc4"), self.rate("decode"))
 
@@ -1114,6 +1139,7 @@ class ScenarioResult:
             "ratio_vs_baseline": self.ratio_vs_baseline,
             "ratio_vs_decode_limit": self.ratio_vs_decode_limit,
             "ratio_vs_unpaced": self.ratio_vs_unpaced,
+            "ratio_vs_one_process": self.ratio_vs_one_process,
         }
 
 
@@ -1199,6 +1225,14 @@ def _tool_cpu_target(results: Sequence[ScenarioResult]) -> Target:
     )
 
 
+def _procs_target(results: Sequence[ScenarioResult]) -> Target:
+    """More processes are never slower than fewer: aioc4's default against `--procs 1`."""
+    found = _find(results, "procs", "local")
+    value = None if found is None else found.ratio_vs_one_process
+    text = "docs/s over several shards to a local folder, aioc4's default processes / --procs 1"
+    return Target("procs-local-vs-1-process", text, value, ">=", 1.0, "x", "procs", "local")
+
+
 def _model_target(results: Sequence[ScenarioResult], name: str, output: str, text: str) -> Target:
     """A paired scenario's rate on the network model as a share of the same rate unpaced."""
     found = _find(results, name, output)
@@ -1224,7 +1258,7 @@ def targets(
     results: Sequence[ScenarioResult], runs: Sequence[Run], compressed_1k: int, model: NetworkModel
 ) -> list[Target]:
     """Each target of the issue with its measured value (medians; maxima over runs for bounds)."""
-    mine = [run for run in runs if run.ok and run.spec.tool == "aioc4"]
+    mine = [run for run in runs if run.ok and run.spec.tool in COUNT_TOOLS]
     bound = 2 * UPLOAD_WORKERS + 1
     return [
         _ratio_target(results, "all-shards", "s3", "baseline", 5.0, "docs/s to S3, aioc4 / baseline"),
@@ -1237,6 +1271,7 @@ def targets(
         _model_target(
             results, "s3-model", "s3", "docs/s to S3 via the proxy, on the model / unpaced (Hub unpaced)"
         ),
+        _procs_target(results),
         _startup_target(results),
         _run_target(
             "peak-rss",
@@ -1267,6 +1302,8 @@ def tool_title(tool: str) -> str:
         "decode": f"decode limit ({fastest_inflater()[0]}, 1 core)",
         "bulk-1": "aioc4 all, 1 process",
         f"bulk-{BULK_PROCS}": f"aioc4 all, {BULK_PROCS} processes",
+        PROCS_ONE: "aioc4 --procs 1",
+        PROCS_DEFAULT: "aioc4, default processes",
     }
     return titles.get(tool, tool)
 
@@ -1301,9 +1338,11 @@ TABLE_LEGEND = (
 
 
 def _table_row(result: ScenarioResult, figures: ToolFigures, found: Sequence[Target]) -> tuple[str, ...]:
-    """One tool on one network; the ratios and targets on aioc4's row (on the model, when paired)."""
+    """One tool on one network; the ratios and targets on the headline tool's row (aioc4's, on the model
+    when paired)."""
     scenario, tool = result.scenario, figures.tool
-    headline = tool == "aioc4" and figures.network == scenario.networks[-1]
+    headline = tool == scenario.headline and figures.network == scenario.networks[-1]
+    versus = headline and not scenario.paired and tool == "aioc4"  # x base, x decode
     what = tool_title(tool) + (f", {NETWORKS[figures.network].title}" if scenario.paired else "")
     hub_mb = None if figures.median_hub_bytes is None else figures.median_hub_bytes / MB
     return (
@@ -1319,8 +1358,8 @@ def _table_row(result: ScenarioResult, figures: ToolFigures, found: Sequence[Tar
         _num(figures.cpu_us_per_doc, 1),
         _num(figures.tool_cpu_us_per_doc, 1),
         _num(figures.cpu_ceiling_docs_per_s),
-        _num(result.ratio_vs_baseline, 2) if headline and not scenario.paired else "",
-        _num(result.ratio_vs_decode_limit, 2) if headline and not scenario.paired else "",
+        _num(result.ratio_vs_baseline, 2) if versus else "",
+        _num(result.ratio_vs_decode_limit, 2) if versus else "",
         _num(result.ratio_vs_unpaced, 2) if headline and scenario.paired else "",
         _row_target(result, found) if headline else "",
     )
@@ -1348,6 +1387,7 @@ def table(results: Sequence[ScenarioResult], found: Sequence[Target]) -> str:
             "targets:",
             *map(_target_line, found),
             *_bulk_lines(results),
+            *_procs_lines(results),
             *_model_lines(results),
             *_ceilings(results),
         ]
@@ -1365,6 +1405,27 @@ def _bulk_lines(results: Sequence[ScenarioResult]) -> list[str]:
                 f"{_num(one)} docs/s = {_num(ratio(many, one), 2)} x"
             )
     return lines
+
+
+def _procs_lines(results: Sequence[ScenarioResult]) -> list[str]:
+    """aioc4's default processes against one process: the rates, and the CPU and memory each costs."""
+    return [_procs_line(result) for result in results if result.scenario.name == "procs"]
+
+
+def _procs_line(result: ScenarioResult) -> str:
+    return (
+        f"processes, {result.output}: default {_procs_side(result, PROCS_DEFAULT)}, --procs 1 "
+        f"{_procs_side(result, PROCS_ONE)} = {_num(result.ratio_vs_one_process, 2)} x 1 process"
+    )
+
+
+def _procs_side(result: ScenarioResult, tool: str) -> str:
+    """A tool's rate, its process tree's CPU per document and peak RSS."""
+    figures = result.figures(tool)
+    if figures is None:
+        return "not run"
+    cpu, rss = _num(figures.tool_cpu_us_per_doc, 1), _num(figures.median_peak_rss_mb)
+    return f"{_num(figures.docs_per_s)} docs/s ({cpu} tool us/doc, {rss} MB RSS)"
 
 
 def _model_lines(results: Sequence[ScenarioResult]) -> list[str]:

@@ -24,11 +24,14 @@ from scripts.bench import (
     BULK_PROCS,
     FULL_SHAPE,
     NETWORKS,
+    PROCS_DEFAULT,
+    PROCS_ONE,
     SMOKE_SHAPE,
     Scenario,
     run_child,
     scenario_specs,
     scenarios,
+    tool_command,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -51,6 +54,19 @@ def test_the_s3_model_pair_both_go_through_the_proxy() -> None:
     routes = [NETWORKS[spec.network].s3 for spec in scenario_specs(s3_model)]
     assert routes == ["proxy", "model"] * 2
     assert {NETWORKS[name].hub for name in s3_model.networks} == {"loopback"}
+
+
+def test_the_procs_runs_alternate_one_process_and_the_default(tmp_path: Path) -> None:
+    """Each N of `--procs 1` right beside the same N of the default (no --procs), over the shards N."""
+    by_name = {s.name: s for s in scenarios(FULL_SHAPE)}
+    specs = scenario_specs(by_name["procs"])
+    assert [(spec.tool, spec.n) for spec in specs] == [
+        (tool, n) for n in by_name["shards"].ns for tool in (PROCS_ONE, PROCS_DEFAULT)
+    ]
+    assert all(spec.output == "local" and spec.network == "loopback" for spec in specs)
+    commands = {spec.tool: tool_command(spec, tmp_path, []) for spec in specs}
+    assert commands[PROCS_ONE][commands[PROCS_ONE].index("--procs") + 1] == "1"
+    assert "--procs" not in commands[PROCS_DEFAULT]
 
 
 BURN = "import time\nend = time.process_time() + {seconds}\nwhile time.process_time() < end: pass"
@@ -152,6 +168,11 @@ def test_ratios_are_computed_from_the_rates(report: dict[str, Any]) -> None:
             assert sorted(tools) == ["bulk-1", f"bulk-{BULK_PROCS}"]
             assert all(figures["docs_per_s"] > 0 for figures in tools.values())
             continue
+        if entry["name"] == "procs":  # aioc4 against itself: its default processes and --procs 1
+            default, one = (tools[tool]["docs_per_s"] for tool in (PROCS_DEFAULT, PROCS_ONE))
+            assert math.isclose(entry["ratio_vs_one_process"], default / one)
+            assert entry["ratio_vs_baseline"] is None
+            continue
         if len(entry["networks"]) == 2:  # aioc4 against itself: on the network model and unpaced
             unpaced, model = (tools[f"aioc4@{network}"]["docs_per_s"] for network in entry["networks"])
             assert math.isclose(entry["ratio_vs_unpaced"], model / unpaced)
@@ -210,7 +231,7 @@ def test_server_cpu_is_told_per_server(report: dict[str, Any]) -> None:
 def test_every_target_is_evaluated(report: dict[str, Any]) -> None:
     names = {target["name"] for target in report["targets"]}
     expected = {"all-shards-s3-vs-baseline", "startup-local-time", "peak-rss", "hub-bytes"}
-    expected |= {"shards-local-vs-decode", "shards-local-cpu-vs-decode"}
+    expected |= {"shards-local-vs-decode", "shards-local-cpu-vs-decode", "procs-local-vs-1-process"}
     assert expected | {"hub-model", "s3-model"} <= names
     for target in report["targets"]:
         assert target["value"] is not None
@@ -225,3 +246,11 @@ def test_the_table_shows_the_model_ratios(report: dict[str, Any]) -> None:
     for scenario in PAIRED:
         for output in scenario.outputs:
             assert f"network model, {scenario.name} {output}: aioc4 " in report["table"]
+
+
+def test_the_table_shows_the_tool_cpu_and_the_procs_ratio(report: dict[str, Any]) -> None:
+    assert "tool us/doc" in report["table"].splitlines()[0]
+    assert "processes, local: default " in report["table"]
+    for entry in report["scenarios"]:
+        for figures in entry["tools"].values():
+            assert "tool_cpu_us_per_doc" in figures
