@@ -1332,8 +1332,9 @@ TABLE_HEAD = (
 
 
 TABLE_LEGEND = (
+    "RSS MB: the peak of the tool's whole process tree, summed over its processes\n"
     "CPU us/doc: every process (the tool's process tree, the Hub server, moto and the proxy); "
-    "tool us/doc: the tool's process tree alone; RSS MB: the tool's process tree, summed"
+    "tool us/doc: the tool's process tree alone"
 )
 
 
