@@ -14,17 +14,16 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass
 
-from .decode import Batch, GzipLineDecoder, SourcePosition, check_block, good_runs
+from .decode import Batch, GzipLineDecoder, ShardLines, SourcePosition
 from .download import RangedDownload
-from .errors import CorruptShardError, LineTooLongError, SourceError
+from .errors import LineTooLongError, SourceError
 from .hub import HubSource, Shard
 
-__all__ = ["ReadProgress", "read_documents"]
+__all__ = ["EXACT_DOCUMENTS", "ReadProgress", "read_documents", "shard_bytes", "start_at"]
 
 log = logging.getLogger("aioc4")
 
 _DECODES_AHEAD = 2
-_SHOWN_BAD_RECORDS = 10  # skipped lines named in the log; the rest are only counted
 _READ_AHEAD_MARGIN = 1.05  # documents vary in size: ask for a little more than the average says
 EXACT_DOCUMENTS = 10_000  # the first documents of a run are all parsed: exact statistics for small jobs
 
@@ -68,10 +67,10 @@ async def read_documents(
     Shards are decoded one after the other; over HTTP they download as several ranges at once, the
     next shard's before the current one ends (aioc4.download), as far as `source.read_ahead` allows.
     """
-    first_shard, first_line = _start_at(shards, start)
+    first_shard, first_line = start_at(shards, start)
     async with (
         _Decoders() as decoders,
-        _shard_bytes(
+        shard_bytes(
             source, shards[first_shard:], commit, streaming, lambda: progress.bytes_wanted(limit)
         ) as downloads,
     ):
@@ -119,7 +118,7 @@ class _Decoders:
         await asyncio.shield(asyncio.to_thread(_join, self.inflater, self.checker))
 
 
-def _shard_bytes(
+def shard_bytes(
     source: HubSource,
     shards: list[Shard],
     commit: str,
@@ -151,7 +150,7 @@ class _CachedShards:
                 yield chunk
 
 
-def _start_at(shards: list[Shard], start: SourcePosition | None) -> tuple[int, int]:
+def start_at(shards: list[Shard], start: SourcePosition | None) -> tuple[int, int]:
     if start is None:
         return 0, 1
     for position, shard in enumerate(shards):
@@ -182,7 +181,7 @@ async def _read_shard(
     documents they are likely to hold are still `wanted()`, so an early stop stays early.
     """
     decoder = GzipLineDecoder(shard.path)
-    position = _Position(shard.path, skip_before, exact_documents, progress if skip_bad_records else None)
+    position = ShardLines(shard.path, skip_before, exact_documents, progress if skip_bad_records else None)
     loop = asyncio.get_running_loop()
     inflater, checker = decoders.inflater, decoders.checker
     in_flight: deque[tuple[asyncio.Future[list[Batch]], int]] = deque()
@@ -226,7 +225,7 @@ def _enough(
     return bool(progress.documents_per_byte * sum(size for _, size in in_flight) >= wanted)
 
 
-def _check(inflating: Future[bytes], position: _Position) -> list[Batch]:
+def _check(inflating: Future[bytes], position: ShardLines) -> list[Batch]:
     """On the checker thread: wait for the chunk's lines (submitted in order), then check them."""
     try:
         lines = inflating.result()
@@ -235,52 +234,5 @@ def _check(inflating: Future[bytes], position: _Position) -> list[Batch]:
     return position.take(lines)
 
 
-def _finish(decoder: GzipLineDecoder, position: _Position) -> list[Batch]:
+def _finish(decoder: GzipLineDecoder, position: ShardLines) -> list[Batch]:
     return position.take(decoder.finish())
-
-
-class _Position:
-    """Turns blocks of whole lines into batches, numbering lines and dropping those before a start.
-    The first `exact_documents` kept lines are all parsed, for exact statistics on small jobs."""
-
-    def __init__(
-        self, shard: str, skip_before: int, exact_documents: int, skipping: ReadProgress | None = None
-    ) -> None:
-        self.shard = shard
-        self.skip_before = skip_before
-        self.exact_documents = exact_documents
-        self.next_line = 1
-        self.skipping = skipping  # with --skip-bad-records: where dropped lines are counted
-
-    def take(self, data: bytes) -> list[Batch]:
-        """The block's documents as batches of consecutive lines (one, unless bad lines were skipped)."""
-        count = data.count(b"\n")
-        first, self.next_line = self.next_line, self.next_line + count
-        skip = min(count, max(0, self.skip_before - first))
-        if skip == count:
-            return []
-        if skip:
-            data = Batch(self.shard, first, data, count).slice(skip, count).data
-        exact, self.exact_documents = self.exact_documents, max(0, self.exact_documents - (count - skip))
-        try:
-            return [
-                check_block(
-                    data,
-                    shard=self.shard,
-                    first_line_number=first + skip,
-                    count=count - skip,
-                    exact_lines=exact,
-                )
-            ]
-        except CorruptShardError:
-            if self.skipping is None:
-                raise
-        runs, bad = good_runs(data, first + skip)
-        for line, problem in bad:
-            self.skipping.skipped_records += 1
-            if self.skipping.skipped_records <= _SHOWN_BAD_RECORDS:
-                log.warning("skipped %s line %d: it %s", self.shard, line, problem)
-        return [
-            check_block(block, shard=self.shard, first_line_number=line, exact_lines=exact)
-            for line, block in runs
-        ]
