@@ -13,7 +13,7 @@ import zlib
 from collections.abc import Callable
 from types import ModuleType
 
-__all__ = ["ZLIB_ERRORS", "crc32", "crc32_base64", "crc32_hex", "fast_zlib"]
+__all__ = ["ZLIB_ERRORS", "crc32", "crc32_base64", "crc32_combine", "crc32_hex", "fast_zlib"]
 
 fast_zlib: ModuleType
 """zlib's API through ISA-L (python-isal, 2-3x zlib's speed) when installed, else zlib: the one place
@@ -24,6 +24,15 @@ except ImportError:  # pragma: no cover - isal is a dependency
     fast_zlib = zlib
 ZLIB_ERRORS: tuple[type[Exception], ...] = (zlib.error, fast_zlib.error)
 crc32: Callable[[bytes, int], int] = fast_zlib.crc32
+
+
+def crc32_combine(first: int, second: int, second_length: int) -> int:
+    """The CRC-32 of two byte strings one after the other, from theirs: how a part stitched from
+    segment ranges (aioc4.segments) gets its CRC without reading its bytes. ISA-L has it; zlib's
+    Python module does not, and python-isal is a dependency."""
+    from isal.isal_zlib import crc32_combine as combine
+
+    return int(combine(first, second, second_length))
 
 
 def crc32_hex(value: int) -> str:

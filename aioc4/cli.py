@@ -54,7 +54,7 @@ from .report import (
     format_summary,
     summary_to_json,
 )
-from .resources import default_procs, machine_limits
+from .resources import DECODE_PROCESS_MEMORY, default_procs, machine_limits
 from .sharding import parse_shard_selection, worker_slot
 
 if TYPE_CHECKING:
@@ -242,8 +242,8 @@ def _add_pull_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "--procs",
         type=_count(maximum=MAX_PROCS),
-        help="bulk pulls: worker processes on this machine (default: one per CPU this process may use, "
-        "as memory allows, at most one per shard)",
+        help="worker processes on this machine: a count job decodes this many shards at once, a bulk "
+        "pull runs this many pulls (default: one per CPU this process may use, as memory allows)",
     )
     add(
         "--proc-index", type=_count(minimum=0, maximum=MAX_PROCS), help=argparse.SUPPRESS
@@ -362,7 +362,6 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str] = os.e
             for flag, value in (
                 ("--num-workers", args.num_workers),
                 ("--worker-index", args.worker_index),
-                ("--procs", args.procs),
                 ("--proc-index", args.proc_index),
             )
             if value is not None
@@ -397,6 +396,7 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str] = os.e
         s3_checksum=args.s3_checksum,
         compression=args.compression,
         shards=args.shards,
+        procs=1 if bulk else args.procs or default_procs(machine_limits(), DECODE_PROCESS_MEMORY),
         bulk=bulk,
     )
 

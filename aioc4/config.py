@@ -197,6 +197,7 @@ class RunConfig:
     s3_checksum: str = "crc32"
     compression: str = "none"
     shards: tuple[int, ...] | None = None  # --shards: positions in the split's shard order
+    procs: int = 1  # a count job: processes decoding shards at once (a bulk pull: `bulk.procs`)
     bulk: BulkOptions | None = None  # --num-samples all (num_samples is then unused)
 
     def __post_init__(self) -> None:
@@ -218,6 +219,8 @@ class RunConfig:
                 f"--max-lines-per-file must be a positive integer up to {MAX_COUNT:,}, "
                 f"got {self.max_lines_per_file}"
             )
+        if not 0 < self.procs <= MAX_PROCS:
+            raise UsageError(f"--procs must be within 1..{MAX_PROCS}, got {self.procs}")
         if not 0 < self.upload_workers <= MAX_UPLOAD_WORKERS:
             raise UsageError(
                 f"--upload-workers must be within 1..{MAX_UPLOAD_WORKERS}, got {self.upload_workers}"

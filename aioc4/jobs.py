@@ -54,9 +54,18 @@ class PartSpec:
 
 @dataclass(frozen=True, slots=True)
 class CountJob:
+    """The first `num_samples` documents of the split; `procs` processes decode shards at once."""
+
     source: SourceSpec
     parts: PartSpec
     num_samples: int
+    procs: int = 1
+
+    @property
+    def decodes_in_processes(self) -> bool:
+        """Shards are decoded by `procs` worker processes (aioc4.decode_pool); `--skip-bad-records`
+        keeps the one-process reader, which names each line it drops."""
+        return self.procs > 1 and not self.source.skip_bad_records
 
     @property
     def naming(self) -> CountNaming:
@@ -159,7 +168,7 @@ def job_of(config: RunConfig) -> Job:
         overwrite=config.overwrite,
     )
     if config.bulk is None:
-        return CountJob(source, parts, config.num_samples)
+        return CountJob(source, parts, config.num_samples, config.procs)
     bulk = config.bulk
     return BulkJob(
         source, parts, WorkerSlot(bulk.worker_index, bulk.num_workers), bulk.procs, bulk.proc_index

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .decode import Batch
 from .destination import Destination
 from .errors import Aioc4Error, DestinationError, InterruptedRunError, UploadError
 from .jobs import PartSpec
@@ -33,6 +32,7 @@ from .naming import CountNaming, ShardNaming, part_names, renames_for_short_spli
 from .progress import Counters, ProgressDisplay
 from .reader import ReadProgress
 from .report import preview
+from .segments import AnyBatch
 from .writer import FinishedPart, PartWriter
 
 __all__ = ["PartPipeline", "StopRequest"]
@@ -115,7 +115,7 @@ class PartPipeline:
 
     async def execute(
         self,
-        documents: AsyncGenerator[Batch, None],
+        documents: AsyncGenerator[AnyBatch, None],
         progress: ReadProgress,
         stop: StopRequest | None = None,
         *,
@@ -124,7 +124,7 @@ class PartPipeline:
         """Write `documents` into parts and deliver them; a source error is raised after delivery."""
         stop = stop or StopRequest()
         self._progress = progress
-        batches_in, batches_out = anyio.create_memory_object_stream[Batch](_BATCHES_AHEAD)
+        batches_in, batches_out = anyio.create_memory_object_stream[AnyBatch](_BATCHES_AHEAD)
         parts_in, parts_out = anyio.create_memory_object_stream[FinishedPart](self.spec.deliveries)
         try:
             async with asyncio.TaskGroup() as group:
@@ -197,7 +197,7 @@ class PartPipeline:
             log.warning("could not save the manifest at the destination in time; the local copy is current")
 
     async def _read(
-        self, documents: AsyncGenerator[Batch, None], batches: MemoryObjectSendStream[Batch]
+        self, documents: AsyncGenerator[AnyBatch, None], batches: MemoryObjectSendStream[AnyBatch]
     ) -> None:
         """Producer: batches of documents in order; a source failure ends the stream early."""
         with batches:
@@ -217,7 +217,7 @@ class PartPipeline:
                 pass  # the writer is gone (its own error is the one reported)
 
     async def _write(
-        self, batches: MemoryObjectReceiveStream[Batch], parts: MemoryObjectSendStream[FinishedPart]
+        self, batches: MemoryObjectReceiveStream[AnyBatch], parts: MemoryObjectSendStream[FinishedPart]
     ) -> None:
         """Writer: parts in order; hands each finished part to the deliveries. Its unfinished part is
         removed if it stops early (a source error, a stop, a cancellation)."""

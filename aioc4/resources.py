@@ -13,10 +13,19 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["PROCESS_MEMORY_BYTES", "MachineLimits", "default_procs", "machine_limits", "quota_cpus"]
+__all__ = [
+    "DECODE_PROCESS_MEMORY",
+    "PROCESS_MEMORY_BYTES",
+    "MachineLimits",
+    "default_procs",
+    "machine_limits",
+    "quota_cpus",
+]
 
 PROCESS_MEMORY_BYTES = 256 * 1024 * 1024
 """Room for one worker process: its measured peak RSS (~110 MB) plus the parts it holds in the page cache."""
+DECODE_PROCESS_MEMORY = 64 * 1024 * 1024
+"""Room for one decode process of a count job (aioc4.decode_pool): ~25 MB of RSS and the blocks it holds."""
 _CGROUP = Path("/sys/fs/cgroup")
 
 

@@ -17,15 +17,17 @@ finish combines the shard manifests into the job's (`aioc4.merge`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .config import RunConfig
+from .decode_pool import DecodePool
 from .destination import Destination
 from .errors import DestinationError, IncompleteJobError, UploadError, UsageError
 from .hub import HubSource, Shard
@@ -39,6 +41,7 @@ from .rate import RateLimit
 from .reader import ReadProgress, read_documents
 from .report import Reading, RunSummary
 from .retry import RetryBudget, RetryPolicy
+from .segments import AnyBatch
 from .sharding import select_shards
 from .storage import storage_for
 
@@ -284,20 +287,37 @@ async def _pull(
         log.debug("intact later part(s) to be kept, not uploaded again: %s", ", ".join(later))
     progress = ReadProgress()
     limit = unit.limit - point.documents if unit.limit is not None else sys.maxsize
-    documents = read_documents(
-        hub,
-        unit.shards,
-        commit,
-        limit,
-        streaming=job.source.streaming,
-        progress=progress,
-        start=point.start,
-        skip_bad_records=job.source.skip_bad_records,
-    )
     pipeline = PartPipeline(job.parts, unit.naming, destination, manifest, point, limit=unit.limit)
     if swept := await asyncio.to_thread(pipeline.writer.sweep):
         log.info("removed %d unfinished part file(s) left by an earlier run", swept)
-    await pipeline.execute(documents, progress, stop, display=display)
+    async with contextlib.AsyncExitStack() as owned:
+        documents: AsyncGenerator[AnyBatch, None]
+        if isinstance(job, CountJob) and job.decodes_in_processes:
+            pool = DecodePool(
+                hub,
+                unit.shards,
+                commit,
+                limit,
+                procs=job.procs,
+                staging=job.parts.staging,
+                stem=unit.naming.stem,
+                progress=progress,
+                streaming=job.source.streaming,
+                start=point.start,
+            )
+            documents = (await owned.enter_async_context(pool)).documents()
+        else:
+            documents = read_documents(
+                hub,
+                unit.shards,
+                commit,
+                limit,
+                streaming=job.source.streaming,
+                progress=progress,
+                start=point.start,
+                skip_bad_records=job.source.skip_bad_records,
+            )
+        await pipeline.execute(documents, progress, stop, display=display)
     await pipeline.finish()
     reading = Reading(
         progress.documents, progress.compressed_bytes, progress.shards_opened, progress.skipped_records

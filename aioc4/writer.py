@@ -18,12 +18,13 @@ from typing import BinaryIO, Protocol
 import aiofiles
 from aiofiles.threadpool.binary import AsyncBufferedIOBase
 
-from .checksum import crc32, crc32_hex
+from .checksum import crc32, crc32_combine, crc32_hex
 from .compression import Compressor, new_compressor
-from .decode import Batch, SourcePosition
+from .decode import SourcePosition
 from .errors import DestinationError
 from .manifest import PartRecord
 from .naming import PartNaming
+from .segments import AnyBatch, SegmentBatch, copy_range, segment_glob
 
 __all__ = ["COMPRESS_BLOCK", "FinishedPart", "PartWriter"]
 
@@ -91,15 +92,16 @@ class PartWriter:
         """Remove temp files a killed run of this job left behind (blocking; call before writing)."""
         stale = [*self.directory.glob(self.naming.temp_glob())]
         stale += self.directory.glob(f".{self.naming.manifest()}.*tmp")
+        stale += self.directory.glob(segment_glob(self.naming.stem))
         for path in stale:
             _remove(path)
         return len(stale)
 
-    async def write(self, batch: Batch) -> list[FinishedPart]:
+    async def write(self, batch: AnyBatch) -> list[FinishedPart]:
         """Append a batch of documents; returns the parts this completed."""
         return [part async for part in self.parts_of(batch)]
 
-    async def parts_of(self, batch: Batch) -> AsyncGenerator[FinishedPart, None]:
+    async def parts_of(self, batch: AnyBatch) -> AsyncGenerator[FinishedPart, None]:
         """Append a batch of documents, yielding each part as soon as it is complete: the next part is
         not finished until the caller has taken this one (a batch can span several parts, and a writer
         whose handover waits must not pile finished parts up on disk meanwhile)."""
@@ -111,11 +113,11 @@ class PartWriter:
                 self._file = await self._open(self._temp_path)
             room = len(batch) - start if self.max_lines is None else self.max_lines - self._lines
             chunk = batch.slice(start, start + room)
-            await self._write(chunk.data)
+            await self._write(chunk)
             self._account(chunk)
             start += len(chunk)
 
-    def _account(self, chunk: Batch) -> None:
+    def _account(self, chunk: AnyBatch) -> None:
         if self._first is None:
             self._first = SourcePosition(chunk.shard, chunk.first_line)
         self._last = SourcePosition(chunk.shard, chunk.first_line + len(chunk) - 1)
@@ -123,7 +125,7 @@ class PartWriter:
         self._sampled += len(chunk.samples)
         self._sampled_chars += sum(chars for _, chars in chunk.samples)
         self.documents += len(chunk)
-        self.bytes_written += len(chunk.data)
+        self.bytes_written += chunk.nbytes
 
     async def close(self, total: int | None = None) -> FinishedPart | None:
         """Finish the last part, named after the number of documents actually written (or `total`)."""
@@ -183,10 +185,15 @@ class PartWriter:
         except OSError as exc:
             raise DestinationError(f"cannot write to {self.directory}: {exc.strerror or exc}") from None
 
-    async def _write(self, data: bytes) -> None:
+    async def _write(self, chunk: AnyBatch) -> None:
+        """The chunk's bytes into the part; a segment's range is copied file to file (aioc4.segments)."""
         assert self._file is not None
         try:
-            await self._file.write(data)
+            if isinstance(chunk, SegmentBatch):
+                await self._file.write_range(chunk)
+                chunk.segment.was_copied(chunk.length)  # all of it copied: its disk space is free
+            else:
+                await self._file.write(chunk.data)
         except OSError as exc:
             await self.abort()
             raise DestinationError(f"cannot write to {self.directory}: {exc.strerror or exc}") from None
@@ -197,6 +204,8 @@ class _PartFile(Protocol):
     crc32: int  # of the stored bytes so far
 
     async def write(self, data: bytes) -> None: ...
+
+    async def write_range(self, batch: SegmentBatch) -> None: ...
 
     async def finish(self) -> None:
         """Everything written and fsynced, the file closed."""
@@ -222,6 +231,13 @@ class _PlainFile:
         await self._file.write(data)
         self.crc32 = crc32(data, self.crc32)  # ~0.1 ms per MB block: no thread needed
         self.size += len(data)
+
+    async def write_range(self, batch: SegmentBatch) -> None:
+        """Copied in the kernel; the CRC combined from the one the decode process computed."""
+        await self._file.flush()  # bytes written through the buffer go first
+        await asyncio.to_thread(copy_range, batch.segment.fd, self._file.fileno(), batch.offset, batch.length)
+        self.crc32 = crc32_combine(self.crc32, batch.crc32, batch.length)
+        self.size += batch.length
 
     async def finish(self) -> None:
         await self._file.flush()
@@ -250,6 +266,9 @@ class _CompressedFile:
 
     async def write(self, data: bytes) -> None:
         await asyncio.to_thread(self._compress_and_store, data)
+
+    async def write_range(self, batch: SegmentBatch) -> None:
+        await asyncio.to_thread(lambda: self._compress_and_store(batch.data))
 
     async def finish(self) -> None:
         await asyncio.to_thread(self._finish)

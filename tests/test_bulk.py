@@ -175,7 +175,7 @@ def test_shards_select_the_source_of_a_count_job_too(aioc4: Aioc4, fake_repo: Fa
     [
         (["--num-workers", "2", "--worker-index", "0"], "--num-workers, --worker-index are only for bulk "
          "pulls: add --num-samples all"),
-        (["--procs", "2"], "--procs is only for bulk pulls: add --num-samples all"),
+        (["--procs", "0"], "argument --procs: must be a positive integer, got 0"),
         (["--num-samples", "all", "--procs", "300"], "argument --procs: must be at most 256, got 300"),
         (["--num-samples", "all", "--num-workers", "2", "--worker-index", "2"],
          "worker index 2 (from flags) is not within 0..1"),

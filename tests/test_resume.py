@@ -251,6 +251,34 @@ def kill_9_at_a_random_point(
     return True
 
 
+def test_kill_9_while_parts_are_stitched_from_decode_processes_then_rerun_gives_identical_output(
+    tmp_path: Path, paced_hub: HubServerProcess, source_lines: Lines
+) -> None:
+    """Decode processes read shards side by side and parts are stitched from their segments: killed
+    with -9 at random points (a random number of shard bytes after the round's first new part), the
+    reruns end with exactly the parts of a clean run, and no temp part or segment is left behind."""
+    aioc4 = Aioc4(cwd=tmp_path, env=clean_env(paced_hub.endpoint, {}, tmp_path))
+    count, size = 2 * DOCS_PER_TRAIN_SHARD + 1_500, 1_000  # three shards, parts across their boundaries
+    args = ["--num-samples", str(count), "--max-lines-per-file", str(size), "--output-dir", "out"]
+    args += ["--procs", "2", "--max-download-rate", "4M"]
+    manifest = tmp_path / "out" / f"c4_train_{count}.manifest.json"
+    rng = random.Random(20261130)
+    kills = 0
+    for _ in range(6):
+        finished = recorded_parts(manifest)
+        process = aioc4.popen(*args)
+        if not kill_9_at_a_random_point(process, manifest, finished, paced_hub, rng):
+            break
+        kills += 1
+        process.communicate(timeout=30)
+    final = aioc4(*args)
+    assert final.returncode == 0, final.stderr
+    assert kills >= 3, f"only {kills} round(s) were still running when killed"
+    names = part_names("train", count, size)
+    expected = split_expected(source_lines("train")[:count], names, size)
+    assert parts_in(tmp_path / "out") == expected  # hidden files included: no temp part, no segment
+
+
 def test_kill_9_at_random_points_then_rerun_gives_byte_identical_output(
     tmp_path: Path, paced_hub: HubServerProcess, s3: MotoServerProcess, bucket: str, source_lines: Lines
 ) -> None:
@@ -262,6 +290,7 @@ def test_kill_9_at_random_points_then_rerun_gives_byte_identical_output(
     count, size = 2 * DOCS_PER_TRAIN_SHARD + 1_500, 2_500
     args = ["--num-samples", str(count), "--max-lines-per-file", str(size), "--s3-path", f"s3://{bucket}/k"]
     args += ["--max-download-rate", "4M"]  # many ranges in flight, ~6 s in all: killed at any point of it
+    args += ["--procs", "1"]  # the one-process reader (decode processes: the next test)
     manifest = tmp_path / "data" / "c4_subset" / f"c4_train_{count}.manifest.json"
     rng = random.Random(20261126)
     kills = 0
