@@ -352,7 +352,9 @@ class DecodePool:
             run.done = True
             run.progressed.set()
             worker.run = None
-            run.segment.finished(_decode_done(payload).size)
+            done = _decode_done(payload)
+            run.segment.finished(done.size)
+            log.debug("decoded %s: %d lines", run.shard.path, done.lines)
         elif kind == FAILED:
             failed = _decode_failed(payload)
             run.fail(_error_of(failed, run.shard.path, self._staging))
