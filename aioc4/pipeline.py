@@ -101,6 +101,7 @@ class PartPipeline:
             requested=limit or 0,
             first_index=point.next_index,
             documents=point.documents,
+            durable=destination.in_place,
         )
         self.failed: list[UploadError] = []
         self.source_error: Aioc4Error | None = None

@@ -66,14 +66,18 @@ class PartWriter:
         requested: int = 0,
         first_index: int = 1,
         documents: int = 0,
+        durable: bool = True,
     ) -> None:
         """`naming` also says how parts are compressed; `requested` is the count a count job's parts
-        are named after until the end is known."""
+        are named after until the end is known. `durable`: fsync each part before it gets its final
+        name (where the part is the output; a staging copy for S3, whose object is the durable copy
+        and which is deleted once uploaded, is not worth the disk writes)."""
         self.directory = directory
         self.naming = naming
         self.requested = requested
         self.max_lines = max_lines
         self.documents = documents
+        self.durable = durable
         self.bytes_written = 0  # document bytes (before compression) by this run, for progress rates
         self.finished_names: list[str] = []  # parts this run finished, in order
         self.index = first_index
@@ -174,7 +178,8 @@ class PartWriter:
 
     async def _open(self, path: Path) -> _PartFile:
         """Open in a worker thread; if cancelled meanwhile, wait for the thread and remove what it created."""
-        opening = asyncio.ensure_future(_open_part(path, new_compressor(self.naming.compression)))
+        compressor = new_compressor(self.naming.compression)
+        opening = asyncio.ensure_future(_open_part(path, compressor, self.durable))
         try:
             return await asyncio.shield(opening)
         except asyncio.CancelledError:
@@ -213,17 +218,18 @@ class _PartFile(Protocol):
     async def close(self) -> None: ...
 
 
-async def _open_part(path: Path, compressor: Compressor | None) -> _PartFile:
+async def _open_part(path: Path, compressor: Compressor | None, durable: bool) -> _PartFile:
     if compressor is None:
-        return _PlainFile(await aiofiles.open(path, "wb"))
-    return _CompressedFile(await asyncio.to_thread(open, path, "wb"), compressor)
+        return _PlainFile(await aiofiles.open(path, "wb"), durable)
+    return _CompressedFile(await asyncio.to_thread(open, path, "wb"), compressor, durable)
 
 
 class _PlainFile:
     """The source bytes as they are: one thread hop per batch for the write, the CRC on the loop."""
 
-    def __init__(self, file: AsyncBufferedIOBase) -> None:
+    def __init__(self, file: AsyncBufferedIOBase, durable: bool) -> None:
         self._file = file
+        self._durable = durable
         self.size = 0
         self.crc32 = 0
 
@@ -241,7 +247,8 @@ class _PlainFile:
 
     async def finish(self) -> None:
         await self._file.flush()
-        await asyncio.to_thread(os.fsync, self._file.fileno())
+        if self._durable:
+            await asyncio.to_thread(os.fsync, self._file.fileno())
         await self._file.close()
 
     async def close(self) -> None:
@@ -257,8 +264,9 @@ class _CompressedFile:
     made again after a resume is byte-identical to the first one.
     """
 
-    def __init__(self, file: BinaryIO, compressor: Compressor) -> None:
+    def __init__(self, file: BinaryIO, compressor: Compressor, durable: bool) -> None:
         self._file = file
+        self._durable = durable
         self._compressor = compressor
         self._waiting = bytearray()  # less than one block, not yet compressed
         self.size = 0
@@ -290,7 +298,8 @@ class _CompressedFile:
         self._waiting.clear()
         self._store(self._compressor.flush())  # ends the gzip member / zstd frame: a standalone file
         self._file.flush()
-        os.fsync(self._file.fileno())
+        if self._durable:
+            os.fsync(self._file.fileno())
         self._file.close()
 
     def _store(self, packed: bytes) -> None:
