@@ -233,10 +233,12 @@ class PartPipeline:
                     if self._ended_short():
                         self.real_count_names = await self._real_count_names_are_free()
                         total = None if self.real_count_names else self.limit
-                    last = await self.writer.close(total)
-                    if last is not None:
-                        await self._hand_over(last, parts)
+                    for part in await self.writer.close(total):
+                        await self._hand_over(part, parts)
                 else:
+                    if self.source_error is not None:  # full parts are delivered before the error
+                        for part in await self.writer.finished():
+                            await self._hand_over(part, parts)
                     await self.writer.abort()
             except BaseException:
                 await self.writer.abort()

@@ -319,9 +319,7 @@ def test_the_writer_makes_standalone_compressed_parts_and_records_their_stored_b
         writer = PartWriter(tmp_path, naming, 1500, requested=2000)
         parts = await writer.write(check_block(jsonl(LINES[:700]), shard="s", first_line_number=1))
         parts += await writer.write(check_block(jsonl(LINES[700:]), shard="s", first_line_number=701))
-        last = await writer.close()
-        assert last is not None
-        return [*parts, last]
+        return [*parts, *await writer.close()]
 
     records = [part.record for part in asyncio.run(write())]
     suffix = SUFFIX[compression]

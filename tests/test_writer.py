@@ -26,8 +26,7 @@ async def write_all(writer: PartWriter, batches: list[Batch]) -> list[FinishedPa
     parts = []
     for item in batches:
         parts += await writer.write(item)
-    last = await writer.close()
-    return parts + ([last] if last else [])
+    return parts + await writer.close()
 
 
 def test_parts_hold_consecutive_lines_and_the_last_part_the_remainder(tmp_path: Path) -> None:
@@ -121,8 +120,7 @@ def test_compressed_parts_do_not_depend_on_how_the_batches_arrived(tmp_path: Pat
         for start, stop in itertools.pairwise(bounds):
             chunk = b"".join(line + b"\n" for line in lines[start:stop])
             await writer.write(check_block(chunk, shard="s", first_line_number=start + 1))
-        part = await writer.close()
-        assert part is not None
+        (part,) = await writer.close()
         return part.path.read_bytes()
 
     (tmp_path / "a").mkdir()
