@@ -115,7 +115,7 @@ class RangedDownload:
                 yield piece
                 continue
             if head.done:
-                self._ranges.popleft()
+                self._drop(self._ranges.popleft())
                 if head.error is None:
                     continue
                 if not isinstance(head.error, RangeIgnoredError):
@@ -167,6 +167,7 @@ class RangedDownload:
 
     def _start(self, item: _Range) -> None:
         self._ranges.append(item)
+        self._read_ahead.in_use += 1
         self.ranges_started += 1
         task = asyncio.create_task(self._fetch(item), name=f"aioc4-range-{item.start}")
         self._tasks.add(task)
@@ -191,8 +192,13 @@ class RangedDownload:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._ranges.clear()
+        while self._ranges:
+            self._drop(self._ranges.popleft())
         self._next_position = len(self._shards)
+
+    def _drop(self, item: _Range) -> None:
+        """A range leaves the window: read to its end, or given up."""
+        self._read_ahead.in_use -= 1
 
 
 def _take(pieces: deque[bytes]) -> bytes:

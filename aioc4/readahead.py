@@ -42,6 +42,10 @@ class ReadAhead:
     max_connections: int = DEFAULT_DOWNLOAD_CONNECTIONS
     range_bytes: int = RANGE_BYTES
     window: int = START_WINDOW
+    in_use: int = 0
+    """Ranges outstanding over every download sharing this window: shards read side by side by a count
+    job's decode processes share one, so `--download-connections` bounds them all, but for the one
+    range each shard may always have (no shard waits for another to be read)."""
 
     def __post_init__(self) -> None:
         self.window = max(1, min(self.window, self.max_connections))
@@ -51,11 +55,13 @@ class ReadAhead:
     ) -> int:
         """Bytes of the next range to ask for now, or 0 to wait.
 
-        `outstanding` ranges are downloading or not yet read, holding `ahead_bytes` the reader has not
-        taken; `wanted_bytes` is what the documents still wanted probably take from the reader's
-        position; `left_in_shard` is what the shard being scheduled has left.
+        `outstanding` ranges of this reader are downloading or not yet read (`in_use` counts those of
+        every reader sharing the window), holding `ahead_bytes` the reader has not taken;
+        `wanted_bytes` is what the documents still wanted probably take from the reader's position;
+        `left_in_shard` is what the shard being scheduled has left. A reader with no range at all may
+        always start one, so no shard waits for another's to end.
         """
-        if left_in_shard <= 0 or outstanding >= self.window:
+        if left_in_shard <= 0 or (outstanding and max(outstanding, self.in_use) >= self.window):
             return 0
         if ahead_bytes > 0 and ahead_bytes >= wanted_bytes:
             return 0  # what is on its way probably holds every document still wanted
@@ -64,5 +70,5 @@ class ReadAhead:
 
     def reader_waited(self, *, outstanding: int) -> None:
         """The reader found no bytes ready: if the whole window is in use, open one more connection."""
-        if outstanding >= self.window:
+        if max(outstanding, self.in_use) >= self.window:
             self.window = min(self.max_connections, self.window + 1)

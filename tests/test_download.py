@@ -210,3 +210,24 @@ def test_a_failed_range_fails_the_read_only_when_the_reader_reaches_it() -> None
     assert asyncio.run(main(1)) == [data["s0.json.gz"]]  # the failure was in bytes nobody needed
     with pytest.raises(SourceError, match="gave up"):
         asyncio.run(main(2))
+
+
+def test_downloads_sharing_a_window_stay_within_its_connections_together() -> None:
+    """A count job's decode processes read shards side by side, each with its own download; the
+    connection cap holds for all of them (it counted each download's ranges alone, and the model
+    network showed 54 in flight under a cap of 32), but for one range each download may always
+    start, so that no shard waits for another to be read."""
+    shards, data = make_shards([2000 * KIB, 2000 * KIB, 2000 * KIB])
+    source = ScriptedSource(data, seed=3)
+    policy = ReadAhead(max_connections=5, range_bytes=64 * KIB, window=5)
+
+    async def one(shard: Shard) -> bytes:
+        async with download_of(source, [shard], policy, lambda: 10**9) as download:
+            return (await read_all(download, 1))[0]
+
+    async def main() -> list[bytes]:
+        return list(await asyncio.gather(*(one(shard) for shard in shards)))
+
+    assert asyncio.run(main()) == [data[shard.path] for shard in shards]
+    assert 3 < source.peak_running <= 5 + len(shards) - 1
+    assert policy.in_use == 0  # every range left the window: the next downloads start from none
