@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gzip
 import itertools
 import json
@@ -456,6 +457,7 @@ class Run:
     exit_code: int
     raw_bytes: int
     cpu_s: float = 0.0  # the tool's process tree: its own CPU and that of every child it reaped
+    workers_cpu_s: float = 0.0  # of which its child processes' (sampled): a count job's decode processes
     server_cpu_s: float = 0.0  # the Hub server and (S3 runs) moto and the proxy: they share the cores
     server_cpu_by_name: dict[str, float] = field(default_factory=dict)  # the same, per server: hub, s3, proxy
     tree_rss_mb: float = 0.0  # the most RSS the tool's processes held at once, summed (0: no sample saw them)
@@ -583,11 +585,18 @@ class TreeRssWatcher(threading.Thread):
         super().__init__(name="rss-watcher", daemon=True)
         self.root = root
         self.max_bytes = 0
+        self.workers_cpu: dict[int, float] = {}
+        """CPU seconds of the tool's own child processes (a count job's decode processes), as last seen:
+        sampled, so each may miss up to `POLL_S` of CPU before it ended."""
         self._stop_event = threading.Event()
 
     def run(self) -> None:
         while True:
             self.max_bytes = max(self.max_bytes, tree_rss_bytes(self.root))
+            for tool in child_pids(self.root):
+                for worker in child_pids(tool):
+                    with contextlib.suppress(OSError, IndexError, ValueError):  # it may have just ended
+                        self.workers_cpu[worker] = process_cpu_seconds(worker)
             if self._stop_event.wait(POLL_S):
                 return
 
@@ -607,6 +616,8 @@ class ChildResult:
     exit_code: int
     stdout: str
     stderr: str
+    workers_cpu_s: float = 0.0
+    """Of `cpu_s`, the tool's child processes' (sampled every `POLL_S`)."""
 
     @property
     def peak_rss_mb(self) -> float:
@@ -643,7 +654,14 @@ def run_child(command: Sequence[str], env: dict[str, str], cwd: Path) -> ChildRe
     exit_code = os.waitstatus_to_exitcode(usage["status"])
     maxrss_mb = usage["maxrss_kib"] * 1024 / MB
     return ChildResult(
-        usage["seconds"], maxrss_mb, rss.max_bytes / MB, usage["cpu_s"], exit_code, stdout, stderr
+        usage["seconds"],
+        maxrss_mb,
+        rss.max_bytes / MB,
+        usage["cpu_s"],
+        exit_code,
+        stdout,
+        stderr,
+        sum(rss.workers_cpu.values()),
     )
 
 
@@ -888,6 +906,7 @@ class Bench:
             child.exit_code,
             raw_bytes=self.sizes.first(self.shards_for(spec), spec.n),
             cpu_s=child.cpu_s,
+            workers_cpu_s=child.workers_cpu_s,
             server_cpu_s=sum(server_cpu.values()),
             server_cpu_by_name=server_cpu,
             tree_rss_mb=child.tree_rss_mb,
@@ -1002,6 +1021,7 @@ class ToolFigures:
     disk_max_parts: list[int]
     cpu_us_per_doc_by_round: list[float | None]
     tool_cpu_us_per_doc_by_round: list[float | None]
+    workers_cpu_us_per_doc_by_round: list[float | None]
     hub_peak_in_flight: list[int]
     s3_peak_in_flight: list[int]
     docs_per_s: float | None = None
@@ -1013,6 +1033,8 @@ class ToolFigures:
     """Every process: the tool's tree, the Hub server and, for S3 runs, moto and the proxy."""
     tool_cpu_us_per_doc: float | None = None
     """The tool's process tree alone (its children included), without the servers."""
+    workers_cpu_us_per_doc: float | None = None
+    """Of that, the tool's child processes' (a count job's decode processes; sampled)."""
     max_hub_in_flight: int | None = None
     """The most Hub storage responses at once in any of its runs."""
     max_s3_in_flight: int | None = None
@@ -1026,6 +1048,7 @@ class ToolFigures:
     def __post_init__(self) -> None:
         self.cpu_us_per_doc = median(self.cpu_us_per_doc_by_round)
         self.tool_cpu_us_per_doc = median(self.tool_cpu_us_per_doc_by_round)
+        self.workers_cpu_us_per_doc = median(self.workers_cpu_us_per_doc_by_round)
         self.docs_per_s = median(self.docs_per_s_by_round)
         self.mb_per_s = median(self.mb_per_s_by_round)
         self.median_seconds = {n: median(times) for n, times in self.seconds.items()}
@@ -1059,7 +1082,18 @@ def round_cpu_per_doc(ns: Sequence[int], runs: Sequence[Run], *, servers: bool =
     if not all(run.ok for run in runs):
         return None
     spent = [run.cpu_s + (run.server_cpu_s if servers else 0.0) for run in runs]
-    if len(runs) == 1 or spent[1] <= spent[0]:
+    return _per_doc(ns, spent)
+
+
+def round_workers_cpu_per_doc(ns: Sequence[int], runs: Sequence[Run]) -> float | None:
+    """Of the tool's CPU per document, its child processes' (a count job's decode processes)."""
+    if not all(run.ok for run in runs):
+        return None
+    return _per_doc(ns, [run.workers_cpu_s for run in runs])
+
+
+def _per_doc(ns: Sequence[int], spent: Sequence[float]) -> float:
+    if len(spent) == 1 or spent[1] <= spent[0]:
         return spent[-1] / ns[-1] * 1e6
     return (spent[1] - spent[0]) / (ns[1] - ns[0]) * 1e6
 
@@ -1085,6 +1119,7 @@ def tool_figures(
         disk_max_parts=[run.disk_max_parts for run in mine if run.disk_max_parts is not None],
         cpu_us_per_doc_by_round=[round_cpu_per_doc(scenario.ns, row) for row in rows],
         tool_cpu_us_per_doc_by_round=[round_cpu_per_doc(scenario.ns, row, servers=False) for row in rows],
+        workers_cpu_us_per_doc_by_round=[round_workers_cpu_per_doc(scenario.ns, row) for row in rows],
         hub_peak_in_flight=[run.hub_peak_in_flight for run in mine if run.hub_peak_in_flight is not None],
         s3_peak_in_flight=[run.s3_peak_in_flight for run in mine if run.s3_peak_in_flight is not None],
     )
@@ -1426,7 +1461,9 @@ def _procs_side(result: ScenarioResult, tool: str) -> str:
     if figures is None:
         return "not run"
     cpu, rss = _num(figures.tool_cpu_us_per_doc, 1), _num(figures.median_peak_rss_mb)
-    return f"{_num(figures.docs_per_s)} docs/s ({cpu} tool us/doc, {rss} MB RSS)"
+    workers = _num(figures.workers_cpu_us_per_doc, 1)
+    rate = _num(figures.docs_per_s)
+    return f"{rate} docs/s ({cpu} tool us/doc, {workers} of it in child processes, {rss} MB RSS)"
 
 
 def _model_lines(results: Sequence[ScenarioResult]) -> list[str]:

@@ -254,3 +254,13 @@ def test_the_table_shows_the_tool_cpu_and_the_procs_ratio(report: dict[str, Any]
     for entry in report["scenarios"]:
         for figures in entry["tools"].values():
             assert "tool_cpu_us_per_doc" in figures
+
+
+def test_the_decode_processes_cpu_is_split_out_of_the_tools(report: dict[str, Any]) -> None:
+    """`--procs 1` runs no child process; the default, with two CPUs or more, decodes in child
+    processes, whose CPU is a part of the tool's."""
+    tools = next(entry["tools"] for entry in report["scenarios"] if entry["name"] == "procs")
+    assert tools[PROCS_ONE]["workers_cpu_us_per_doc"] == 0
+    default = tools[PROCS_DEFAULT]
+    if len(os.sched_getaffinity(0)) >= 2:
+        assert 0 < default["workers_cpu_us_per_doc"] < default["tool_cpu_us_per_doc"]
