@@ -222,3 +222,37 @@ def test_copy_range_falls_back_where_the_kernel_cannot_copy(tmp_path: Path) -> N
         os.close(fd)
         os.close(read_end)
     assert copied == source.read_bytes()[1000:61_000]
+
+
+def test_a_decode_process_killed_from_outside_is_one_clear_error_and_finished_parts_stay(
+    hub: HubServerProcess, tmp_path: Path, source_lines: Lines
+) -> None:
+    """The OOM killer, say: the shard it was decoding names the error, the parts before it are whole."""
+    out = tmp_path / "out"
+    args = ["--num-samples", str(3 * DOCS_PER_TRAIN_SHARD), "--max-lines-per-file", "1000"]
+    args += ["--output-dir", str(out), "--procs", "2", "--max-download-rate", "3M", "-v"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "aioc4", *args],
+        env=clean_env(hub.endpoint, {}, tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    lines = []
+    for line in process.stderr:  # the first decode process, once it has made a part
+        lines.append(line)
+        if "finished c4_train_" in line:
+            break
+    started = next(line for line in lines if "started decode process 1" in line)
+    pid = int(started.split("pid ")[1].rstrip(")\n"))
+    os.kill(pid, 9)
+    rest = process.stderr.read()
+    assert process.wait(timeout=60) == 1
+    errors = [line for line in (lines + rest.splitlines()) if line.startswith("aioc4: error:")]
+    assert len(errors) == 1, rest
+    assert "decode process ended unexpectedly (exit -9)" in errors[0]
+    assert "Traceback" not in rest
+    written = parts_in(out)
+    names = part_names("train", 3 * DOCS_PER_TRAIN_SHARD, 1000)[: len(written)]
+    assert written == split_expected(source_lines("train"), names, 1000)  # whole parts, no segment left
