@@ -258,9 +258,12 @@ def test_the_table_shows_the_tool_cpu_and_the_procs_ratio(report: dict[str, Any]
 
 def test_the_decode_processes_cpu_is_split_out_of_the_tools(report: dict[str, Any]) -> None:
     """`--procs 1` runs no child process; the default, with two CPUs or more, decodes in child
-    processes, whose CPU is a part of the tool's."""
-    tools = next(entry["tools"] for entry in report["scenarios"] if entry["name"] == "procs")
-    assert tools[PROCS_ONE]["workers_cpu_us_per_doc"] == 0
-    default = tools[PROCS_DEFAULT]
+    processes, whose CPU is a part of the tool's (run by run: differenced per-document figures of
+    the smoke run's few documents are mostly start-up noise)."""
+    runs = [run for run in report["runs"] if run["spec"]["tool"] in (PROCS_ONE, PROCS_DEFAULT)]
+    assert all(run["workers_cpu_s"] == 0 for run in runs if run["spec"]["tool"] == PROCS_ONE)
     if len(os.sched_getaffinity(0)) >= 2:
-        assert 0 < default["workers_cpu_us_per_doc"] < default["tool_cpu_us_per_doc"]
+        default = [run for run in runs if run["spec"]["tool"] == PROCS_DEFAULT]
+        assert all(0 < run["workers_cpu_s"] < run["cpu_s"] for run in default)
+    tools = next(entry["tools"] for entry in report["scenarios"] if entry["name"] == "procs")
+    assert all("workers_cpu_us_per_doc" in figures for figures in tools.values())
