@@ -54,7 +54,7 @@ from .report import (
     format_summary,
     summary_to_json,
 )
-from .resources import DECODE_PROCESS_MEMORY, default_procs, machine_limits
+from .resources import MAX_DEFAULT_DECODE_PROCS, default_decode_procs, default_procs, machine_limits
 from .sharding import parse_shard_selection, worker_slot
 
 if TYPE_CHECKING:
@@ -243,7 +243,8 @@ def _add_pull_arguments(parser: argparse.ArgumentParser) -> None:
         "--procs",
         type=_count(maximum=MAX_PROCS),
         help="worker processes on this machine: a count job decodes this many shards at once, a bulk "
-        "pull runs this many pulls (default: one per CPU this process may use, as memory allows)",
+        "pull runs this many pulls (default: one per CPU this process may use, as memory allows; "
+        f"for a count job at most {MAX_DEFAULT_DECODE_PROCS})",
     )
     add(
         "--proc-index", type=_count(minimum=0, maximum=MAX_PROCS), help=argparse.SUPPRESS
@@ -396,7 +397,7 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str] = os.e
         s3_checksum=args.s3_checksum,
         compression=args.compression,
         shards=args.shards,
-        procs=1 if bulk else args.procs or default_procs(machine_limits(), DECODE_PROCESS_MEMORY),
+        procs=1 if bulk else args.procs or default_decode_procs(machine_limits()),
         bulk=bulk,
     )
 

@@ -15,8 +15,10 @@ from pathlib import Path
 
 __all__ = [
     "DECODE_PROCESS_MEMORY",
+    "MAX_DEFAULT_DECODE_PROCS",
     "PROCESS_MEMORY_BYTES",
     "MachineLimits",
+    "default_decode_procs",
     "default_procs",
     "machine_limits",
     "quota_cpus",
@@ -24,6 +26,10 @@ __all__ = [
 
 PROCESS_MEMORY_BYTES = 256 * 1024 * 1024
 """Room for one worker process: its measured peak RSS (~110 MB) plus the parts it holds in the page cache."""
+MAX_DEFAULT_DECODE_PROCS = 4
+"""A count job's default decode processes at most: its main process hands on every document, and on
+the benchmark it keeps up with ~2.5 decode processes (docs/performance.md), while each one holds a
+segment of up to a shard's checked lines on local disk (~810 MB for C4 `en`)."""
 DECODE_PROCESS_MEMORY = 64 * 1024 * 1024
 """Room for one decode process of a count job (aioc4.decode_pool): ~25 MB of RSS and the blocks it holds."""
 _CGROUP = Path("/sys/fs/cgroup")
@@ -53,6 +59,12 @@ def default_procs(limits: MachineLimits, process_memory: int = PROCESS_MEMORY_BY
     if limits.memory_bytes is not None:
         procs = min(procs, limits.memory_bytes // process_memory)
     return max(1, procs)
+
+
+def default_decode_procs(limits: MachineLimits) -> int:
+    """A count job's decode processes: one per usable CPU, as memory allows, at most
+    `MAX_DEFAULT_DECODE_PROCS`."""
+    return min(MAX_DEFAULT_DECODE_PROCS, default_procs(limits, DECODE_PROCESS_MEMORY))
 
 
 def machine_limits() -> MachineLimits:

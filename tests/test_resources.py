@@ -8,7 +8,15 @@ import sys
 
 import pytest
 
-from aioc4.resources import PROCESS_MEMORY_BYTES, MachineLimits, default_procs, machine_limits, quota_cpus
+from aioc4.resources import (
+    MAX_DEFAULT_DECODE_PROCS,
+    PROCESS_MEMORY_BYTES,
+    MachineLimits,
+    default_decode_procs,
+    default_procs,
+    machine_limits,
+    quota_cpus,
+)
 
 GIB = 1024**3
 
@@ -46,3 +54,16 @@ def test_machine_limits_follow_the_cpu_affinity_not_the_host() -> None:
     )
     assert one_cpu.stdout.strip() == "1"
     assert machine_limits().cpus == len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize(
+    ("limits", "procs"),
+    [
+        (MachineLimits(cpus=1, memory_bytes=None), 1),
+        (MachineLimits(cpus=2, memory_bytes=24 * GIB), 2),
+        (MachineLimits(cpus=64, memory_bytes=256 * GIB), MAX_DEFAULT_DECODE_PROCS),  # the cap
+        (MachineLimits(cpus=64, memory_bytes=128 * 1024**2), 2),  # 64 MB each
+    ],
+)
+def test_a_count_jobs_default_decode_processes(limits: MachineLimits, procs: int) -> None:
+    assert default_decode_procs(limits) == procs
