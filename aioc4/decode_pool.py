@@ -173,9 +173,7 @@ class DecodePool:
                 head = self._running[0]
                 batch = self._take(head)
                 if batch is not None:
-                    batch = batch.slice(0, limit - progress.documents)
-                    progress.documents += len(batch)
-                    yield batch
+                    yield progress.hand_out(batch, limit)
                     if progress.documents >= limit:
                         return
                 elif head.error is not None:

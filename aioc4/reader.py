@@ -13,15 +13,19 @@ from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass
+from typing import TypeVar
 
 from .decode import Batch, GzipLineDecoder, ShardLines, SourcePosition
 from .download import RangedDownload
 from .errors import LineTooLongError, SourceError
 from .hub import HubSource, Shard
+from .segments import SegmentBatch
 
 __all__ = ["EXACT_DOCUMENTS", "ReadProgress", "read_documents", "shard_bytes", "start_at"]
 
 log = logging.getLogger("aioc4")
+
+B = TypeVar("B", Batch, SegmentBatch)
 
 _DECODES_AHEAD = 2
 _READ_AHEAD_MARGIN = 1.05  # documents vary in size: ask for a little more than the average says
@@ -44,6 +48,12 @@ class ReadProgress:
         """Observed so far, or C4's typical ~840 gzip bytes per document before anything is decoded."""
         decoded = self.compressed_bytes - self.decoding_bytes
         return self.documents / decoded if self.documents and decoded > 0 else 1 / 840
+
+    def hand_out(self, batch: B, limit: int) -> B:
+        """What of `batch` is still within `limit` documents, counted as read."""
+        head = batch.slice(0, limit - self.documents)
+        self.documents += len(head)
+        return head
 
     def bytes_wanted(self, limit: int) -> float:
         """Compressed bytes the documents still wanted probably take, beyond those being decoded."""
@@ -89,9 +99,7 @@ async def read_documents(
             )
             async with aclosing(batches):
                 async for batch in batches:
-                    head = batch.slice(0, limit - progress.documents)
-                    progress.documents += len(head)
-                    yield head
+                    yield progress.hand_out(batch, limit)
                     if progress.documents >= limit:
                         return
     progress.exhausted = True
