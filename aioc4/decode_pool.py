@@ -40,15 +40,20 @@ from .decode import SourcePosition
 from .decode_worker import CHUNK, DONE, END, FAILED, HEADER, PIECE, START, Done, Failed, Piece, ShardTask
 from .errors import CorruptShardError, DestinationError, LineTooLongError, SourceError
 from .hub import HubSource, Shard
-from .reader import EXACT_DOCUMENTS, ReadProgress, shard_bytes, start_at
+from .reader import (
+    EXACT_DOCUMENTS,
+    GZIP_BYTES_PER_DOCUMENT,
+    READ_AHEAD_MARGIN,
+    ReadProgress,
+    shard_bytes,
+    start_at,
+)
 from .segments import Block, Segment, SegmentBatch, segment_name
 
 __all__ = ["DecodePool", "worker_environment"]
 
 log = logging.getLogger("aioc4")
 
-_MARGIN = 1.05  # documents vary in size: read a little more than the average says
-_DEFAULT_DOCS_PER_BYTE = 1 / 840  # C4's typical gzip bytes per document, before anything is decoded
 _BATCH_BYTES = 8 << 20  # consecutive blocks handed to the writer as one range (fewer copies, fewer hops)
 _SECRET_PREFIXES = ("AWS_", "HF_", "HUGGING_FACE_")
 _REUSE_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": str(64 << 20), "MALLOC_TRIM_THRESHOLD_": str(256 << 20)}
@@ -59,13 +64,12 @@ _decode_failed = msgspec.msgpack.Decoder(Failed).decode
 _encode = msgspec.msgpack.Encoder().encode
 
 
-def worker_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
+def worker_environment() -> dict[str, str]:
     """The decode processes' environment: this one without credentials (they need none), and glibc's
     allocator told to reuse freed blocks: each chunk inflates into fresh ~1.4 MB buffers, which by
     default are mapped and unmapped every time, so every page faults and is zeroed again (3x the page
-    faults and twice the system time of the process, measured)."""
-    environ = dict(os.environ if environ is None else environ)
-    kept = {name: value for name, value in environ.items() if not name.startswith(_SECRET_PREFIXES)}
+    faults and twice the system time of the process, by `perf stat`)."""
+    kept = {name: value for name, value in os.environ.items() if not name.startswith(_SECRET_PREFIXES)}
     return {**_REUSE_FREED_MEMORY, **kept}
 
 
@@ -73,7 +77,6 @@ def worker_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
 class _ShardRun:
     """One shard being decoded: what its process reported so far."""
 
-    position: int
     shard: Shard
     segment: Segment
     pieces: deque[SegmentBatch] = field(default_factory=deque)
@@ -222,7 +225,7 @@ class DecodePool:
     def _docs_per_byte(self) -> float:
         if self._reported_lines and self._reported_input:
             return self._reported_lines / self._reported_input
-        return _DEFAULT_DOCS_PER_BYTE
+        return 1 / GZIP_BYTES_PER_DOCUMENT  # C4's, before anything is decoded
 
     def _expected_docs(self, run: _ShardRun) -> float:
         if run.done or run.error is not None:
@@ -232,7 +235,7 @@ class DecodePool:
     def _wanted_docs(self, run: _ShardRun | None) -> float:
         """Documents still wanted (with a margin: documents vary in size) beyond those the shards before
         `run` (before a new one: all running shards) probably hold, and those `run` already gave."""
-        docs = (self._limit - self._docs_before) * _MARGIN
+        docs = (self._limit - self._docs_before) * READ_AHEAD_MARGIN
         for earlier in self._running:
             if earlier is run:
                 return docs - earlier.reported_docs
@@ -274,7 +277,7 @@ class DecodePool:
         shard = self._shards[position]
         segment = Segment(self._staging / segment_name(self._stem, position), on_close=self._changed.set)
         self._segments.append(segment)
-        run = _ShardRun(position, shard, segment)
+        run = _ShardRun(shard, segment)
         self._running.append(run)
         worker.run = run
         self._progress.shards_opened += 1
