@@ -163,8 +163,12 @@ class PartWriter:
                 await file.close()
         _remove(self._temp_path)
         finishing, self._finishing = list(self._finishing), deque()
-        tasks = [part.task for part in finishing]
-        await asyncio.shield(asyncio.gather(*tasks, return_exceptions=True))
+        outcomes = await asyncio.shield(
+            asyncio.gather(*(part.task for part in finishing), return_exceptions=True)
+        )
+        for part, outcome in zip(finishing, outcomes, strict=True):
+            if outcome is None:  # on disk under its final name: finished by this run, never handed over
+                self.finished_names.append(part.record.name)
 
     def _finish_in_background(self, total: int) -> None:
         """The part being written is full: fsync and rename it in a task of its own."""

@@ -103,6 +103,33 @@ def test_abort_removes_the_part_being_written_and_keeps_finished_ones(tmp_path: 
     assert sorted(path.name for path in tmp_path.iterdir()) == ["c4_train_23_part001.jsonl"]
 
 
+def test_a_part_finished_while_the_writer_is_cancelled_is_named_as_finished(tmp_path: Path) -> None:
+    """A writer cancelled while a full part is being finished (a permanent upload error halts it)
+    still counts that part as finished: it is on disk under its final name, so the error that lists
+    the parts kept locally must name it."""
+
+    async def scenario() -> PartWriter:
+        writer = PartWriter(tmp_path, CountNaming("train", 23, 5), 5, requested=23, durable=False)
+        parts = writer.parts_of(batch(0, 12))
+        assert (await anext(parts)).name == "c4_train_23_part001.jsonl"
+        task = asyncio.ensure_future(anext(parts))
+        for _ in range(10_000):  # until part002 is full and its rename runs in the background
+            if writer._finishing:
+                break
+            await asyncio.sleep(0)
+        assert writer._finishing
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await writer.abort()
+        return writer
+
+    writer = asyncio.run(scenario())
+    on_disk = sorted(path.name for path in tmp_path.iterdir())
+    assert on_disk == ["c4_train_23_part001.jsonl", "c4_train_23_part002.jsonl"]
+    assert writer.finished_names == on_disk
+
+
 @pytest.mark.parametrize("compression", ["gzip", "zstd"])
 def test_compressed_parts_do_not_depend_on_how_the_batches_arrived(tmp_path: Path, compression: str) -> None:
     """A part made again after a resume (other network timing, so other batches) is byte-identical."""
