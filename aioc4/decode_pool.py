@@ -50,13 +50,14 @@ from .reader import (
 )
 from .segments import Block, Segment, SegmentBatch, segment_name
 
-__all__ = ["DecodePool", "worker_environment"]
+__all__ = ["REUSE_FREED_MEMORY", "DecodePool", "worker_environment"]
 
 log = logging.getLogger("aioc4")
 
 _BATCH_BYTES = 8 << 20  # consecutive blocks handed to the writer as one range (fewer copies, fewer hops)
 _SECRET_PREFIXES = ("AWS_", "HF_", "HUGGING_FACE_")
-_REUSE_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": str(64 << 20), "MALLOC_TRIM_THRESHOLD_": str(256 << 20)}
+REUSE_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": str(64 << 20), "MALLOC_TRIM_THRESHOLD_": str(256 << 20)}
+"""glibc's allocator settings of the decode processes (see `worker_environment`)."""
 
 _decode_piece = msgspec.msgpack.Decoder(Piece).decode
 _decode_done = msgspec.msgpack.Decoder(Done).decode
@@ -70,7 +71,7 @@ def worker_environment() -> dict[str, str]:
     default are mapped and unmapped every time, so every page faults and is zeroed again (3x the page
     faults and twice the system time of the process, by `perf stat`)."""
     kept = {name: value for name, value in os.environ.items() if not name.startswith(_SECRET_PREFIXES)}
-    return {**_REUSE_FREED_MEMORY, **kept}
+    return {**REUSE_FREED_MEMORY, **kept}
 
 
 @dataclass(eq=False, slots=True)

@@ -10,6 +10,11 @@ outside, on the same documents:
   boto3 `upload_file`, one step at a time);
 - `decode`: the decode limit, one process that only reads the shards from local disk, inflates them on
   one core with the fastest inflater available and splits lines (`--decode-limit N PATH...`);
+- `check`: the check limit (`one-shard` and `shards`), the work aioc4 must do per document in one plain
+  loop on one core: the decode limit's reading and inflating through aioc4's own decoder, aioc4's check
+  of every line (valid UTF-8, one JSON object with a string `text`), the CRC-32 of every block and one
+  write of it to a file (`--check-limit N PATH...`). What aioc4 spends beyond it is its own overhead:
+  the download, moving bytes between processes, stitching parts;
 - `aioc4`: `python -m aioc4`, with local output and with S3 output.
 
 The network model: on loopback one connection carries GB/s, where on EC2 one connection to the Hub's
@@ -114,6 +119,9 @@ POLL_S = 0.02
 BIG_SHARDS = 40
 OUTPUTS = ("local", "s3")
 TOOLS = ("decode", "baseline", "aioc4")
+LIMITS = ("decode", "check")
+"""The references that read the shards from local disk and write no parts (output `-`)."""
+WITH_CHECK = ("decode", "check", "baseline", "aioc4")
 PROCS_ONE, PROCS_DEFAULT = "procs-1", "procs-default"
 """The `procs` scenario's tools: aioc4 with `--procs 1`, and aioc4 without `--procs` (its default)."""
 COUNT_TOOLS = ("aioc4", PROCS_ONE, PROCS_DEFAULT)
@@ -162,6 +170,39 @@ def decode_limit_main(values: Sequence[str]) -> None:
     name, _ = fastest_inflater()
     lines, raw = decode_limit([Path(value) for value in values[1:]], int(values[0]))
     print(json.dumps({"lines": lines, "raw_bytes": raw, "inflater": name}), flush=True)
+
+
+def check_limit(paths: Sequence[Path], n: int, sink: int) -> tuple[int, int]:
+    """aioc4's per-document work in one loop on one core until `n` lines: inflate (its decoder), check
+    and number every line (`ShardLines`, as a decode process does), CRC-32 and write each block to
+    `sink`. The block holding line `n` is checked whole, as aioc4 checks it: (lines, raw bytes)."""
+    from aioc4.checksum import crc32
+    from aioc4.decode import GzipLineDecoder, ShardLines
+
+    lines = done = 0
+    for path in paths:
+        decoder, numbering = GzipLineDecoder(path.name), ShardLines(path.name, 1, 0)
+        with path.open("rb", buffering=0) as source:
+            while True:
+                chunk = source.read(CHUNK)
+                for batch in numbering.take(decoder.feed(chunk) if chunk else decoder.finish()):
+                    crc32(batch.data, 0)
+                    view = memoryview(batch.data)
+                    while view:
+                        view = view[os.write(sink, view) :]
+                    if lines + batch.count >= n:
+                        return n, done + len(batch.slice(0, n - lines).data)
+                    lines, done = lines + batch.count, done + batch.nbytes
+                if not chunk:
+                    break
+    return lines, done
+
+
+def check_limit_main(values: Sequence[str]) -> None:
+    """The child side of `--check-limit N PATH...`: prints one JSON line with what it counted."""
+    with tempfile.TemporaryFile(dir=Path(values[1]).parent) as sink:
+        lines, raw = check_limit([Path(value) for value in values[1:]], int(values[0]), sink.fileno())
+    print(json.dumps({"lines": lines, "raw_bytes": raw}), flush=True)
 
 
 # -------------------------------------------------------------------------------------- the network model
@@ -354,8 +395,8 @@ def scenarios(shape: Shape) -> list[Scenario]:
     model = shape.model.title
     return [
         Scenario("all-shards", f"N={n_all:,} over all shards, parts of {part:,}", (n_all,), part),
-        Scenario("one-shard", f"streaming within one shard, N={_ns_text(n_one)}", n_one, part),
-        Scenario("shards", f"several shards, N={_ns_text(n_several)}", n_several, part),
+        Scenario("one-shard", f"streaming within one shard, N={_ns_text(n_one)}", n_one, part, WITH_CHECK),
+        Scenario("shards", f"several shards, N={_ns_text(n_several)}", n_several, part, WITH_CHECK),
         Scenario(
             "hub-model",
             f"several shards, N={_ns_text(n_several)}, Hub on the model ({model}) and unpaced",
@@ -428,7 +469,7 @@ class RunSpec:
 def spec_for(scenario: Scenario, tool: str, output: str, n: int, network: str) -> RunSpec:
     """The run a scenario needs; a part size of at least N is no split (one file, the same names). The
     decode limit reads local disk, so one run of it serves every scenario, whatever the network."""
-    if tool == "decode":
+    if tool in LIMITS:
         return RunSpec(tool, n, "-", None, network="loopback", big=scenario.big)
     part_lines = scenario.part_lines if scenario.part_lines is not None and scenario.part_lines < n else None
     return RunSpec(tool, n, output, part_lines, network=network, big=scenario.big)
@@ -690,8 +731,9 @@ def child_env(hub_endpoint: str, s3_env: dict[str, str], home: Path) -> dict[str
 
 
 def tool_command(spec: RunSpec, out_dir: Path, shards: Sequence[Path]) -> list[str]:
-    if spec.tool == "decode":
-        return [sys.executable, "-m", "scripts.bench", "--decode-limit", str(spec.n), *map(str, shards)]
+    if spec.tool in LIMITS:
+        limit = f"--{spec.tool}-limit"
+        return [sys.executable, "-m", "scripts.bench", limit, str(spec.n), *map(str, shards)]
     module = "scripts.baseline_seed" if spec.tool == "baseline" else "aioc4"
     count = str(spec.n)
     if spec.tool.startswith("bulk-"):  # a bulk pull of every shard, in that many processes
@@ -877,7 +919,7 @@ class Bench:
 
     def _measure_in(self, folder: Path, spec: RunSpec, round_index: int) -> Run:
         out_dir = folder / "out"
-        hub = None if spec.tool == "decode" else self.servers.hub_for(spec)
+        hub = None if spec.tool in LIMITS else self.servers.hub_for(spec)
         proxy = self.servers.proxy_for(spec)
         if spec.output == "s3":
             self.servers.fresh_bucket()
@@ -886,6 +928,10 @@ class Bench:
         if proxy is not None:
             proxy.reset()  # its counters start from zero (it has no rules)
         env = child_env(self.servers.hub_for(spec).endpoint, (proxy or self.servers.s3).env(), folder)
+        if spec.tool == "check":
+            from aioc4.decode_pool import REUSE_FREED_MEMORY
+
+            env.update(REUSE_FREED_MEMORY)  # the allocator settings of aioc4's decode processes
         watcher = DiskWatcher(out_dir) if spec.output == "s3" else None
         s3_servers = {"s3": self.servers.s3, "proxy": proxy} if spec.output == "s3" else {}
         servers = {
@@ -930,9 +976,9 @@ class Bench:
         spec = run.spec
         if child.exit_code != 0:
             return f"exit code {child.exit_code}: {child.stderr[-2000:].strip()}"
-        if spec.tool == "decode":
+        if spec.tool in LIMITS:
             counted = json.loads(child.stdout.splitlines()[-1])["lines"]
-            return None if counted == spec.n else f"decode limit counted {counted} lines"
+            return None if counted == spec.n else f"{spec.tool} limit counted {counted} lines"
         if spec.output == "local":
             run.out_parts, run.out_bytes, lines = local_output(out_dir)
             if lines != spec.n:
@@ -1335,6 +1381,7 @@ def tool_title(tool: str) -> str:
     titles = {
         "baseline": "baseline (datasets + boto3)",
         "decode": f"decode limit ({fastest_inflater()[0]}, 1 core)",
+        "check": "check limit (+ aioc4's checks, CRC, write)",
         "bulk-1": "aioc4 all, 1 process",
         f"bulk-{BULK_PROCS}": f"aioc4 all, {BULK_PROCS} processes",
         PROCS_ONE: "aioc4 --procs 1",
@@ -1383,14 +1430,14 @@ def _table_row(result: ScenarioResult, figures: ToolFigures, found: Sequence[Tar
     hub_mb = None if figures.median_hub_bytes is None else figures.median_hub_bytes / MB
     return (
         scenario.name,
-        "-" if tool == "decode" else result.output,
+        "-" if tool in LIMITS else result.output,
         what,
         _ns_text(scenario.ns),
         _num(figures.docs_per_s),
         _num(figures.mb_per_s, 1),
         _num(figures.median_peak_rss_mb, 0),
         _num(hub_mb, 2),
-        "" if tool == "decode" else f"{_num(figures.max_hub_in_flight)}/{_num(figures.max_s3_in_flight)}",
+        "" if tool in LIMITS else f"{_num(figures.max_hub_in_flight)}/{_num(figures.max_s3_in_flight)}",
         _num(figures.cpu_us_per_doc, 1),
         _num(figures.tool_cpu_us_per_doc, 1),
         _num(figures.cpu_ceiling_docs_per_s),
@@ -1408,7 +1455,7 @@ def table(results: Sequence[ScenarioResult], found: Sequence[Target]) -> str:
         _table_row(result, figures, found)
         for result in results
         for figures in result.tools.values()
-        if figures.tool != "decode" or result.output == OUTPUTS[0]
+        if figures.tool not in LIMITS or result.output == OUTPUTS[0]
     ]
     widths = [max(len(row[i]) for row in [TABLE_HEAD, *rows]) for i in range(len(TABLE_HEAD))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows]
@@ -1426,6 +1473,7 @@ def table(results: Sequence[ScenarioResult], found: Sequence[Target]) -> str:
             *_procs_lines(results),
             *_model_lines(results),
             *_ceilings(results),
+            *_beyond_check_limit(results),
         ]
     )
 
@@ -1506,6 +1554,24 @@ def _ceilings(results: Sequence[ScenarioResult]) -> list[str]:
     return lines
 
 
+def _beyond_check_limit(results: Sequence[ScenarioResult]) -> list[str]:
+    """aioc4 against the check limit, where both ran: what aioc4 spends beyond the work every document
+    needs (its CPU per document, its process tree's alone, and its rate)."""
+    lines: list[str] = []
+    for result in results:
+        mine, check = result.figures("aioc4"), result.figures("check")
+        if mine is None or check is None or result.output != OUTPUTS[0]:
+            continue
+        if not lines:
+            lines.append("aioc4 against the check limit (tool CPU us/doc; docs/s), to a local folder:")
+        cpu, floor = mine.tool_cpu_us_per_doc, check.tool_cpu_us_per_doc
+        lines.append(
+            f"  {result.scenario.name:<11} {_num(cpu, 1)} us/doc against {_num(floor, 1)} = "
+            f"{_num(ratio(cpu, floor), 2)} x; docs/s {_num(ratio(mine.docs_per_s, check.docs_per_s), 2)} x"
+        )
+    return lines
+
+
 def _target_line(target: Target) -> str:
     value = "not measured" if target.value is None else f"{target.value:,.2f} {target.unit}"
     limit = f"{target.op} {target.limit:g} {target.unit}"
@@ -1541,6 +1607,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="with --smoke: J children at a time, each with its own servers (distorts every figure)",
     )
     parser.add_argument("--decode-limit", nargs="+", metavar="N PATH", help=argparse.SUPPRESS)
+    parser.add_argument("--check-limit", nargs="+", metavar="N PATH", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
@@ -1609,6 +1676,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.decode_limit:
         decode_limit_main(args.decode_limit)
+        return 0
+    if args.check_limit:
+        check_limit_main(args.check_limit)
         return 0
     started = time.perf_counter()
     shape = SMOKE_SHAPE if args.smoke else QUICK_SHAPE if args.quick else FULL_SHAPE

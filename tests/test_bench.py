@@ -9,6 +9,7 @@ a timed unit test.
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
@@ -20,19 +21,25 @@ from typing import Any
 
 import pytest
 
+from aioc4.errors import CorruptShardError
 from scripts.bench import (
     BULK_PROCS,
     FULL_SHAPE,
+    LIMITS,
     NETWORKS,
     PROCS_DEFAULT,
     PROCS_ONE,
     SMOKE_SHAPE,
     Scenario,
+    check_limit,
+    decode_limit,
     run_child,
     scenario_specs,
     scenarios,
     tool_command,
+    train_shards,
 )
+from scripts.shards import build_fake_c4, iter_shard_lines
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXPECTED = [s for s in scenarios(SMOKE_SHAPE) if not s.big]
@@ -67,6 +74,35 @@ def test_the_procs_runs_alternate_one_process_and_the_default(tmp_path: Path) ->
     commands = {spec.tool: tool_command(spec, tmp_path, []) for spec in specs}
     assert commands[PROCS_ONE][commands[PROCS_ONE].index("--procs") + 1] == "1"
     assert "--procs" not in commands[PROCS_DEFAULT]
+
+
+def test_the_check_limit_does_aioc4s_work_on_the_decode_limits_documents(tmp_path: Path) -> None:
+    """The same first N lines as the decode limit, within a shard and across shards, and every block it
+    checked written whole to the sink (the block holding line N is checked whole, as aioc4 does)."""
+    repo = build_fake_c4(tmp_path / "repo", train_shards=2, docs_per_train_shard=1500)
+    shards = train_shards(repo.root)
+    for n in (1, 700, 1500, 2300):
+        with (tmp_path / "sink").open("wb") as sink:
+            assert check_limit(shards, n, sink.fileno()) == decode_limit(shards, n)
+        written = (tmp_path / "sink").read_bytes()
+        lines = [line for path in shards for line in iter_shard_lines(path)]
+        assert written.count(b"\n") >= n
+        assert written == b"".join(line + b"\n" for line in lines[: written.count(b"\n")])
+
+
+def test_the_check_limit_refuses_a_broken_line(tmp_path: Path) -> None:
+    """It checks every line as aioc4 does: a line that is not a document stops it."""
+    shard = tmp_path / "c4-train.00000-of-00001.json.gz"
+    shard.write_bytes(gzip.compress(b'{"text": "a"}\n{"text": "b"\n{"text": "c"}\n'))
+    with (tmp_path / "sink").open("wb") as sink, pytest.raises(CorruptShardError, match="line 2"):
+        check_limit([shard], 3, sink.fileno())
+
+
+def test_the_table_compares_aioc4_with_the_check_limit(report: dict[str, Any]) -> None:
+    assert "aioc4 against the check limit" in report["table"]
+    for name in ("one-shard", "shards"):
+        entry = next(entry for entry in report["scenarios"] if entry["name"] == name)
+        assert entry["tools"]["check"]["tool_cpu_us_per_doc"] > 0
 
 
 BURN = "import time\nend = time.process_time() + {seconds}\nwhile time.process_time() < end: pass"
@@ -190,8 +226,8 @@ def test_ratios_are_computed_from_the_rates(report: dict[str, Any]) -> None:
 def test_hub_bytes_are_counted(report: dict[str, Any]) -> None:
     for entry in report["scenarios"]:
         for tool, figures in entry["tools"].items():
-            assert (figures["median_hub_bytes"] is None) == (tool == "decode")
-            if tool != "decode":
+            assert (figures["median_hub_bytes"] is None) == (tool in LIMITS)
+            if tool not in LIMITS:
                 assert figures["median_hub_bytes"] > 0
 
 
@@ -209,8 +245,8 @@ def test_requests_at_once_are_counted(report: dict[str, Any]) -> None:
     its requests yet (None), but never counts none."""
     for run in report["runs"]:
         tool, network = run["spec"]["tool"], run["spec"]["network"]
-        assert (run["hub_peak_in_flight"] is None) == (tool == "decode")
-        if tool != "decode":
+        assert (run["hub_peak_in_flight"] is None) == (tool in LIMITS)
+        if tool not in LIMITS:
             assert run["hub_peak_in_flight"] >= 1
         if run["spec"]["output"] != "s3" or NETWORKS[network].s3 == "moto":
             assert run["s3_peak_in_flight"] is None
@@ -221,7 +257,7 @@ def test_server_cpu_is_told_per_server(report: dict[str, Any]) -> None:
     """The servers' CPU is summed and kept per server (the Hub; moto and the proxy for S3 runs)."""
     for run in report["runs"]:
         by_name = run["server_cpu_by_name"]
-        expected = set() if run["spec"]["tool"] == "decode" else {"hub"}
+        expected = set() if run["spec"]["tool"] in LIMITS else {"hub"}
         if run["spec"]["output"] == "s3":
             expected |= {"s3"} | ({"proxy"} if NETWORKS[run["spec"]["network"]].s3 != "moto" else set())
         assert set(by_name) == expected, run["spec"]
