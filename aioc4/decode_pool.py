@@ -276,13 +276,14 @@ class DecodePool:
 
     def _start(self, worker: _Worker, position: int) -> None:
         shard = self._shards[position]
-        segment = Segment(self._staging / segment_name(self._stem, position), on_close=self._changed.set)
+        first = position == self._first
+        path = self._staging / segment_name(self._stem, position)
+        segment = Segment(path, on_close=self._changed.set, adoptable=first)  # may become the first part
         self._segments.append(segment)
         run = _ShardRun(shard, segment)
         self._running.append(run)
         worker.run = run
         self._progress.shards_opened += 1
-        first = position == self._first
         task = ShardTask(
             shard.path,
             str(segment.path),
@@ -347,7 +348,7 @@ class DecodePool:
     def _report(self, worker: _Worker, kind: bytes, payload: bytes) -> None:
         run = worker.run
         assert run is not None
-        run.segment.unlink()  # its process has it open: the name can go
+        run.segment.release_name()  # its process has it open: the name can go
         if kind == PIECE:
             self._add_piece(run, _decode_piece(payload))
         elif kind == DONE:

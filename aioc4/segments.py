@@ -10,6 +10,14 @@ read back, to find the boundary and the CRCs of its two halves.
 A segment is unlinked as soon as its worker has opened it, and read through the file descriptor
 its reader keeps: a run killed at any point leaves nothing behind but, at most, a segment whose
 worker had not opened it yet (a hidden `.tmp` name that the next run sweeps).
+
+The one exception is the job's first segment, which may become its first part (`adopt`): where that
+part holds every document left (one part, or the last one), it starts with the segment's first byte
+and takes the whole segment's lines in order, so the part writer renames the segment to the part's
+temp name instead of copying it, appends any later segments to it, and cuts it to the part's length
+once the decode processes are stopped. That is the copy a count job inside one shard never makes.
+The segment keeps its name until the part writer adopts it or says no (a compressed part, one of
+several): a run killed meanwhile leaves that hidden name, which the next run sweeps like the others.
 """
 
 from __future__ import annotations
@@ -47,10 +55,14 @@ class Segment:
     when it ends. `on_close` tells the pool that a segment's disk space is free again.
     """
 
-    def __init__(self, path: Path, on_close: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, path: Path, on_close: Callable[[], None] | None = None, *, adoptable: bool = False
+    ) -> None:
         self.path = path
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         self.linked = True
+        self.adoptable = adoptable  # it may become the first part (`adopt`) until the part writer decides
+        self.adopted = False
         self.closed = False
         self.copied = 0  # bytes the part writer has copied out of it
         self.final_size: int | None = None  # known once its decode process has finished the shard
@@ -70,12 +82,32 @@ class Segment:
         if self.final_size is not None and self.copied >= self.final_size:
             self.close()
 
+    def release_name(self) -> None:
+        """Its decode process has it open: the name goes, unless the part writer may still adopt it."""
+        if not self.adoptable:
+            self.unlink()
+
     def unlink(self) -> None:
-        """Its name goes (the bytes stay readable through `fd` until it is closed)."""
+        """Its name goes (the bytes stay readable through `fd` until it is closed); it is not adopted."""
+        self.adoptable = False
         if self.linked:
             self.linked = False
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
+
+    def adopt(self, part: Path) -> bool:
+        """Become the part file at `part` (a rename: its decode process goes on appending to it); False
+        when it cannot (not adoptable, or the rename failed), and then its name is gone."""
+        if self.adoptable and self.linked and not self.closed:
+            try:
+                os.replace(self.path, part)
+            except OSError:
+                pass
+            else:
+                self.adoptable, self.linked, self.adopted = False, False, True
+                return True
+        self.unlink()
+        return False
 
     def close(self) -> None:
         if self.closed:

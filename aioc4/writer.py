@@ -3,12 +3,16 @@
 A part is written as the source bytes are (`_PlainFile`), or through one compressor per part
 (`_CompressedFile`, `--compression gzip|zstd`), so that each part is a complete .gz / .zst file.
 Either way the part's size and CRC-32 are those of the stored bytes, computed in the same pass.
+A count job's last part (its only one, often) that starts with the first segment of its decode
+processes is that segment, renamed (`_AdoptedFile`, see aioc4.segments): its bytes are not copied.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import logging
 import os
 from collections import deque
 from collections.abc import AsyncGenerator
@@ -25,9 +29,11 @@ from .decode import SourcePosition
 from .errors import DestinationError
 from .manifest import PartRecord
 from .naming import PartNaming
-from .segments import AnyBatch, SegmentBatch, copy_range, segment_glob
+from .segments import AnyBatch, Segment, SegmentBatch, copy_range, segment_glob
 
 __all__ = ["COMPRESS_BLOCK", "FinishedPart", "PartWriter"]
+
+log = logging.getLogger("aioc4")
 
 COMPRESS_BLOCK = 1 << 20
 _FINISHING_AHEAD = 4
@@ -124,10 +130,10 @@ class PartWriter:
                 self._finish_in_background(self.requested)
             while self._finishing and (len(self._finishing) > self._ahead or self._finishing[0].done):
                 yield await self._next_finished()
-            if self._file is None:
-                self._file = await self._open(self._temp_path)
             room = len(batch) - start if self.max_lines is None else self.max_lines - self._lines
             chunk = batch.slice(start, start + room)
+            if self._file is None:
+                self._file = await self._open(self._temp_path, chunk)
             await self._write(chunk)
             self._account(chunk)
             start += len(chunk)
@@ -208,10 +214,30 @@ class PartWriter:
         self.finished_names.append(record.name)
         return FinishedPart(path=self.directory / record.name, record=record)
 
-    async def _open(self, path: Path) -> _PartFile:
-        """Open in a worker thread; if cancelled meanwhile, wait for the thread and remove what it created."""
+    async def _open(self, path: Path, first: AnyBatch) -> _PartFile:
+        """Open in a worker thread; if cancelled meanwhile, wait for the thread and remove what it created.
+        The part that will hold every document left and starts with the first segment is that segment."""
         compressor = new_compressor(self.naming.compression)
-        opening = asyncio.ensure_future(_open_part(path, compressor, self.durable))
+        adopted = (
+            compressor is None
+            and isinstance(first, SegmentBatch)
+            and first.offset == 0
+            and self._takes_the_rest()
+            and first.segment.adopt(path)
+        )
+        if adopted:
+            assert isinstance(first, SegmentBatch)
+            log.debug("%s is the first segment itself (not copied)", path.name)
+            opening = asyncio.ensure_future(_open_adopted(path, first.segment, self.durable))
+            return await self._opened(opening, path)
+        return await self._opened(asyncio.ensure_future(_open_part(path, compressor, self.durable)), path)
+
+    def _takes_the_rest(self) -> bool:
+        """The part being opened holds every document still wanted (a count job's last part)."""
+        left = self.requested - self.documents
+        return self.requested > 0 and left > 0 and (self.max_lines is None or left <= self.max_lines)
+
+    async def _opened(self, opening: asyncio.Future[_PartFile], path: Path) -> _PartFile:
         try:
             return await asyncio.shield(opening)
         except asyncio.CancelledError:
@@ -227,6 +253,8 @@ class PartWriter:
         assert self._file is not None
         try:
             if isinstance(chunk, SegmentBatch):
+                if chunk.segment.adoptable:
+                    chunk.segment.unlink()  # not this part's start: it is copied, and its name can go
                 await self._file.write_range(chunk)
                 chunk.segment.was_copied(chunk.length)  # all of it copied: its disk space is free
             else:
@@ -281,6 +309,71 @@ async def _open_part(path: Path, compressor: Compressor | None, durable: bool) -
     if compressor is None:
         return _PlainFile(await aiofiles.open(path, "wb"), durable)
     return _CompressedFile(await asyncio.to_thread(open, path, "wb"), compressor, durable)
+
+
+async def _open_adopted(path: Path, segment: Segment, durable: bool) -> _PartFile:
+    fd = await asyncio.to_thread(os.open, path, os.O_WRONLY | os.O_CLOEXEC)
+    return _AdoptedFile(fd, segment, durable)
+
+
+class _AdoptedFile:
+    """A part that is the job's first segment renamed (aioc4.segments): that segment's ranges are in
+    place already; later segments' ranges are copied after them; `finish` cuts the file to the part's
+    length (its decode process wrote on past the last line wanted, and is stopped by then)."""
+
+    def __init__(self, fd: int, segment: Segment, durable: bool) -> None:
+        self._fd: int | None = fd
+        self._segment = segment
+        self._durable = durable
+        self.size = 0
+        self.crc32 = 0
+
+    async def write(self, data: bytes) -> None:
+        await asyncio.to_thread(_write_at, self._require_fd(), data, self.size)
+        self.crc32 = crc32(data, self.crc32)
+        self.size += len(data)
+
+    async def write_range(self, batch: SegmentBatch) -> None:
+        fd = self._require_fd()
+        if batch.segment is not self._segment:
+            await asyncio.to_thread(_copy_at, batch.segment.fd, fd, batch.offset, batch.length, self.size)
+        elif batch.offset != self.size:  # the pool hands a segment's ranges on in order, from its start
+            raise OSError(errno.EIO, f"range at {batch.offset} of the first segment, expected {self.size}")
+        self.crc32 = crc32_combine(self.crc32, batch.crc32, batch.length)
+        self.size += batch.length
+
+    async def finish(self) -> None:
+        await asyncio.to_thread(self._finish)
+
+    async def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def _finish(self) -> None:
+        fd = self._require_fd()
+        os.ftruncate(fd, self.size)
+        if self._durable:
+            os.fsync(fd)
+        self._fd = None
+        os.close(fd)
+
+    def _require_fd(self) -> int:
+        if self._fd is None:
+            raise OSError(errno.EBADF, "the part is closed")
+        return self._fd
+
+
+def _write_at(fd: int, data: bytes, position: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, position)
+        view, position = view[written:], position + written
+
+
+def _copy_at(source: int, target: int, offset: int, length: int, position: int) -> None:
+    os.lseek(target, position, os.SEEK_SET)
+    copy_range(source, target, offset, length)
 
 
 class _PlainFile:

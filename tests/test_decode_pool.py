@@ -61,6 +61,23 @@ def test_parts_across_shard_and_part_boundaries_are_exact_with_shards_decoded_si
     if compression == "gzip":
         written = {name: zlib.decompress(body, wbits=31) for name, body in written.items()}
     assert written == expected  # hidden files included: no segment or temp part is left
+    assert "is the first segment itself" not in result.stderr  # one of several parts: copied
+
+
+def test_one_part_over_shards_side_by_side_is_the_first_segment_with_the_others_appended(
+    aioc4: Aioc4, fake_repo: FakeRepo, source_lines: Lines
+) -> None:
+    """The job's only part starts with the first shard's segment, which becomes the part (renamed, not
+    copied); the other shards' segments are appended after it, and the result is exact."""
+    count = 2 * DOCS_PER_TRAIN_SHARD + 777
+    result = aioc4("--num-samples", str(count), "--output-dir", "o", "--procs", "3", "-v")
+    assert result.returncode == 0, result.stderr
+    order = decoding_order(result.stderr)
+    shards = shard_paths(fake_repo, "train")
+    assert order.index(f"start {shards[1]}") < order.index(f"done {shards[0]}"), order  # side by side
+    assert "is the first segment itself" in result.stderr
+    expected = {f"c4_train_{count}.jsonl": jsonl(source_lines("train")[:count])}
+    assert parts_in(aioc4.cwd / "o") == expected  # hidden files included: no segment or temp part
 
 
 def test_parts_stitched_from_segments_reach_s3_exact(
@@ -85,6 +102,7 @@ def test_an_early_stop_inside_the_first_shard_reads_only_that_shard(
     assert parts_in(aioc4.cwd / "o") == {"c4_train_1500.jsonl": jsonl(source_lines("train")[:1500])}
     assert list(hub.stats()["storage_body_bytes_by_path"]) == [shard_paths(fake_repo, "train")[0]]
     assert result.stderr.count("started decode process") == 1
+    assert "is the first segment itself" in result.stderr  # cut after line 1500, not copied
 
 
 def test_procs_default_is_the_cpus_this_process_may_use(hub: HubServerProcess, tmp_path: Path) -> None:

@@ -288,6 +288,32 @@ def test_kill_9_while_parts_are_stitched_from_decode_processes_then_rerun_gives_
     assert parts_in(tmp_path / "out") == expected  # hidden files included: no temp part, no segment
 
 
+def test_kill_9_while_the_only_part_grows_from_the_first_segment_then_rerun_gives_identical_output(
+    tmp_path: Path, paced_hub: HubServerProcess, source_lines: Lines
+) -> None:
+    """The only part of a count job is the first shard's segment, renamed, with the others appended:
+    killed with -9 at random points of it, every rerun ends with exactly that part and nothing else
+    (the renamed segment is a temp part that the next run sweeps)."""
+    aioc4 = Aioc4(cwd=tmp_path, env=clean_env(paced_hub.endpoint, {}, tmp_path))
+    count = 2 * DOCS_PER_TRAIN_SHARD + 1_500
+    args = ["--num-samples", str(count), "--output-dir", "out", "--procs", "2", "--max-download-rate", "4M"]
+    rng = random.Random(20261206)
+    kills = 0
+    for _ in range(4):
+        process = aioc4.popen(*args)
+        time.sleep(rng.uniform(0.3, 1.2))  # capped at 4 MB/s, the job takes ~2 s: a time is a point of it
+        if process.poll() is not None:
+            break
+        os.kill(process.pid, signal.SIGKILL)
+        kills += 1
+        process.communicate(timeout=30)
+    final = aioc4(*args)
+    assert final.returncode == 0, final.stderr
+    assert kills >= 3, f"only {kills} round(s) were still running when killed"
+    expected = {f"c4_train_{count}.jsonl": jsonl(source_lines("train")[:count])}
+    assert parts_in(tmp_path / "out") == expected  # hidden files included: no temp part, no segment
+
+
 def test_kill_9_at_random_points_then_rerun_gives_byte_identical_output(
     tmp_path: Path, paced_hub: HubServerProcess, s3: MotoServerProcess, bucket: str, source_lines: Lines
 ) -> None:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import random
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from aioc4.decode import Batch, SourcePosition, check_block
 from aioc4.naming import CountNaming
+from aioc4.segments import AnyBatch, Block, Segment, SegmentBatch
 from aioc4.writer import COMPRESS_BLOCK, FinishedPart, PartWriter
 
 LINES = [b'{"text":"doc %d"}' % i for i in range(23)]
@@ -22,7 +25,7 @@ def batch(start: int, stop: int, shard: str = "en/s0.json.gz", first_line: int |
     return check_block(data, shard=shard, first_line_number=first_line or start + 1)
 
 
-async def write_all(writer: PartWriter, batches: list[Batch]) -> list[FinishedPart]:
+async def write_all(writer: PartWriter, batches: Sequence[AnyBatch]) -> list[FinishedPart]:
     parts = []
     for item in batches:
         parts += await writer.write(item)
@@ -156,3 +159,87 @@ def test_compressed_parts_do_not_depend_on_how_the_batches_arrived(tmp_path: Pat
     other = asyncio.run(write([7, 2500], tmp_path / "b"))
     assert one == other
     assert len(data) > 2 * COMPRESS_BLOCK  # the part spans several compression blocks
+
+
+def segment_with(path: Path, lines: list[bytes], *, adoptable: bool) -> tuple[Segment, list[SegmentBatch]]:
+    """A segment as a decode process leaves it: its lines appended, one block (and batch) per line."""
+    segment = Segment(path, adoptable=adoptable)
+    batches, offset = [], 0
+    with path.open("ab") as appender:
+        for number, line in enumerate(lines, 1):
+            appender.write(line + b"\n")
+            block = Block(1, len(line) + 1, zlib.crc32(line + b"\n"))
+            batches.append(SegmentBatch(f"en/{path.stem}.json.gz", number, segment, offset, [block]))
+            offset += block.length
+    segment.finished(offset)
+    return segment, batches
+
+
+def test_the_last_part_starting_with_the_first_segment_is_that_segment_renamed_and_cut(
+    tmp_path: Path,
+) -> None:
+    """Its own ranges are not copied (the part is the segment's file), the next segment's are appended
+    after them, and the lines its decode process wrote past the last one wanted are cut off; the part's
+    CRC is that of its bytes."""
+    first, first_batches = segment_with(tmp_path / ".s0.tmp", LINES[:10], adoptable=True)
+    second, second_batches = segment_with(tmp_path / ".s1.tmp", LINES[10:20], adoptable=False)
+    first_file = os.fstat(first.fd).st_ino
+    writer = PartWriter(tmp_path, CountNaming("train", 14, None), None, requested=14)
+    wanted = [*first_batches, *second_batches[:4]]  # 14 documents; the segments hold 20
+    [part] = asyncio.run(write_all(writer, wanted))
+    content = (tmp_path / "c4_train_14.jsonl").read_bytes()
+    assert content == b"".join(line + b"\n" for line in LINES[:14])
+    assert part.record.crc32 == f"{zlib.crc32(content):08x}"
+    assert part.size == len(content)
+    assert (tmp_path / "c4_train_14.jsonl").stat().st_ino == first_file
+    assert first.adopted
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".s1.tmp", "c4_train_14.jsonl"]
+    first.close()
+    second.close()
+
+
+def test_a_part_ending_inside_the_adopted_segment_is_cut_after_its_last_line(tmp_path: Path) -> None:
+    """The decode process wrote on past the last document wanted: those lines are not in the part."""
+    first, batches = segment_with(tmp_path / ".s0.tmp", LINES[:10], adoptable=True)
+    writer = PartWriter(tmp_path, CountNaming("train", 6, 8), 8, requested=6)
+    [part] = asyncio.run(write_all(writer, batches[:6]))
+    content = (tmp_path / "c4_train_6.jsonl").read_bytes()
+    assert content == b"".join(line + b"\n" for line in LINES[:6])
+    assert part.record.crc32 == f"{zlib.crc32(content):08x}"
+    assert first.adopted
+    first.close()
+
+
+@pytest.mark.parametrize(
+    ("max_lines", "compression", "start"),
+    [(5, "none", 0), (None, "gzip", 0), (None, "none", 1)],
+    ids=["one-of-several-parts", "compressed", "not-from-its-start"],
+)
+def test_a_part_that_cannot_be_the_first_segment_copies_it_and_its_name_goes(
+    tmp_path: Path, max_lines: int | None, compression: str, start: int
+) -> None:
+    first, batches = segment_with(tmp_path / ".s0.tmp", LINES[:10], adoptable=True)
+    naming = CountNaming("train", 10 - start, max_lines, compression=compression)
+    writer = PartWriter(tmp_path, naming, max_lines, requested=10 - start)
+    parts = asyncio.run(write_all(writer, batches[start:]))
+    contents = [(tmp_path / part.name).read_bytes() for part in parts]
+    if compression == "gzip":
+        contents = [zlib.decompress(content, wbits=31) for content in contents]
+    assert b"".join(contents) == b"".join(line + b"\n" for line in LINES[start:10])
+    assert not first.adopted
+    assert not (tmp_path / ".s0.tmp").exists()
+    first.close()
+
+
+def test_a_cancelled_run_removes_the_adopted_segment_with_its_part(tmp_path: Path) -> None:
+    first, batches = segment_with(tmp_path / ".s0.tmp", LINES[:10], adoptable=True)
+    writer = PartWriter(tmp_path, CountNaming("train", 10, None), None, requested=10)
+
+    async def write_then_abort() -> None:
+        await writer.write(batches[0])
+        await writer.abort()
+
+    asyncio.run(write_then_abort())
+    assert first.adopted
+    assert list(tmp_path.iterdir()) == []  # neither the segment's name nor the part's temp is left
+    first.close()
