@@ -58,7 +58,8 @@ bytes come from the server's counters, and the local disk held by parts waiting 
 the output folder during S3 runs. MB are 10^6 bytes; MB/s counts the raw JSON bytes (with newlines) of
 the documents in the source shards.
 
-Flags: `--rounds R` (default 3), `--quick` (2 shards of 20k, small N), `--smoke` (2 shards of 1k, tiny N:
+Flags: `--rounds R` (default 3), `--quick` (2 shards of 20k, small N), `--one-part` (every run writes
+one part, as the original tool does without `--max-lines-per-file`), `--smoke` (2 shards of 1k, tiny N:
 the harness's own test, `tests/test_bench.py`; its figures mean nothing), `--big` (adds
 N=2M over 40 hard-linked shards, for memory), `--only SCENARIO` (repeatable), `--json [PATH]` (all
 measurements; `-` or no PATH = stdout, the table then goes to stderr), `--check` (exit 1 when a target
@@ -86,7 +87,7 @@ import zlib
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -383,6 +384,10 @@ class Scenario:
         return f"{tool}@{network}" if self.paired else tool
 
 
+def _parts_text(part_lines: int) -> str:
+    return "one part" if part_lines == sys.maxsize else f"parts of {part_lines:,}"
+
+
 def scenarios(shape: Shape) -> list[Scenario]:
     """The scenarios of the targets, sized for `shape` (`--quick` has two small shards)."""
     n_all, n_one, n_several, part = (
@@ -394,7 +399,7 @@ def scenarios(shape: Shape) -> list[Scenario]:
     big_n = BIG_SHARDS * shape.docs_per_shard
     model = shape.model.title
     return [
-        Scenario("all-shards", f"N={n_all:,} over all shards, parts of {part:,}", (n_all,), part),
+        Scenario("all-shards", f"N={n_all:,} over all shards, {_parts_text(part)}", (n_all,), part),
         Scenario("one-shard", f"streaming within one shard, N={_ns_text(n_one)}", n_one, part, WITH_CHECK),
         Scenario("shards", f"several shards, N={_ns_text(n_several)}", n_several, part, WITH_CHECK),
         Scenario(
@@ -408,7 +413,7 @@ def scenarios(shape: Shape) -> list[Scenario]:
         ),
         Scenario(
             "s3-model",
-            f"several shards, N={_ns_text(n_several)}, parts of {part:,}, via the S3 proxy on the model "
+            f"several shards, N={_ns_text(n_several)}, {_parts_text(part)}, via the S3 proxy on the model "
             f"({model}) and unpaced",
             n_several,
             part,
@@ -1600,6 +1605,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is not met")
     parser.add_argument(
+        "--one-part",
+        action="store_true",
+        help="every run writes one part, as without --max-lines-per-file (the original tool's default)",
+    )
+    parser.add_argument(
         "--jobs",
         type=int,
         default=1,
@@ -1682,6 +1692,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     started = time.perf_counter()
     shape = SMOKE_SHAPE if args.smoke else QUICK_SHAPE if args.quick else FULL_SHAPE
+    if args.one_part:  # no part size below any N: every run writes one part
+        shape = replace(shape, part_lines=sys.maxsize)
     chosen = choose(scenarios(shape), args)
     repo, big_root = prepare(shape, chosen)
     shards = train_shards(repo.root)
@@ -1690,6 +1702,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "quick": args.quick,
         "smoke": args.smoke,
         "jobs": args.jobs,
+        "one_part": args.one_part,
         "shards": {"count": shape.shards, "docs_per_shard": shape.docs_per_shard, "root": str(repo.root)},
         "inflater": fastest_inflater()[0],
         "network_model": asdict(shape.model),
