@@ -9,7 +9,7 @@ import signal
 import subprocess
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -256,6 +256,23 @@ def kill_9_at_a_random_point(
     return True
 
 
+def kill_9_rounds(
+    aioc4: Aioc4, args: Sequence[str], rounds: int, wait: Callable[[subprocess.Popen[str]], None]
+) -> int:
+    """Up to `rounds` runs, each killed with -9 once `wait` returns (unless it ended before: then no
+    more rounds); how many were killed."""
+    kills = 0
+    for _ in range(rounds):
+        process = aioc4.popen(*args)
+        wait(process)
+        if process.poll() is not None:
+            break
+        os.kill(process.pid, signal.SIGKILL)
+        kills += 1
+        process.communicate(timeout=30)
+    return kills
+
+
 def test_kill_9_while_parts_are_stitched_from_decode_processes_then_rerun_gives_identical_output(
     tmp_path: Path, paced_hub: HubServerProcess, source_lines: Lines
 ) -> None:
@@ -270,16 +287,12 @@ def test_kill_9_while_parts_are_stitched_from_decode_processes_then_rerun_gives_
     args += ["--procs", "2", "--max-download-rate", "4M"]
     manifest = tmp_path / "out" / f"c4_train_{count}.manifest.json"
     rng = random.Random(20261130)
-    kills = 0
-    for _ in range(5):
-        process = aioc4.popen(*args)
+
+    def a_random_time_after_a_new_part(process: subprocess.Popen[str]) -> None:
         wait_for_a_new_part(process, manifest, recorded_parts(manifest))
         time.sleep(rng.uniform(0, 0.5))  # the run is capped at 4 MB/s: a time is a point of the job
-        if process.poll() is not None:
-            break
-        os.kill(process.pid, signal.SIGKILL)
-        kills += 1
-        process.communicate(timeout=30)
+
+    kills = kill_9_rounds(aioc4, args, 5, a_random_time_after_a_new_part)
     final = aioc4(*args)
     assert final.returncode == 0, final.stderr
     assert kills >= 3, f"only {kills} round(s) were still running when killed"
@@ -298,15 +311,11 @@ def test_kill_9_while_the_only_part_grows_from_the_first_segment_then_rerun_give
     count = 2 * DOCS_PER_TRAIN_SHARD + 1_500
     args = ["--num-samples", str(count), "--output-dir", "out", "--procs", "2", "--max-download-rate", "4M"]
     rng = random.Random(20261206)
-    kills = 0
-    for _ in range(4):
-        process = aioc4.popen(*args)
-        time.sleep(rng.uniform(0.3, 1.2))  # capped at 4 MB/s, the job takes ~2 s: a time is a point of it
-        if process.poll() is not None:
-            break
-        os.kill(process.pid, signal.SIGKILL)
-        kills += 1
-        process.communicate(timeout=30)
+
+    def a_random_time(process: subprocess.Popen[str]) -> None:
+        time.sleep(rng.uniform(0.3, 1.2))  # capped at 4 MB/s, the job takes ~6 s: a time is a point of it
+
+    kills = kill_9_rounds(aioc4, args, 4, a_random_time)
     final = aioc4(*args)
     assert final.returncode == 0, final.stderr
     assert kills >= 3, f"only {kills} round(s) were still running when killed"
