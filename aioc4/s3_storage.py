@@ -9,7 +9,11 @@ Integrity: every upload request carries a checksum S3 verifies before accepting 
 default (`--s3-checksum crc32`) or Content-MD5 (`--s3-checksum md5`, for S3-compatible stores that
 reject botocore's newer flexible checksums). aioc4 supplies the CRC-32 itself (ISA-L, so botocore does
 not hash the body again): a whole part goes up with the value the writer computed while writing it,
-so bytes that changed on disk since are rejected; multipart chunks carry their own. Each object also
+so bytes that changed on disk since are rejected; multipart chunks carry their own. That checksum,
+signed among the headers, is what covers a body: botocore does not also sign its SHA-256, which it
+does only over plain HTTP (over HTTPS with a checksum it does not anyway) and which costs another read
+and a hash of every byte on the event loop (loopback, 200k documents to moto: 0.6 s of the main
+process's 3.1 s of CPU, ~10% of the wall time). Each object also
 carries the part's CRC-32 as metadata, which the manifest records, so a rerun can tell an intact
 object with one HEAD request.
 
@@ -382,6 +386,7 @@ class S3Storage:
             connect_timeout=min(10.0, timeout_s),
             read_timeout=timeout_s,
             **_checksum_config(checksum),
+            s3={"payload_signing_enabled": False},
         )
         self._stack = AsyncExitStack()
         self._client: Any = client

@@ -344,6 +344,33 @@ def test_concurrent_parts_go_up_in_chunks_side_by_side_and_arrive_exact(
     assert asyncio.run(list_multipart_uploads(s3.endpoint, bucket)) == []
 
 
+def test_a_body_is_covered_by_its_signed_checksum_without_a_second_hash(
+    aws: None, s3: MotoServerProcess, far_link: S3FaultProxyProcess, bucket: str, tmp_path: Path
+) -> None:
+    """Over plain HTTP botocore would also hash every body byte (SHA-256) into the signature: the
+    CRC-32 header S3 verifies covers the body instead, for whole parts and chunks alike."""
+    far_link.set_rules(
+        [
+            {"name": "unsigned", "methods": ["PUT"], "action": "delay", "seconds": 0,
+             "header": {"x-amz-content-sha256": "^UNSIGNED-PAYLOAD$", "x-amz-checksum-crc32": None}},
+            {"name": "other", "methods": ["PUT"], "action": "delay", "seconds": 0},
+        ]
+    )  # fmt: skip
+    chunked = make_part(tmp_path, "c4_chunked.jsonl", THREE_CHUNKS, seed=7)
+    whole = make_part(tmp_path, "c4_whole.jsonl", MB, seed=8)
+
+    async def upload() -> None:
+        async with S3Storage(S3Target(bucket, "u"), endpoint_url=far_link.endpoint) as storage:
+            await asyncio.gather(put(storage, *chunked), put(storage, *whole))
+
+    asyncio.run(upload())
+    assert asyncio.run(list_objects(s3.endpoint, bucket)) == {
+        f"u/{path.name}": data for path, data in (chunked, whole)
+    }
+    rules = far_link.stats()["rules"]
+    assert {name: rule["injected"] for name, rule in rules.items()} == {"unsigned": 4, "other": 0}
+
+
 class CountingClient:
     """An S3 client that counts its data requests in flight (and lets everything else through)."""
 
