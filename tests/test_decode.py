@@ -6,10 +6,11 @@ import gzip
 import json
 import random
 import zlib
+from dataclasses import dataclass
 
 import pytest
 
-from aioc4.decode import MAX_LINE_BYTES, SAMPLE_STRIDE, GzipLineDecoder, check_block
+from aioc4.decode import MAX_LINE_BYTES, SAMPLE_STRIDE, GzipLineDecoder, ShardLines, check_block
 from aioc4.errors import CorruptShardError
 
 DOCS = [
@@ -20,6 +21,13 @@ DOCS = [
     }
     for i in range(400)
 ]
+
+
+@dataclass
+class SkippedRecords:
+    skipped_records: int = 0
+
+
 LINES = [json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode() for doc in DOCS]
 DATA = b"".join(line + b"\n" for line in LINES)
 
@@ -125,6 +133,33 @@ def test_every_line_of_every_block_is_checked_whatever_its_position(
     data = b"".join(line + b"\n" for line in lines)
     with pytest.raises(CorruptShardError, match=rf"^en/x\.json\.gz: line {100 + position} {problem}"):
         check_block(data, shard="en/x.json.gz", first_line_number=100)
+
+
+@pytest.mark.parametrize("blank", [b"", b"   ", b"\t\r"])
+@pytest.mark.parametrize("blank_first", [True, False])
+def test_a_blank_line_and_a_line_of_two_objects_do_not_make_up_for_each_other(
+    blank: bytes, blank_first: bool
+) -> None:
+    """Counted whole, one line with no object and one with two give as many objects as lines."""
+    pair = [blank, b'{"text":"a"}{"text":"b"}']
+    odd = pair if blank_first else pair[::-1]
+    data = b"".join(line + b"\n" for line in [LINES[0], *odd, LINES[1]])
+    with pytest.raises(CorruptShardError, match=r"^en/x\.json\.gz: line 11 is not valid JSON"):
+        check_block(data, shard="en/x.json.gz", first_line_number=10)
+
+
+def test_skipping_bad_records_drops_both_and_keeps_the_rest_exactly() -> None:
+    skipped = SkippedRecords()
+    lines = ShardLines("en/x.json.gz", 1, 0, skipped)
+    odd = [LINES[0], b"", LINES[1], b'{"text":"a"} {"text":"b"}', LINES[2]]
+    data = b"".join(line + b"\n" for line in odd)
+    batches = lines.take(data)
+    assert [(batch.first_line, batch.data) for batch in batches] == [
+        (1, LINES[0] + b"\n"),
+        (3, LINES[1] + b"\n"),
+        (5, LINES[2] + b"\n"),
+    ]
+    assert skipped.skipped_records == 2
 
 
 def test_other_valid_json_documents_pass() -> None:
