@@ -188,6 +188,25 @@ def test_a_bad_line_past_the_first_10000_stops_the_run_and_reaches_no_part(
     assert names[10] not in written  # the part that would hold line 10,500
 
 
+def test_a_blank_line_beside_a_line_of_two_objects_stops_the_run(
+    fake_repo: FakeRepo, tmp_path: Path, source_lines: Lines
+) -> None:
+    """As many objects as lines in the block, but not one per line: neither line reaches a part."""
+    shard = shard_paths(fake_repo, "train")[0]
+    lines = list(source_lines("train")[:DOCS_PER_TRAIN_SHARD])
+    lines[10_499], lines[10_500] = b"", lines[10_500] + lines[10_501]
+    with HubServerProcess(repo_with_shard(fake_repo, tmp_path, shard, lines)) as hub:
+        aioc4 = Aioc4(cwd=tmp_path, env=clean_env(hub.endpoint, {}, tmp_path))
+        result = aioc4("--num-samples", "11000", "--max-lines-per-file", "1000", "--output-dir", "o")
+    assert result.returncode == 1, result.stderr
+    assert result.error_lines[0].startswith(f"aioc4: error: {shard}: line 10500 is not valid JSON")
+    written, names = parts_in(tmp_path / "o"), part_names("train", 11000, 1000)
+    assert written == {
+        name: body for name, body in split_expected(lines, names, 1000).items() if name in written
+    }
+    assert names[10] not in written  # the part that would hold lines 10,500 and 10,501
+
+
 def test_an_html_page_instead_of_a_shard_is_named_at_once_not_retried(
     hub_with: tuple[HubServerProcess, Aioc4],
 ) -> None:
