@@ -51,7 +51,8 @@ counts them ("-" otherwise, and for S3 runs straight to moto).
 A scenario with one N times whole processes (docs/s = N / T); one with two N excludes start-up by
 differencing: docs/s = (N2 - N1) / (T(N2) - T(N1)). Every figure is the median over `--rounds`. A run's
 peak RSS is its whole process tree's: the most the tool's process and all its descendants held at once,
-summed (VmRSS polled every 20 ms; ru_maxrss, the largest single process, when larger). Its CPU is the
+summed (VmRSS polled every 20 ms, leaving out a child forked but not yet exec'd, whose pages are its
+parent's; ru_maxrss, the largest single process, when larger). Its CPU is the
 tool's process tree's from rusage (`os.wait4` in a small launcher process, which counts every child the
 tool reaped); `CPU us/doc` adds the Hub server's, moto's and the proxy's, `tool us/doc` does not. Hub
 bytes come from the server's counters, and the local disk held by parts waiting for upload from polling
@@ -609,15 +610,26 @@ def process_rss_bytes(pid: int) -> int:
     return 0 if line is None else int(line.split()[1]) * 1024
 
 
+def _cmdline(pid: int) -> bytes | None:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+
+
 def tree_rss_bytes(root: int) -> int:
-    """The summed VmRSS of every descendant of `root`, not `root` itself (the launcher)."""
-    total, seen, pending = 0, {root}, child_pids(root)
+    """The summed VmRSS of every descendant of `root`, not `root` itself (the launcher). A child still
+    running its parent's command is a fork that has not exec'd yet (uvloop spawns a decode process by
+    fork, then exec): its RSS is its parent's pages, shared copy-on-write, so it is not counted."""
+    total, seen, pending = 0, {root}, [(pid, root) for pid in child_pids(root)]
     while pending:
-        pid = pending.pop()
+        pid, parent = pending.pop()
         if pid not in seen:
             seen.add(pid)
-            total += process_rss_bytes(pid)
-            pending += child_pids(pid)
+            command = _cmdline(pid)
+            if command is None or command != _cmdline(parent):
+                total += process_rss_bytes(pid)
+            pending += [(child, pid) for child in child_pids(pid)]
     return total
 
 

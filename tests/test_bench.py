@@ -9,10 +9,12 @@ a timed unit test.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import asdict
@@ -32,12 +34,15 @@ from scripts.bench import (
     SMOKE_SHAPE,
     Scenario,
     check_limit,
+    child_pids,
     decode_limit,
+    process_rss_bytes,
     run_child,
     scenario_specs,
     scenarios,
     tool_command,
     train_shards,
+    tree_rss_bytes,
 )
 from scripts.shards import build_fake_c4, iter_shard_lines
 
@@ -138,6 +143,41 @@ def test_a_runs_peak_rss_sums_its_process_tree(tmp_path: Path) -> None:
     child = run_child([sys.executable, "-c", parent], dict(os.environ), tmp_path)
     assert child.exit_code == 0, child.stderr
     assert child.maxrss_mb < 80 < child.tree_rss_mb == child.peak_rss_mb
+
+
+HOLD_48_MB = "import time\nheld = b'x' * (48 << 20)\nprint('held', flush=True)\ntime.sleep(30)"
+
+
+def test_a_fork_that_has_not_exec_d_adds_nothing_to_the_trees_rss() -> None:
+    """A forked child still running its parent's code shows the parent's 64 MB in its own VmRSS: pages
+    shared copy-on-write, not more memory. An exec'd child's memory is counted."""
+    code = (
+        "import os, subprocess, sys, time\n"
+        "held = bytearray(64 << 20)\n"
+        "held[::4096] = b'x' * len(held[::4096])\n"
+        "if os.fork() == 0:\n"
+        "    time.sleep(30)\n"
+        "    os._exit(0)\n"
+        f"exec_d = subprocess.Popen([sys.executable, '-c', {HOLD_48_MB!r}], stdout=subprocess.PIPE)\n"
+        "exec_d.stdout.readline()\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(30)\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    children: list[int] = []
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline() == "ready\n"
+        children = child_pids(process.pid)
+        forked = [pid for pid in children if process_rss_bytes(pid) > 64 << 20]
+        assert len(children) == 2  # the fork and the exec'd child
+        assert len(forked) == 1  # what a sampler finds in the fork
+        assert 48 << 20 < tree_rss_bytes(process.pid) < 64 << 20  # the exec'd child alone
+    finally:
+        for pid in [*children, process.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        process.wait()
 
 
 @pytest.fixture(scope="module")
