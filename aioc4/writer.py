@@ -218,35 +218,32 @@ class PartWriter:
         """Open in a worker thread; if cancelled meanwhile, wait for the thread and remove what it created.
         The part that will hold every document left and starts with the first segment is that segment."""
         compressor = new_compressor(self.naming.compression)
-        adopted = (
+        if (
             compressor is None
             and isinstance(first, SegmentBatch)
             and first.offset == 0
             and self._takes_the_rest()
             and first.segment.adopt(path)
-        )
-        if adopted:
-            assert isinstance(first, SegmentBatch)
+        ):
             log.debug("%s is the first segment itself (not copied)", path.name)
-            opening = asyncio.ensure_future(_open_adopted(path, first.segment, self.durable))
-            return await self._opened(opening, path)
-        return await self._opened(asyncio.ensure_future(_open_part(path, compressor, self.durable)), path)
+            opening = _open_adopted(path, first.segment, self.durable)
+        else:
+            opening = _open_part(path, compressor, self.durable)
+        started = asyncio.ensure_future(opening)
+        try:
+            return await asyncio.shield(started)
+        except asyncio.CancelledError:
+            with contextlib.suppress(OSError):
+                await (await started).close()
+            _remove(path)
+            raise
+        except OSError as exc:
+            raise DestinationError(f"cannot write to {self.directory}: {exc.strerror or exc}") from None
 
     def _takes_the_rest(self) -> bool:
         """The part being opened holds every document still wanted (a count job's last part)."""
         left = self.requested - self.documents
         return self.requested > 0 and left > 0 and (self.max_lines is None or left <= self.max_lines)
-
-    async def _opened(self, opening: asyncio.Future[_PartFile], path: Path) -> _PartFile:
-        try:
-            return await asyncio.shield(opening)
-        except asyncio.CancelledError:
-            with contextlib.suppress(OSError):
-                await (await opening).close()
-            _remove(path)
-            raise
-        except OSError as exc:
-            raise DestinationError(f"cannot write to {self.directory}: {exc.strerror or exc}") from None
 
     async def _write(self, chunk: AnyBatch) -> None:
         """The chunk's bytes into the part; a segment's range is copied file to file (aioc4.segments)."""
