@@ -2,12 +2,12 @@
 
 The decoder is fed compressed chunks as they arrive, so a shard can be read over HTTP and stopped
 after its first documents without fetching the rest. A block of whole lines is passed through as
-one `bytes`, and every line of it is checked, whatever its position: valid UTF-8 (an incremental
-decoder over the block, skipped when the block is ASCII) and one JSON object with a string `text`
+one `bytes`, and every line of it is checked, whatever its position: valid UTF-8 (decoded in
+pieces of whole lines, skipped when the block is ASCII) and one JSON object with a string `text`
 (msgspec's validating decoder, which builds no Python string for the text). A block that fails
 is split up to name the first bad line. A sample of lines (the first, and the one after every
-`SAMPLE_STRIDE` bytes, which is not biased towards long documents) is parsed in full for the
-text-length statistic. No line may be longer than `MAX_LINE_BYTES`, and inflating never holds
+`SAMPLE_STRIDE` bytes, which is not biased towards long documents) is decoded with its text, for
+the text-length statistic. No line may be longer than `MAX_LINE_BYTES`, and inflating never holds
 more than that plus `_INFLATE_PIECE` of a line that is still being read.
 
 Inflating uses python-isal (ISA-L, 2-3x faster than zlib) when it is installed, zlib otherwise.
@@ -15,14 +15,12 @@ Inflating uses python-isal (ISA-L, 2-3x faster than zlib) when it is installed, 
 
 from __future__ import annotations
 
-import codecs
 import logging
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import msgspec
-import orjson
 
 from .checksum import ZLIB_ERRORS, fast_zlib
 from .errors import MAX_LINE_BYTES, CorruptShardError, LineTooLongError
@@ -50,7 +48,7 @@ SAMPLE_STRIDE = 64 * 1024
 _SHOWN_BAD_RECORDS = 10  # skipped lines named in the log; the rest are only counted
 _INFLATE_PIECE = 8 * 1024 * 1024  # inflated bytes produced per call, so a huge line is caught early
 _FEED_LIMIT = 256 * 1024 * 1024  # inflated bytes one compressed chunk may expand to (a gzip bomb)
-_UTF8_PIECE = 64 * 1024  # UTF-8 is checked in pieces: small strings, made and dropped in cache
+_UTF8_PIECE = 64 * 1024  # UTF-8 is checked in pieces of whole lines: small strings, made and dropped in cache
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
 
 
@@ -60,7 +58,14 @@ class _Document(msgspec.Struct):
     text: msgspec.Raw
 
 
+class _Text(msgspec.Struct):
+    """A sampled document: its `text` as a string, to measure its length."""
+
+    text: str
+
+
 _DOCUMENTS = msgspec.json.Decoder(_Document)
+_TEXTS = msgspec.json.Decoder(_Text)
 _QUOTE = ord('"')  # a raw JSON value that is a string starts with it
 _BRACE = ord("{")
 
@@ -161,7 +166,7 @@ class GzipLineDecoder:
         self._pending = b""
         self._too_long: LineTooLongError | None = None  # found; raised once the lines before it are out
 
-    def feed(self, chunk: bytes) -> bytes:
+    def feed(self, chunk: bytes | memoryview) -> bytes:
         """The complete lines found so far (newline-terminated); a partial last line waits.
 
         A line over the limit is refused; the whole lines before it in the same chunk are returned
@@ -199,7 +204,7 @@ class GzipLineDecoder:
         if length > MAX_LINE_BYTES:
             raise LineTooLongError(self._shard, sum(block.count(b"\n") for block in blocks))
 
-    def _inflate(self, chunk: bytes) -> list[bytes]:
+    def _inflate(self, chunk: bytes | memoryview) -> list[bytes]:
         """The chunk inflated, in pieces of at most `_INFLATE_PIECE` bytes (gzip members may follow
         each other); more than `_FEED_LIMIT` from one chunk is refused."""
         pieces: list[bytes] = []
@@ -243,12 +248,15 @@ def check_documents(data: bytes, *, shard: str, first_line_number: int, lines: L
 
 
 def _valid_utf8(data: bytes) -> bool:
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    view = memoryview(data)
+    """A block of whole lines is valid UTF-8: decoded in pieces that end at a newline, so no piece
+    splits a character and each is decoded straight from a view of the block (an incremental decoder
+    copied every piece first: 2.0 us per C4 document, this 1.4)."""
+    view, find, size, start = memoryview(data), data.find, len(data), 0
     try:
-        for start in range(0, len(data), _UTF8_PIECE):
-            decoder.decode(view[start : start + _UTF8_PIECE])
-        decoder.decode(b"", True)
+        while start < size:
+            end = find(b"\n", start + _UTF8_PIECE) + 1 or size
+            str(view[start:end], "utf-8")
+            start = end
     except UnicodeDecodeError:
         return False
     return True
@@ -351,13 +359,11 @@ class _TextOf:
 def _record_text(line: bytes) -> str:
     """The document's text; ValueError saying why the line is not a document."""
     try:
-        record = orjson.loads(line)
-    except orjson.JSONDecodeError as exc:
+        return _TEXTS.decode(line).text
+    except msgspec.ValidationError:
+        raise ValueError("is not a JSON object with a 'text' string") from None
+    except msgspec.DecodeError as exc:
         raise ValueError(f"is not valid JSON ({exc})") from None
-    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-        raise ValueError("is not a JSON object with a 'text' string")
-    text: str = record["text"]
-    return text
 
 
 class SkipCounter(Protocol):

@@ -8,9 +8,10 @@ import random
 import zlib
 from dataclasses import dataclass
 
+import orjson
 import pytest
 
-from aioc4.decode import MAX_LINE_BYTES, SAMPLE_STRIDE, GzipLineDecoder, ShardLines, check_block
+from aioc4.decode import MAX_LINE_BYTES, SAMPLE_STRIDE, GzipLineDecoder, ShardLines, _valid_utf8, check_block
 from aioc4.errors import CorruptShardError
 
 DOCS = [
@@ -133,6 +134,20 @@ def test_every_line_of_every_block_is_checked_whatever_its_position(
     data = b"".join(line + b"\n" for line in lines)
     with pytest.raises(CorruptShardError, match=rf"^en/x\.json\.gz: line {100 + position} {problem}"):
         check_block(data, shard="en/x.json.gz", first_line_number=100)
+
+
+def test_multi_byte_characters_anywhere_in_a_long_block_are_valid() -> None:
+    """UTF-8 is checked in pieces: wherever a piece would end, no character is split (lines of every
+    length put 2-, 3- and 4-byte characters on every offset), and a bad byte after them is still found."""
+    lines = [orjson.dumps({"text": "é€😀" * (index % 97 + 1)}) for index in range(3_000)]
+    data = b"".join(line + b"\n" for line in lines)
+    assert len(data) > 4 * 64 * 1024
+    assert check_block(data, shard="en/x.json.gz", first_line_number=1).count == len(lines)
+    assert _valid_utf8(data)  # the whole-block check passes it: no fallback to checking each line
+    broken = data[:-3] + b'\xff"}\n'
+    assert not _valid_utf8(broken)
+    with pytest.raises(CorruptShardError, match=rf"^en/x\.json\.gz: line {len(lines)} is not valid UTF-8"):
+        check_block(broken, shard="en/x.json.gz", first_line_number=1)
 
 
 @pytest.mark.parametrize("blank", [b"", b"   ", b"\t\r"])
