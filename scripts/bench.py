@@ -71,6 +71,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import compileall
 import contextlib
 import gzip
 import itertools
@@ -1694,6 +1695,14 @@ def prepare(shape: Shape, chosen: Sequence[Scenario]) -> tuple[FakeRepo, Path | 
     return repo, big_root
 
 
+def compile_sources() -> None:
+    """Byte-compile aioc4 and scripts here, as `pip install .` compiles an installed package: the
+    children import them from this checkout, and where PYTHONDONTWRITEBYTECODE is set (CI, containers)
+    every process would otherwise compile them from source again, ~0.1-0.2 s of each start."""
+    for folder in ("aioc4", "scripts"):
+        compileall.compile_dir(REPO_ROOT / folder, quiet=1)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.decode_limit:
@@ -1703,6 +1712,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_limit_main(args.check_limit)
         return 0
     started = time.perf_counter()
+    compile_sources()
     shape = SMOKE_SHAPE if args.smoke else QUICK_SHAPE if args.quick else FULL_SHAPE
     if args.one_part:  # no part size below any N: every run writes one part
         shape = replace(shape, part_lines=sys.maxsize)
