@@ -198,8 +198,11 @@ class DecodePool:
         if not head.pieces:
             return None
         batch = head.pieces.popleft()
-        while head.pieces and batch.length < _BATCH_BYTES:
-            batch.extend(head.pieces.popleft())
+        length = batch.length
+        while head.pieces and length < _BATCH_BYTES:
+            piece = head.pieces.popleft()
+            batch.extend(piece)
+            length += piece.length
         return batch
 
     async def _schedule(self) -> None:

@@ -186,10 +186,11 @@ class SegmentBatch:
 
     def extend(self, other: SegmentBatch) -> None:
         """Append the next batch of the same segment (it starts where this one ends)."""
+        length = self.length  # a sum over the blocks: once, not once per sample
         assert other.segment is self.segment
-        assert other.offset == self.offset + self.length
+        assert other.offset == self.offset + length
         assert other.first_line == self.first_line + self.count
-        self.samples.extend((offset + self.length, chars) for offset, chars in other.samples)
+        self.samples.extend((offset + length, chars) for offset, chars in other.samples)
         self.blocks.extend(other.blocks)
         if self.first_text is None:
             self.first_text = other.first_text
