@@ -56,7 +56,11 @@ log = logging.getLogger("aioc4")
 
 _BATCH_BYTES = 8 << 20  # consecutive blocks handed to the writer as one range (fewer copies, fewer hops)
 _SECRET_PREFIXES = ("AWS_", "HF_", "HUGGING_FACE_")
-REUSE_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": str(64 << 20), "MALLOC_TRIM_THRESHOLD_": str(256 << 20)}
+REUSE_FREED_MEMORY = {
+    "MALLOC_MMAP_THRESHOLD_": str(64 << 20),
+    "MALLOC_TRIM_THRESHOLD_": str(256 << 20),
+    "MALLOC_ARENA_MAX": "1",
+}
 """glibc's allocator settings of the decode processes (see `worker_environment`)."""
 
 _decode_piece = msgspec.msgpack.Decoder(Piece).decode
@@ -69,7 +73,10 @@ def worker_environment() -> dict[str, str]:
     """The decode processes' environment: this one without credentials (they need none), and glibc's
     allocator told to reuse freed blocks: each chunk inflates into fresh ~1.4 MB buffers, which by
     default are mapped and unmapped every time, so every page faults and is zeroed again (3x the page
-    faults and twice the system time of the process, by `perf stat`)."""
+    faults and twice the system time of the process, by `perf stat`). One arena for both threads: the
+    reader's blocks are freed by the checker, and with an arena per thread each kept its own high-water
+    mark (a process's peak RSS ~24 -> ~22 MB at the same CPU, measured on a bench shard). Settings the
+    user's environment already makes win."""
     kept = {name: value for name, value in os.environ.items() if not name.startswith(_SECRET_PREFIXES)}
     return {**REUSE_FREED_MEMORY, **kept}
 
