@@ -552,7 +552,13 @@ def _execute(config: RunConfig, display: ProgressDisplay | None = None) -> RunSu
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, on_signal, signum)
         try:
-            return await run(job, destination_for(config), stop, display=display)
+            return await run(
+                job,
+                destination_for(config),
+                stop,
+                display=display,
+                on_decoding_here=lambda: _tune_malloc(decodes_here=True),
+            )
         except asyncio.CancelledError:
             if stop.signum:
                 raise stop.error(kept=None) from None

@@ -26,6 +26,7 @@ __all__ = [
     "GZIP_BYTES_PER_DOCUMENT",
     "READ_AHEAD_MARGIN",
     "ReadProgress",
+    "fits_in_first_shard",
     "read_documents",
     "shard_bytes",
     "start_at",
@@ -165,6 +166,18 @@ class _CachedShards:
         async with aclosing(self._source.read_cached(path)) as chunks:
             async for chunk in chunks:
                 yield chunk
+
+
+def fits_in_first_shard(shards: list[Shard], start: SourcePosition | None, limit: int) -> bool:
+    """Whether the `limit` documents wanted from `start` probably all lie in the shard it is in, by
+    C4's typical gzip bytes per document with the read-ahead's margin (the shard's own are not known
+    before it is read). Then no shard would be decoded beside it, and this process reads it with
+    less CPU and memory than a decode process fed over a pipe would (see docs/performance.md)."""
+    first, line = start_at(shards, start)
+    if first >= len(shards):
+        return True
+    expected = shards[first].size / GZIP_BYTES_PER_DOCUMENT - (line - 1)
+    return limit * READ_AHEAD_MARGIN <= expected
 
 
 def start_at(shards: list[Shard], start: SourcePosition | None) -> tuple[int, int]:

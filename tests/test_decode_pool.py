@@ -12,8 +12,11 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from aioc4.decode import SourcePosition
 from aioc4.decode_worker import CHUNK, DONE, END, FAILED, HEADER, PIECE, START, Done, Failed, Piece, ShardTask
+from aioc4.hub import Shard
 from aioc4.naming import part_names
+from aioc4.reader import fits_in_first_shard
 from aioc4.segments import Block, Segment, SegmentBatch, copy_range
 from scripts.hub_server import HubServerProcess
 from scripts.s3_server import MotoServerProcess
@@ -93,16 +96,41 @@ def test_parts_stitched_from_segments_reach_s3_exact(
     }
 
 
-def test_an_early_stop_inside_the_first_shard_reads_only_that_shard(
+def test_documents_fit_in_the_first_shard_by_c4s_bytes_per_document_with_the_margin() -> None:
+    shards = [Shard(f"en/c4-train.{i:05d}-of-00002.json.gz", i, 840_000) for i in range(2)]  # ~1,000 each
+    assert fits_in_first_shard(shards, None, 952)  # 952 x 1.05 <= 1,000
+    assert not fits_in_first_shard(shards, None, 953)
+    resumed = SourcePosition(shards[0].path, 501)  # 500 lines of it are in parts already
+    assert fits_in_first_shard(shards, resumed, 476)
+    assert not fits_in_first_shard(shards, resumed, 477)
+    assert fits_in_first_shard(shards, SourcePosition(shards[1].path, 1), 952)  # the shard it resumes in
+    assert fits_in_first_shard([], None, 10)  # nothing to read: no process to start
+
+
+def test_an_early_stop_inside_the_first_shard_reads_only_that_shard_in_this_process(
     aioc4: Aioc4, hub: HubServerProcess, fake_repo: FakeRepo, source_lines: Lines
 ) -> None:
+    """Documents that probably lie in one shard need no decode process: it would only add a pipe."""
     hub.reset_stats()
     result = aioc4("--num-samples", "1500", "--output-dir", "o", "--procs", "4", "-v")
     assert result.returncode == 0, result.stderr
     assert parts_in(aioc4.cwd / "o") == {"c4_train_1500.jsonl": jsonl(source_lines("train")[:1500])}
     assert list(hub.stats()["storage_body_bytes_by_path"]) == [shard_paths(fake_repo, "train")[0]]
-    assert result.stderr.count("started decode process") == 1
-    assert "is the first segment itself" in result.stderr  # cut after line 1500, not copied
+    assert "started decode process" not in result.stderr
+    assert "probably lie in one shard: it is read in this process" in result.stderr
+
+
+def test_an_early_stop_inside_the_second_shard_reads_two_shards_in_two_decode_processes(
+    aioc4: Aioc4, hub: HubServerProcess, fake_repo: FakeRepo, source_lines: Lines
+) -> None:
+    count = DOCS_PER_TRAIN_SHARD + 1_500
+    hub.reset_stats()
+    result = aioc4("--num-samples", str(count), "--output-dir", "o", "--procs", "4", "-v")
+    assert result.returncode == 0, result.stderr
+    assert parts_in(aioc4.cwd / "o") == {f"c4_train_{count}.jsonl": jsonl(source_lines("train")[:count])}
+    assert sorted(hub.stats()["storage_body_bytes_by_path"]) == shard_paths(fake_repo, "train")[:2]
+    assert result.stderr.count("started decode process") == 2
+    assert "is the first segment itself" in result.stderr  # the second shard's segment appended to it
 
 
 def test_procs_default_is_the_cpus_this_process_may_use(hub: HubServerProcess, tmp_path: Path) -> None:
