@@ -104,8 +104,8 @@ async def run(
 
     `hub` is the transport seam for the source (a `HubSource` built on an injected session); by
     default one is made from the job's source spec, at huggingface_hub's endpoint (`HF_ENDPOINT`).
-    `on_decoding_here` is called when a count job meant for decode processes reads in this process
-    after all (its documents lie in one shard), before it reads (the CLI tunes glibc's heap then).
+    `on_decoding_here` is called before a count job decodes in this process (the CLI tunes glibc's
+    heap for it then, which it had not for a job meant for decode processes).
     """
     stop = stop or StopRequest()
     started = time.monotonic()
@@ -299,8 +299,7 @@ async def _pull(
         log.info("removed %d unfinished part file(s) left by an earlier run", swept)
     async with contextlib.AsyncExitStack() as owned:
         documents: AsyncGenerator[AnyBatch, None]
-        in_processes = isinstance(job, CountJob) and job.decodes_in_processes
-        if in_processes and _in_processes(unit, point.start, limit):
+        if _decodes_in_processes(job, unit, point.start, limit):
             pool = DecodePool(
                 hub,
                 unit.shards,
@@ -315,7 +314,7 @@ async def _pull(
             )
             documents = (await owned.enter_async_context(pool)).documents()
         else:
-            if in_processes and on_decoding_here is not None:
+            if on_decoding_here is not None:
                 on_decoding_here()
             documents = read_documents(
                 hub,
@@ -335,10 +334,12 @@ async def _pull(
     return _Pulled(manifest, pipeline.failed, reading, pipeline.writer.bytes_written)
 
 
-def _in_processes(unit: _Unit, start: SourcePosition | None, limit: int) -> bool:
-    """For a count job meant for decode processes: them only when shards would be decoded side by
+def _decodes_in_processes(job: Job, unit: _Unit, start: SourcePosition | None, limit: int) -> bool:
+    """A count job meant for decode processes uses them only when shards would be decoded side by
     side; documents that probably lie in one shard are read here (an early stop inside one shard:
     ~25% less CPU, a little less time and no decode process's memory, measured)."""
+    if not (isinstance(job, CountJob) and job.decodes_in_processes):
+        return False
     if fits_in_first_shard(unit.shards, start, limit):
         log.debug("the documents wanted probably lie in one shard: it is read in this process")
         return False
