@@ -36,10 +36,29 @@ from types import TracebackType
 
 import msgspec
 
+from ._version import __version__
 from .decode import SourcePosition
-from .decode_worker import CHUNK, DONE, END, FAILED, HEADER, PIECE, START, Done, Failed, Piece, ShardTask
-from .errors import CorruptShardError, DestinationError, LineTooLongError, SourceError
+from .decode_worker import (
+    CHUNK,
+    DONE,
+    END,
+    FAILED,
+    FETCH,
+    GRANT,
+    HEADER,
+    NEED,
+    PIECE,
+    START,
+    Done,
+    Failed,
+    Fetch,
+    Need,
+    Piece,
+    ShardTask,
+)
+from .errors import CorruptShardError, DestinationError, LineTooLongError, RangeIgnoredError, SourceError
 from .hub import HubSource, Shard
+from .readahead import MIN_RANGE_BYTES, RANGE_BYTES
 from .reader import (
     EXACT_DOCUMENTS,
     GZIP_BYTES_PER_DOCUMENT,
@@ -66,6 +85,7 @@ REUSE_FREED_MEMORY = {
 _decode_piece = msgspec.msgpack.Decoder(Piece).decode
 _decode_done = msgspec.msgpack.Decoder(Done).decode
 _decode_failed = msgspec.msgpack.Decoder(Failed).decode
+_decode_need = msgspec.msgpack.Decoder(Need).decode
 _encode = msgspec.msgpack.Encoder().encode
 
 
@@ -88,7 +108,11 @@ class _ShardRun:
     shard: Shard
     segment: Segment
     pieces: deque[SegmentBatch] = field(default_factory=deque)
+    worker: _Worker | None = None
     fed: int = 0  # compressed bytes sent to the process
+    counted: int = 0  # compressed bytes of the shard counted as read (relayed, or downloaded there)
+    granted: int | None = None  # how far the process may download the shard itself (None: it does not)
+    need: Need | None = None  # where its own download stopped: the rest is relayed from there
     reported_input: int = 0  # compressed bytes the process has inflated and checked
     reported_lines: int = 0  # lines in those bytes, kept or skipped (a resumed job skips some)
     reported_docs: int = 0
@@ -192,6 +216,7 @@ class DecodePool:
                 elif head.done:
                     self._running.popleft()
                     self._docs_before += head.reported_docs
+                    self._regrant()
                 else:
                     self._changed.clear()
                     await self._changed.wait()
@@ -290,7 +315,7 @@ class DecodePool:
         path = self._staging / segment_name(self._stem, position)
         segment = Segment(path, on_close=self._changed.set, adoptable=first)  # may become the first part
         self._segments.append(segment)
-        run = _ShardRun(shard, segment)
+        run = _ShardRun(shard, segment, worker=worker)
         self._running.append(run)
         worker.run = run
         self._progress.shards_opened += 1
@@ -304,24 +329,99 @@ class DecodePool:
         log.debug("decoding %s in process %d", shard.path, worker.process.pid)
 
     async def _feed(self, worker: _Worker, run: _ShardRun, task: ShardTask) -> None:
-        """The shard's bytes to its process: its own ranged download (or the cached file)."""
+        """The shard's bytes to its process: downloaded there from storage after a first range relayed
+        from here, or all relayed from here (its ranged download, or the cached file)."""
         try:
             await worker.send(START, _encode(task))
-            download = shard_bytes(
-                self._source, [run.shard], self._commit, self._streaming, lambda: self._wanted_bytes(run)
-            )
-            async with download, aclosing(download.chunks(0)) as chunks:
-                async for chunk in chunks:
-                    run.fed += len(chunk)
-                    self._progress.compressed_bytes += len(chunk)
-                    await worker.send(CHUNK, chunk)
-                    await self._until_wanted(run)
-            await worker.send(END)
+            if self._streaming and self._source.rate is None and run.shard.size > RANGE_BYTES:
+                await self._feed_fetching(worker, run)
+            else:
+                await self._relay(worker, run)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the process is gone: its listener says so
         except Exception as exc:  # a download failure: raised if and when the reader gets there
             run.fail(exc)
             self._changed.set()
+
+    async def _relay(self, worker: _Worker, run: _ShardRun, start: int = 0) -> None:
+        """The shard from byte `start` to its end, through this process: its ranged download, several
+        connections at once (or the cached file)."""
+        download = shard_bytes(
+            self._source, [run.shard], self._commit, self._streaming, lambda: self._wanted_bytes(run), start
+        )
+        async with download, aclosing(download.chunks(0)) as chunks:
+            async for chunk in chunks:
+                await self._send_chunk(worker, run, chunk)
+                await self._until_wanted(run)
+        await worker.send(END)
+
+    async def _feed_fetching(self, worker: _Worker, run: _ShardRun) -> None:
+        """Relay the first range (it resolves the shard on the Hub, here, where the token is), then have
+        the process download the rest from storage itself: the bytes cross no pipe, and this process's
+        core is left to stitching parts. Where its download stops (or the Hub serves the shard itself,
+        or storage ignores Range) the rest is relayed from here, from the byte reached, with the ranges,
+        retries, re-resolve of an expired link and budget of this process's download."""
+        first = RANGE_BYTES
+        try:
+            async with aclosing(self._source.stream(run.shard, self._commit, 0, first)) as body:
+                async for chunk in body:
+                    await self._send_chunk(worker, run, chunk)
+                    if run.granted is None and (url := self._source.storage_url(run.shard)) is not None:
+                        await self._start_fetching(worker, run, url, first)
+        except RangeIgnoredError:  # storage ignores Range: nothing was relayed yet
+            first = 0
+        if run.granted is not None:
+            while run.need is None and not run.done and run.error is None:
+                run.progressed.clear()
+                await run.progressed.wait()
+            if run.need is None:
+                return  # decoded (or failed there)
+            log.debug("%s: downloading from byte %d here (%s)", run.shard.path, run.need.at, run.need.reason)
+            first = run.fed = run.need.at
+        await self._relay(worker, run, first)
+
+    async def _start_fetching(self, worker: _Worker, run: _ShardRun, url: str, start: int) -> None:
+        run.granted = self._grant_of(run)
+        connections = -(-self._source.read_ahead.max_connections // self._procs)
+        order = Fetch(
+            url,
+            start,
+            run.shard.size,
+            run.granted,
+            self._source.timeout_s,
+            connections,
+            f"aioc4/{__version__}",
+        )
+        await worker.send(FETCH, _encode(order))
+
+    def _grant_of(self, run: _ShardRun) -> int:
+        """The byte of the shard the documents still wanted probably end at, rounded up to 64 KiB (so
+        one frame per 64 KiB at most; rounding up never stalls the process's download)."""
+        wanted = max(0.0, self._wanted_docs(run)) / self._docs_per_byte()
+        step = MIN_RANGE_BYTES // 4
+        return min(run.shard.size, -(-int(run.reported_input + wanted) // step) * step)
+
+    def _regrant(self) -> None:
+        """Let each shard downloaded by its process reach as far as the documents still wanted now do."""
+        for run in self._running:
+            if run.granted is None or run.done or run.error is not None or run.worker is None:
+                continue
+            granted = self._grant_of(run)
+            stdin = run.worker.process.stdin
+            if granted > run.granted and stdin is not None and not stdin.is_closing():
+                run.granted = granted
+                payload = _encode(granted)
+                stdin.write(HEADER.pack(GRANT, len(payload)) + payload)  # whole: see `_Worker.send`
+
+    async def _send_chunk(self, worker: _Worker, run: _ShardRun, chunk: bytes) -> None:
+        run.fed += len(chunk)
+        self._count_read(run, run.fed)
+        await worker.send(CHUNK, chunk)
+
+    def _count_read(self, run: _ShardRun, position: int) -> None:
+        if position > run.counted:
+            self._progress.compressed_bytes += position - run.counted
+            run.counted = position
 
     async def _until_wanted(self, run: _ShardRun) -> None:
         """Ask for more of the shard only while the bytes sent to its process probably do not hold
@@ -346,6 +446,7 @@ class DecodePool:
                 self._changed.set()
                 for running in self._running:  # what one shard reports changes what others want
                     running.progressed.set()
+                self._regrant()
         except (asyncio.IncompleteReadError, ConnectionResetError):
             pass
         worker.alive = False
@@ -367,7 +468,16 @@ class DecodePool:
             worker.run = None
             done = _decode_done(payload)
             run.segment.finished(done.size)
-            log.debug("decoded %s: %d lines", run.shard.path, done.lines)
+            there = run.shard.size - run.fed if run.granted is not None else 0
+            log.debug(
+                "decoded %s: %d lines (%d of its bytes downloaded by its process)",
+                run.shard.path,
+                done.lines,
+                there,
+            )
+        elif kind == NEED:
+            run.need = _decode_need(payload)
+            run.progressed.set()
         elif kind == FAILED:
             failed = _decode_failed(payload)
             run.fail(_error_of(failed, run.shard.path, self._staging))
@@ -377,6 +487,7 @@ class DecodePool:
         self._reported_input += piece.input_bytes - run.reported_input
         self._reported_lines += piece.lines_seen - run.reported_lines
         run.reported_input, run.reported_lines = piece.input_bytes, piece.lines_seen
+        self._count_read(run, piece.input_bytes)
         run.progressed.set()
         if not piece.count:
             return

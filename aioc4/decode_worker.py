@@ -2,13 +2,19 @@
 
 Run as `python -m aioc4.decode_worker` by `aioc4.decode_pool`, one per core it may use. It reads
 frames on stdin: `START` (a `ShardTask`: which shard, its segment file, the line to start at), then
-the shard's compressed bytes as `CHUNK`s, then `END`. It writes frames on stdout: a `Piece` for every
-block of checked lines it appended to the segment (where, how many, their CRC-32 and text samples),
-then `Done`, or `Failed` for a shard that is not C4 data. One shard at a time, as many as asked.
+the shard's compressed bytes as `CHUNK`s, then `END`. Or, after the first `CHUNK`s, `FETCH` (a
+`Fetch`: the shard's signed storage URL and the bytes to download from it here, aioc4.range_fetch)
+and `GRANT`s (how far the documents still wanted probably reach); should that download stop, this
+process says `NEED` (from which byte) and the parent relays the rest as `CHUNK`s and `END`.
+It writes frames on stdout: a `Piece` for every block of checked lines it appended to the segment
+(where, how many, their CRC-32 and text samples), then `Done`, or `Failed` for a shard that is not
+C4 data. One shard at a time, as many as asked.
 
-Two threads, as in the in-process reader: one reads stdin and inflates (ISA-L releases the GIL), the
-other checks each block and appends it to the segment. The process imports only the decoder: no Hub
-or S3 client, no credentials. It ends at the end of its input, so a parent that dies takes it along.
+Three threads: one reads the parent's frames, one inflates each shard's bytes in order (ISA-L
+releases the GIL), the third checks each block and appends it to the segment. The process imports
+only the decoder and an HTTP/1.1 parser: no Hub or S3 client, no credentials (the signed URL is a
+capability for one file, which the Hub gives anyone who may read it). It ends at the end of its
+input, so a parent that dies takes it along.
 """
 
 from __future__ import annotations
@@ -27,27 +33,34 @@ import msgspec
 from .checksum import crc32
 from .decode import GzipLineDecoder, ShardLines
 from .errors import CorruptShardError, LineTooLongError
+from .range_fetch import FetchStopped, RangeFetcher
 
 __all__ = [
     "CHUNK",
     "DONE",
     "END",
     "FAILED",
+    "FETCH",
+    "GRANT",
     "HEADER",
+    "NEED",
     "PIECE",
     "START",
     "Done",
     "Failed",
+    "Fetch",
+    "Need",
     "Piece",
     "ShardTask",
     "main",
 ]
 
 HEADER = struct.Struct(">cI")  # a frame: its kind, the length of what follows
-START, CHUNK, END = b"S", b"C", b"E"  # parent -> worker
-PIECE, DONE, FAILED = b"P", b"D", b"F"  # worker -> parent
+START, CHUNK, END, FETCH, GRANT = b"S", b"C", b"E", b"R", b"G"  # parent -> worker
+PIECE, DONE, FAILED, NEED = b"P", b"D", b"F", b"N"  # worker -> parent
 _PIPE_BYTES = 1 << 20
 _BLOCKS_AHEAD = 4  # inflated blocks waiting to be checked (each ~0.7 MB)
+_RELAYED_AHEAD = 4  # relayed chunks waiting to be inflated (each at most 512 KiB)
 _FEED_BYTES = 256 * 1024
 """Compressed bytes inflated at a time (a chunk is split): each call's buffers and block are half a
 chunk's (~0.7 MB), which lowered a process's peak RSS from ~31 to ~25 MB at the same CPU, measured."""
@@ -58,6 +71,25 @@ class ShardTask(msgspec.Struct, array_like=True):
     segment: str  # the file to append the checked lines to (made by the parent)
     skip_before: int  # 1-based line the shard is read from (a resumed job)
     exact_documents: int  # parse this many first lines in full (exact text statistics)
+
+
+class Fetch(msgspec.Struct, array_like=True):
+    """Download bytes `start` to `end` of the shard from its signed storage `url` here, up to `granted`."""
+
+    url: str
+    start: int
+    end: int
+    granted: int
+    timeout_s: float
+    connections: int
+    user_agent: str
+
+
+class Need(msgspec.Struct, array_like=True):
+    """The download here stopped at byte `at` of the shard (for `reason`): relay the rest from there."""
+
+    at: int
+    reason: str
 
 
 class Piece(msgspec.Struct, array_like=True):
@@ -87,52 +119,163 @@ class Failed(msgspec.Struct, array_like=True):
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode_task = msgspec.msgpack.Decoder(ShardTask).decode
+_decode_fetch = msgspec.msgpack.Decoder(Fetch).decode
+_decode_grant = msgspec.msgpack.Decoder(int).decode
 
 
 def main() -> None:
     """Serve shards until stdin ends; anything unexpected is reported as a failure, never a traceback."""
     _widen_pipe(sys.stdin.fileno())
+    out = _Output(sys.stdout.fileno())
+    feeds: queue.Queue[_ShardFeed | None] = queue.Queue()
     inbox: queue.Queue[tuple[bytes, object]] = queue.Queue(_BLOCKS_AHEAD)
-    reader = threading.Thread(target=_inflate_input, args=(sys.stdin.buffer, inbox), daemon=True)
-    reader.start()
-    _check_and_store(inbox, sys.stdout.fileno())
+    control = threading.Thread(target=_read_control, args=(sys.stdin.buffer, feeds), daemon=True)
+    inflater = threading.Thread(target=_inflate_feeds, args=(feeds, inbox, out), daemon=True)
+    control.start()
+    inflater.start()
+    _check_and_store(inbox, out)
 
 
-def _inflate_input(source: BinaryIO, inbox: queue.Queue[tuple[bytes, object]]) -> None:
-    """Reader thread: frames in, inflated blocks of whole lines out, in order. After a shard fails, its
-    remaining frames are dropped until the next `START`."""
-    decoder: GzipLineDecoder | None = None
-    fed = 0
+class _ShardFeed:
+    """One shard's compressed bytes as they reach this process: relayed by the parent (`CHUNK`s, ended by
+    `END`), and, once the parent sends `FETCH`, downloaded here from where its relay stops."""
+
+    def __init__(self, task: ShardTask) -> None:
+        self.task = task
+        self.relayed: queue.Queue[object] = queue.Queue(_RELAYED_AHEAD)
+        self.fetcher: RangeFetcher | None = None
+        self.abandoned = False  # failed, or replaced by the next shard: its input is dropped
+        self.relay_ended = False  # its END came: it ends by itself
+
+    def put(self, item: object) -> None:
+        if not self.abandoned:
+            self.relayed.put(item)
+
+    def fetch(self, order: Fetch) -> None:
+        try:
+            fetcher = RangeFetcher(
+                order.url,
+                order.start,
+                order.end,
+                granted=order.granted,
+                timeout_s=order.timeout_s,
+                connections=order.connections,
+                user_agent=order.user_agent,
+            )
+        except ValueError:
+            return  # never: the parent sends http(s) URLs; without a fetcher the shard waits for the relay
+        self.fetcher = fetcher
+        self.put(_FETCHING)
+
+    def abandon(self) -> None:
+        """Drop the rest of this shard (called by the inflater, or by the control thread on a new START)."""
+        self.abandoned = True
+        if self.fetcher is not None:
+            self.fetcher.close()
+        with contextlib.suppress(queue.Empty):
+            while True:  # a control thread blocked on a full queue goes on
+                self.relayed.get_nowait()
+        self.relayed.put_nowait(_ABANDONED)
+
+
+_FETCHING, _ABANDONED, _INPUT_ENDED = object(), object(), object()
+
+
+def _read_control(source: BinaryIO, feeds: queue.Queue[_ShardFeed | None]) -> None:
+    """Control thread: the parent's frames, each to the shard it is about."""
+    current: _ShardFeed | None = None
     try:
         while (frame := _read_frame(source)) is not None:
             kind, payload = frame
             if kind == START:
-                task = _decode_task(payload)
-                decoder, fed = GzipLineDecoder(task.shard), 0
-                inbox.put((START, task))
+                if current is not None and not current.relay_ended:
+                    current.abandon()  # it failed, and the parent gave up on it: nothing more comes
+                current = _ShardFeed(_decode_task(payload))
+                feeds.put(current)
+            elif current is None:
                 continue
-            if decoder is None:
-                continue  # the rest of a shard that failed
+            elif kind == CHUNK:
+                current.put(payload)
+            elif kind == END:
+                current.relay_ended = True
+                current.put(None)
+            elif kind == FETCH:
+                current.fetch(_decode_fetch(payload))
+            elif kind == GRANT and current.fetcher is not None:
+                current.fetcher.grant(_decode_grant(payload))
+    finally:  # the input ended (or could not be read): a shard in progress cannot end
+        if current is not None:
+            if current.fetcher is not None:
+                current.fetcher.close()
+            current.put(_INPUT_ENDED)
+        feeds.put(None)
+
+
+def _inflate_feeds(
+    feeds: queue.Queue[_ShardFeed | None], inbox: queue.Queue[tuple[bytes, object]], out: _Output
+) -> None:
+    """Inflater thread: each shard's bytes in order, inflated into blocks of whole lines."""
+    try:
+        while (feed := feeds.get()) is not None:
             try:
-                if kind == CHUNK:
-                    view = memoryview(payload)
-                    for start in range(0, len(payload), _FEED_BYTES):
-                        piece = view[start : start + _FEED_BYTES]
-                        fed += len(piece)
-                        inbox.put((CHUNK, (decoder.feed(piece), fed)))
-                elif kind == END:
-                    inbox.put((CHUNK, (decoder.finish(), fed)))
-                    inbox.put((END, None))
-                    decoder = None
+                if not _inflate_shard(feed, inbox, out):
+                    break
             except CorruptShardError as exc:
                 inbox.put((FAILED, exc))
-                decoder = None
+            finally:
+                if feed.fetcher is not None:
+                    feed.fetcher.close()
+                feed.abandoned = True
     except BaseException as exc:  # reported to the parent, which names the shard
         inbox.put((FAILED, exc))
     inbox.put((b"", None))  # the input ended
 
 
-def _check_and_store(inbox: queue.Queue[tuple[bytes, object]], out: int) -> None:
+def _inflate_shard(feed: _ShardFeed, inbox: queue.Queue[tuple[bytes, object]], out: _Output) -> bool:
+    """One shard, to its end (True), or until it is abandoned (True) or the input ends (False)."""
+    decoder = GzipLineDecoder(feed.task.shard)
+    inbox.put((START, feed.task))
+    fed = 0
+    fetcher: RangeFetcher | None = None
+    while True:
+        if fetcher is not None and fed == fetcher.start:
+            try:
+                while (view := fetcher.read()) is not None:
+                    fed = _inflate(decoder, view, fed, inbox)
+            except FetchStopped as stopped:
+                if feed.abandoned:
+                    return True
+                out.send(NEED, _encode(Need(stopped.at, stopped.reason)))  # the parent relays from here
+                fetcher = None
+                continue
+            break  # the whole shard
+        item = feed.relayed.get()
+        if item is _FETCHING:
+            fetcher = feed.fetcher
+        elif item is _ABANDONED:
+            return True
+        elif item is _INPUT_ENDED:
+            return False
+        elif item is None:
+            break
+        else:
+            fed = _inflate(decoder, memoryview(cast(bytes, item)), fed, inbox)
+    inbox.put((CHUNK, (decoder.finish(), fed)))
+    inbox.put((END, None))
+    return True
+
+
+def _inflate(
+    decoder: GzipLineDecoder, data: memoryview, fed: int, inbox: queue.Queue[tuple[bytes, object]]
+) -> int:
+    for start in range(0, len(data), _FEED_BYTES):
+        piece = data[start : start + _FEED_BYTES]
+        fed += len(piece)
+        inbox.put((CHUNK, (decoder.feed(piece), fed)))
+    return fed
+
+
+def _check_and_store(inbox: queue.Queue[tuple[bytes, object]], out: _Output) -> None:
     """Checker thread: each block checked, appended to the segment, and reported."""
     lines: ShardLines | None = None
     segment: int | None = None
@@ -151,7 +294,7 @@ def _check_and_store(inbox: queue.Queue[tuple[bytes, object]], out: int) -> None
                 batches = lines.take(data)
                 if not batches:  # lines before the start of a resumed job: only the progress
                     seen = lines.next_line - 1
-                    _send(out, PIECE, _encode(Piece(seen + 1, 0, size, 0, 0, fed, seen, [], None)))
+                    out.send(PIECE, _encode(Piece(seen + 1, 0, size, 0, 0, fed, seen, [], None)))
                 for batch in batches:
                     _write_all(segment, batch.data)
                     piece = Piece(
@@ -166,11 +309,11 @@ def _check_and_store(inbox: queue.Queue[tuple[bytes, object]], out: int) -> None
                         batch.first_text if not size else None,  # only the shard's first is used
                     )
                     size += len(batch.data)
-                    _send(out, PIECE, _encode(piece))
+                    out.send(PIECE, _encode(piece))
             elif kind == END and lines is not None and segment is not None:
                 os.close(segment)
                 segment = None
-                _send(out, DONE, _encode(Done(lines.next_line - 1, size)))
+                out.send(DONE, _encode(Done(lines.next_line - 1, size)))
                 lines = None
             elif kind == FAILED and lines is not None:  # (a shard that already failed here: dropped)
                 raise value  # type: ignore[misc]
@@ -178,19 +321,19 @@ def _check_and_store(inbox: queue.Queue[tuple[bytes, object]], out: int) -> None
             line = (lines.next_line if lines is not None else 1) + exc.lines_before
             _close(segment)
             segment, lines = None, None
-            _send(out, FAILED, _encode(Failed("corrupt", str(LineTooLongError(exc.shard, 0, line)), line)))
+            out.send(FAILED, _encode(Failed("corrupt", str(LineTooLongError(exc.shard, 0, line)), line)))
         except CorruptShardError as exc:
             _close(segment)
             segment, lines = None, None
-            _send(out, FAILED, _encode(Failed("corrupt", str(exc))))
+            out.send(FAILED, _encode(Failed("corrupt", str(exc))))
         except OSError as exc:  # the segment's disk: full, or gone
             _close(segment)
             segment, lines = None, None
-            _send(out, FAILED, _encode(Failed("disk", exc.strerror or str(exc))))
+            out.send(FAILED, _encode(Failed("disk", exc.strerror or str(exc))))
         except BaseException as exc:  # one line to the parent instead of a traceback
             _close(segment)
             segment, lines = None, None
-            _send(out, FAILED, _encode(Failed("internal", f"{type(exc).__name__}: {exc}")))
+            out.send(FAILED, _encode(Failed("internal", f"{type(exc).__name__}: {exc}")))
             if not isinstance(exc, Exception):
                 return
 
@@ -217,8 +360,16 @@ def _read_frame(source: BinaryIO) -> tuple[bytes, bytes] | None:
     return kind, payload
 
 
-def _send(out: int, kind: bytes, payload: bytes) -> None:
-    _write_all(out, HEADER.pack(kind, len(payload)) + payload)
+class _Output:
+    """Frames to the parent, whole, from two threads (the checker's reports, the inflater's `NEED`)."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._lock = threading.Lock()
+
+    def send(self, kind: bytes, payload: bytes) -> None:
+        with self._lock:
+            _write_all(self._fd, HEADER.pack(kind, len(payload)) + payload)
 
 
 def _write_all(fd: int, data: bytes) -> None:

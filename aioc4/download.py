@@ -56,7 +56,8 @@ class _Range:
 
 
 class RangedDownload:
-    """The bytes of `shards` (all from their first byte) for one reader; use as an async context manager.
+    """The bytes of `shards` for one reader, all from their first byte but the first shard, which is read
+    from byte `start` (the rest of a shard a decode process began); use as an async context manager.
 
     `wanted_bytes()` says how many compressed bytes the documents still wanted probably take from
     the reader's position. The download owns every range task: leaving the context cancels them
@@ -71,8 +72,10 @@ class RangedDownload:
         *,
         read_ahead: ReadAhead,
         wanted_bytes: Callable[[], float],
+        start: int = 0,
     ) -> None:
         self._source = source
+        self._start_offset = start
         self._shards = shards
         self._commit = commit
         self._read_ahead = read_ahead
@@ -80,7 +83,7 @@ class RangedDownload:
         self._ranges: deque[_Range] = deque()  # outstanding, in shard order
         self._tasks: set[asyncio.Task[None]] = set()
         self._next_position = 0  # where the next range starts
-        self._next_offset = 0
+        self._next_offset = start
         self._ranged = True  # until a storage host ignores Range
         self.peak_connections = 0
         self.ranges_started = 0
@@ -130,7 +133,7 @@ class RangedDownload:
             self._schedule()
             head.changed.clear()
             await head.changed.wait()
-        async with aclosing(self._one_stream(position, 0)) as whole:
+        async with aclosing(self._one_stream(position, 0 if position else self._start_offset)) as whole:
             async for piece in whole:
                 yield piece
 

@@ -335,6 +335,12 @@ class HubSource:
         ranges of it cost no `resolve`) or served them itself; None until a first answer came."""
         return self._redirected.get(shard.path)
 
+    def storage_url(self, shard: Shard) -> str | None:
+        """The signed storage URL the Hub redirected the shard to, once a range came from there: a
+        capability for that one file, carrying no token (None while the Hub serves it itself, or before
+        it answered)."""
+        return self._storage_urls.get(shard.path) if self._redirected.get(shard.path) else None
+
     async def _open_at(
         self, shard: Shard, commit: str, offset: int, stop: int | None = None
     ) -> aiohttp.ClientResponse:

@@ -142,10 +142,14 @@ def shard_bytes(
     commit: str,
     streaming: bool,
     wanted_bytes: Callable[[], float],
+    start: int = 0,
 ) -> RangedDownload | _CachedShards:
+    """The shards' bytes, the first from byte `start` (streamed only: a cached file is read whole)."""
     if streaming:
         read_ahead = source.read_ahead
-        return RangedDownload(source, shards, commit, read_ahead=read_ahead, wanted_bytes=wanted_bytes)
+        return RangedDownload(
+            source, shards, commit, read_ahead=read_ahead, wanted_bytes=wanted_bytes, start=start
+        )
     return _CachedShards(source, shards, commit)
 
 

@@ -96,6 +96,59 @@ def test_parts_stitched_from_segments_reach_s3_exact(
     }
 
 
+def downloaded_there(stderr: str) -> dict[str, int]:
+    """Per shard decoded, how many of its bytes its decode process downloaded itself (debug lines)."""
+    found = {}
+    for line in stderr.splitlines():
+        if ": decoded en/" in line and "downloaded by its process" in line:
+            shard = line.split(": decoded ")[1].split(":")[0]
+            found[shard] = int(line.split("lines (")[1].split()[0])
+    return found
+
+
+def test_decode_processes_download_their_shards_after_the_first_range_each_byte_once(
+    aioc4: Aioc4, hub: HubServerProcess, fake_repo: FakeRepo, source_lines: Lines
+) -> None:
+    """This process resolves each shard and relays its first MiB; the decode process downloads the rest
+    from storage itself. The parts are exact and storage sends each byte of the shards read once."""
+    count, size = 2 * DOCS_PER_TRAIN_SHARD + 1_234, 5_000
+    hub.reset_stats()
+    args = ["--num-samples", str(count), "--max-lines-per-file", str(size), "--output-dir", "o"]
+    result = aioc4(*args, "--procs", "2", "-v")
+    assert result.returncode == 0, result.stderr
+    names = part_names("train", count, size)
+    assert parts_in(aioc4.cwd / "o") == split_expected(source_lines("train")[:count], names, size)
+    shards = shard_paths(fake_repo, "train")
+    there = downloaded_there(result.stderr)
+    for shard in shards[:2]:  # read whole
+        assert there[shard] == (fake_repo.root / shard).stat().st_size - (1 << 20), result.stderr
+    served = hub.stats()["storage_body_bytes_by_path"]
+    assert {shard: served[shard] for shard in shards[:2]} == {
+        shard: (fake_repo.root / shard).stat().st_size for shard in shards[:2]
+    }
+    assert "downloading from byte" not in result.stderr
+
+
+def test_a_decode_processs_download_cut_off_is_finished_by_this_process_exactly(
+    aioc4: Aioc4, hub: HubServerProcess, fake_repo: FakeRepo, source_lines: Lines
+) -> None:
+    """Every storage answer is cut after 400 kB: each decode process's own download stops at its first
+    range, and this process relays the rest from that byte, resuming each cut (its retries)."""
+    count, size = 2 * DOCS_PER_TRAIN_SHARD + 1_234, 5_000
+    hub.set_faults(reset_after_bytes=400_000, reset_rate=1.0)
+    try:
+        args = ["--num-samples", str(count), "--max-lines-per-file", str(size), "--output-dir", "o"]
+        result = aioc4(*args, "--procs", "2", "-v")
+    finally:
+        hub.clear_faults()
+    assert result.returncode == 0, result.stderr
+    names = part_names("train", count, size)
+    assert parts_in(aioc4.cwd / "o") == split_expected(source_lines("train")[:count], names, size)
+    fell_back = [line for line in result.stderr.splitlines() if ": downloading from byte" in line]
+    assert len(fell_back) >= 2, result.stderr  # the two shards read whole, at least
+    assert all("connection closed" in line for line in fell_back), fell_back
+
+
 def test_documents_fit_in_the_first_shard_by_c4s_bytes_per_document_with_the_margin() -> None:
     shards = [Shard(f"en/c4-train.{i:05d}-of-00002.json.gz", i, 840_000) for i in range(2)]  # ~1,000 each
     assert fits_in_first_shard(shards, None, 952)  # 952 x 1.05 <= 1,000
