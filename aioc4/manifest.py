@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import threading
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +92,12 @@ class Manifest:
         self.parts = sorted([p for p in self.parts if p.name != part.name] + [part], key=_order)
 
     def to_json(self) -> bytes:
-        document = {"version": MANIFEST_VERSION, **asdict(self)}
+        """orjson serialises the dataclasses itself: `asdict`'s deep copy made rewriting the manifest
+        after every part cost a run ~0.5 us a document (py-spy), growing with the parts."""
+        document = {
+            "version": MANIFEST_VERSION,
+            **{item.name: getattr(self, item.name) for item in fields(self)},
+        }
         return orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n"
 
     @classmethod
