@@ -266,8 +266,8 @@ def _add_pull_arguments(parser: argparse.ArgumentParser) -> None:
         type=_count(maximum=MAX_CONNECTIONS),
         default=DEFAULT_DOWNLOAD_CONNECTIONS,
         metavar="N",
-        help="range requests to the Hub's storage in flight at most; fewer open while they keep up "
-        "(default: %(default)s)",
+        help="range requests to the Hub's storage in flight at most, per process reading shards; fewer "
+        "open while they keep up (default: %(default)s)",
     )
     add(
         "--upload-connections",

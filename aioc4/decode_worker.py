@@ -34,6 +34,7 @@ from .checksum import crc32
 from .decode import GzipLineDecoder, ShardLines
 from .errors import CorruptShardError, LineTooLongError
 from .range_fetch import FetchStopped, RangeFetcher
+from .readahead import ReadAhead
 
 __all__ = [
     "CHUNK",
@@ -151,7 +152,7 @@ class _ShardFeed:
         if not self.abandoned:
             self.relayed.put(item)
 
-    def fetch(self, order: Fetch) -> None:
+    def fetch(self, order: Fetch, read_ahead: ReadAhead) -> None:
         try:
             fetcher = RangeFetcher(
                 order.url,
@@ -161,6 +162,7 @@ class _ShardFeed:
                 timeout_s=order.timeout_s,
                 connections=order.connections,
                 user_agent=order.user_agent,
+                read_ahead=read_ahead,
             )
         except ValueError:
             return  # never: the parent sends http(s) URLs; without a fetcher the shard waits for the relay
@@ -184,6 +186,7 @@ _FETCHING, _ABANDONED, _INPUT_ENDED = object(), object(), object()
 def _read_control(source: BinaryIO, feeds: queue.Queue[_ShardFeed | None]) -> None:
     """Control thread: the parent's frames, each to the shard it is about."""
     current: _ShardFeed | None = None
+    read_ahead: ReadAhead | None = None  # one for the process's shards: what the link needs is learned once
     try:
         while (frame := _read_frame(source)) is not None:
             kind, payload = frame
@@ -200,7 +203,9 @@ def _read_control(source: BinaryIO, feeds: queue.Queue[_ShardFeed | None]) -> No
                 current.relay_ended = True
                 current.put(None)
             elif kind == FETCH:
-                current.fetch(_decode_fetch(payload))
+                order = _decode_fetch(payload)
+                read_ahead = read_ahead or ReadAhead(max_connections=max(1, order.connections))
+                current.fetch(order, read_ahead)
             elif kind == GRANT and current.fetcher is not None:
                 current.fetcher.grant(_decode_grant(payload))
     finally:  # the input ended (or could not be read): a shard in progress cannot end

@@ -43,9 +43,10 @@ class ReadAhead:
     range_bytes: int = RANGE_BYTES
     window: int = START_WINDOW
     in_use: int = 0
-    """Ranges outstanding over every download sharing this window: shards read side by side by a count
-    job's decode processes share one, so `--download-connections` bounds them all, but for the one
-    range each shard may always have (no shard waits for another to be read)."""
+    """Ranges outstanding over every download sharing this window: the shards one process reads share
+    one, so `--download-connections` bounds them all, but for the one range each shard may always
+    have (no shard waits for another to be read). A count job's decode processes download their
+    shards themselves, each with a window of its own (aioc4.range_fetch)."""
 
     def __post_init__(self) -> None:
         self.window = max(1, min(self.window, self.max_connections))

@@ -109,7 +109,7 @@ def downloaded_there(stderr: str) -> dict[str, int]:
 def test_decode_processes_download_their_shards_after_the_first_range_each_byte_once(
     aioc4: Aioc4, hub: HubServerProcess, fake_repo: FakeRepo, source_lines: Lines
 ) -> None:
-    """This process resolves each shard and relays its first MiB; the decode process downloads the rest
+    """This process resolves each shard and relays its first 256 KiB; the decode process downloads the rest
     from storage itself. The parts are exact and storage sends each byte of the shards read once."""
     count, size = 2 * DOCS_PER_TRAIN_SHARD + 1_234, 5_000
     hub.reset_stats()
@@ -121,7 +121,7 @@ def test_decode_processes_download_their_shards_after_the_first_range_each_byte_
     shards = shard_paths(fake_repo, "train")
     there = downloaded_there(result.stderr)
     for shard in shards[:2]:  # read whole
-        assert there[shard] == (fake_repo.root / shard).stat().st_size - (1 << 20), result.stderr
+        assert there[shard] == (fake_repo.root / shard).stat().st_size - (256 << 10), result.stderr
     served = hub.stats()["storage_body_bytes_by_path"]
     assert {shard: served[shard] for shard in shards[:2]} == {
         shard: (fake_repo.root / shard).stat().st_size for shard in shards[:2]
