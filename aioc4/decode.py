@@ -54,9 +54,8 @@ _GZIP_WBITS = 16 + zlib.MAX_WBITS
 
 class _Document(msgspec.Struct, gc=False):
     """What every line must be: an object with a `text` (kept raw: its string is not built). Not
-    tracked by the cyclic GC (it holds no container, so it is in no cycle): a block's ~300 documents
-    made the checker collect its youngest generation every couple of blocks, 17% of a decode
-    process's checking thread by py-spy."""
+    tracked by the cyclic GC: it holds no container, so it is in no cycle, and a block's ~300 of them
+    then trigger fewer young collections (0.015 us a document, a micro-benchmark of the check)."""
 
     text: msgspec.Raw
 
