@@ -1,17 +1,21 @@
 """A count job on several cores: shards decoded at once by worker processes, handed on in order.
 
-    download (this process) --gzip bytes--> decode process --checked lines--> segment file
-                                                  `--- Piece: lines, range, CRC ---> DecodePool
+    Hub (this process: resolve, the token) --signed storage URL, first 256 KiB--> decode process
+    storage --ranges, several at once (aioc4.range_fetch)--> decode process --checked lines--> segment
+    decode process --Piece: lines, range, CRC--> DecodePool --grants (how far to download)--> it
     DecodePool --SegmentBatch (a range of a segment), in shard order--> part writer (copy_file_range)
 
-Up to `procs` shards are read at once, each by its own `aioc4.decode_worker` process fed over a pipe
-with the bytes of the shard's own ranged download. Their output is the same as the one-process
-reader's: the same documents, checked the same way, in the same order, with the same line numbers;
-the part writer stitches parts from segment ranges (aioc4.segments), so parts are byte-identical.
+Up to `procs` shards are read at once, each by its own `aioc4.decode_worker` process, which
+downloads the shard from storage itself once this process has resolved it; where that download
+stops (any failure), this process relays the rest over the process's pipe from its own ranged
+download, which has the retries. Their output is the same as the one-process reader's: the same
+documents, checked the same way, in the same order, with the same line numbers; the part writer
+stitches parts from segment ranges (aioc4.segments), so parts are byte-identical.
 
 Bounds: at most `procs + 1` segments exist at once (a segment goes once the part writer has copied
 its last bytes), so local disk holds at most that many shards' worth of checked lines besides the
-parts; memory holds each shard's read-ahead window and, per block, a few numbers. A shard is only
+parts; memory holds each process's read-ahead window (at most 16 MiB of ranges) and, per block, a
+few numbers. A shard is only
 started when the documents still wanted probably reach into it (as the one-process reader's
 read-ahead does), so an early stop stays early: N inside one shard reads one shard. A shard that
 fails (a download error, data that is not C4) only matters where the reader reaches it.

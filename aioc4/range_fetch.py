@@ -39,6 +39,7 @@ __all__ = ["FetchStopped", "RangeFetcher"]
 
 _RECV_BYTES = 256 * 1024
 _HEAD_BYTES = 16 * 1024
+_CONNECT_TIMEOUT_S = 10.0  # as the main process's (aioc4.hub): `close` may wait for a connect this long
 _READ_BYTES = 256 * 1024
 """What `read` gives at least (but at a range's end or failure): fewer, larger pieces mean fewer blocks
 to inflate, check and report, each with its own fixed costs."""
@@ -288,7 +289,7 @@ class _Connection:
     """One kept-alive HTTP/1.1 connection to the storage host."""
 
     def __init__(self, address: tuple[str, int], https: bool, timeout_s: float) -> None:
-        sock = socket.create_connection(address, timeout=timeout_s)
+        sock = socket.create_connection(address, timeout=min(_CONNECT_TIMEOUT_S, timeout_s))
         if https:
             import ssl  # only for https: ~5 MB a process
 
