@@ -117,7 +117,8 @@ class _ShardRun:
     segment: Segment
     pieces: deque[SegmentBatch] = field(default_factory=deque)
     worker: _Worker | None = None
-    fed: int = 0  # compressed bytes sent to the process
+    fed: int = 0  # where the bytes sent to the process end in the shard (what it has: `_until_wanted`)
+    relayed: int = 0  # compressed bytes sent to the process (the others it downloaded itself)
     counted: int = 0  # compressed bytes of the shard counted as read (relayed, or downloaded there)
     granted: int | None = None  # how far the process may download the shard itself (None: it does not)
     need: Need | None = None  # where its own download stopped: the rest is relayed from there
@@ -378,15 +379,37 @@ class DecodePool:
                         await self._start_fetching(worker, run, url, first)
         except RangeIgnoredError:  # storage ignores Range: nothing was relayed yet
             first = 0
-        if run.granted is not None:
+        while run.granted is not None:
             while run.need is None and not run.done and run.error is None:
                 run.progressed.clear()
                 await run.progressed.wait()
-            if run.need is None:
+            need, run.need = run.need, None
+            if need is None:
                 return  # decoded (or failed there)
-            log.debug("%s: downloading from byte %d here (%s)", run.shard.path, run.need.at, run.need.reason)
-            first = run.fed = run.need.at
+            if need.until is not None:  # one range failed there: its bytes from here, then it goes on
+                log.debug("%s: relaying bytes %d-%d (%s)", run.shard.path, need.at, need.until, need.reason)
+                await self._relay_range(worker, run, need.at, need.until)
+                continue
+            log.debug("%s: downloading from byte %d here (%s)", run.shard.path, need.at, need.reason)
+            first = run.fed = need.at
+            break
         await self._relay(worker, run, first)
+
+    async def _relay_range(self, worker: _Worker, run: _ShardRun, start: int, end: int) -> None:
+        """Bytes `start` to `end` of the shard, through this process (with the retries of
+        `HubSource.stream`); where storage ignores Range, from one stream cut off at `end`."""
+        try:
+            async with aclosing(self._source.stream(run.shard, self._commit, start, end)) as body:
+                async for chunk in body:
+                    await self._send_chunk(worker, run, chunk)
+        except RangeIgnoredError:
+            left = end - start
+            async with aclosing(self._source.stream(run.shard, self._commit, start)) as rest:
+                async for chunk in rest:
+                    await self._send_chunk(worker, run, chunk[:left])
+                    left -= min(left, len(chunk))
+                    if not left:
+                        break
 
     async def _start_fetching(self, worker: _Worker, run: _ShardRun, url: str, start: int) -> None:
         run.granted = self._grant_of(run)
@@ -426,6 +449,7 @@ class DecodePool:
 
     async def _send_chunk(self, worker: _Worker, run: _ShardRun, chunk: bytes) -> None:
         run.fed += len(chunk)
+        run.relayed += len(chunk)
         self._count_read(run, run.fed)
         await worker.send(CHUNK, chunk)
 
@@ -479,7 +503,7 @@ class DecodePool:
             worker.run = None
             done = _decode_done(payload)
             run.segment.finished(done.size)
-            there = run.shard.size - run.fed if run.granted is not None else 0
+            there = run.shard.size - run.relayed
             log.debug(
                 "decoded %s: %d lines (%d of its bytes downloaded by its process)",
                 run.shard.path,

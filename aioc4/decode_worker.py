@@ -87,10 +87,12 @@ class Fetch(msgspec.Struct, array_like=True):
 
 
 class Need(msgspec.Struct, array_like=True):
-    """The download here stopped at byte `at` of the shard (for `reason`): relay the rest from there."""
+    """The download here has no bytes of the shard from byte `at` (for `reason`) up to `until`: relay
+    those, and it goes on after them; or, with `until` None, it stopped: relay the rest."""
 
     at: int
     reason: str
+    until: int | None = None
 
 
 class Piece(msgspec.Struct, array_like=True):
@@ -242,21 +244,27 @@ def _inflate_shard(feed: _ShardFeed, inbox: queue.Queue[tuple[bytes, object]], o
     inbox.put((START, feed.task))
     fed = 0
     fetcher: RangeFetcher | None = None
+    direct_from = 0  # the byte from which the bytes are the fetcher's again (before it: relayed)
     while True:
-        if fetcher is not None and fed == fetcher.start:
+        if fetcher is not None and fed == direct_from:
             try:
                 while (view := fetcher.read()) is not None:
                     fed = _inflate(decoder, view, fed, inbox)
             except FetchStopped as stopped:
                 if feed.abandoned:
                     return True
-                out.send(NEED, _encode(Need(stopped.at, stopped.reason)))  # the parent relays from here
-                fetcher = None
+                out.send(NEED, _encode(Need(stopped.at, stopped.reason, stopped.until)))  # relayed next
+                if stopped.until is None:
+                    fetcher = None
+                else:
+                    fetcher.skip(stopped.until)
+                    direct_from = stopped.until
                 continue
             break  # the whole shard
         item = feed.relayed.get()
         if item is _FETCHING:
             fetcher = feed.fetcher
+            direct_from = fetcher.start if fetcher is not None else 0
         elif item is _ABANDONED:
             return True
         elif item is _INPUT_ENDED:

@@ -7,11 +7,13 @@ ahead as the read-ahead window (aioc4.readahead, the same rule as the main proce
 parent's grant allow: the grant is the byte the documents still wanted probably end at, so an early
 stop stays early.
 
-Nothing is retried here. The first failure of any kind (a cut, a timeout, a status other than 206, a
-redirect, a host that ignores `Range`) ends this download at the first byte not received
-(`FetchStopped`), and the parent relays the rest through its own download, which has the retries, the
-run's retry budget, the re-resolve of an expired URL and the rate cap. So this module adds speed, not
-another copy of the error handling.
+Nothing is retried here. A range that fails in any way (a cut, a timeout, a status other than 206,
+a redirect, a host that ignores `Range`) stops the reader at the first byte it lacks
+(`FetchStopped`): the parent relays the bytes up to the range's end through its own download, which
+has the retries, the run's retry budget and the re-resolve of an expired URL, and the reader goes on
+after them (`skip`) while the other ranges download. After `MAX_FAILED_RANGES` (an expired URL or a
+host that ignores `Range` fails every range) the parent relays the rest of the shard. So this module
+adds speed, not another copy of the error handling.
 
 HTTP/1.1 requests and response heads are h11's (a sans-I/O protocol library, already under httpx):
 it imports in under 1 MB, where `http.client` (through `email`) costs a decode process ~6 MB of RSS.
@@ -61,13 +63,20 @@ def range_bytes(window: int) -> int:
     return max(MIN_FETCH_RANGE_BYTES, min(MAX_RANGE_BYTES, AHEAD_BYTES // max(1, window)))
 
 
-class FetchStopped(Exception):
-    """The direct download ended at byte `at` (every byte before it was read): the parent relays the rest."""
+MAX_FAILED_RANGES = 3
+"""Ranges that may fail before the download gives up altogether (an expired URL fails every one)."""
 
-    def __init__(self, at: int, reason: str) -> None:
+
+class FetchStopped(Exception):
+    """The download has no bytes from `at` (every byte before it was read) up to `until`, its failed
+    range's end: the parent relays those, and `skip(until)` goes on after them. `until` is None once
+    the download gave up (`MAX_FAILED_RANGES`, or `close`): the parent relays the rest."""
+
+    def __init__(self, at: int, reason: str, until: int | None = None) -> None:
         super().__init__(reason)
         self.at = at
         self.reason = reason
+        self.until = until
 
 
 @dataclass(eq=False, slots=True)
@@ -79,8 +88,10 @@ class _Range:
     buffer: mmap.mmap = field(init=False)
     filled: int = 0
     taken: int = 0
+    started: bool = False  # a thread took it
     done: bool = False
     error: str | None = None
+    fatal: bool = False  # it failed as the download's last allowed failure: the rest goes another way
 
     def __post_init__(self) -> None:
         self.buffer = mmap.mmap(-1, self.end - self.start)  # unmapped when the last view of it goes
@@ -129,7 +140,8 @@ class RangeFetcher:
         self._next = start  # where the next range starts
         self._position = start  # the next byte `read` gives
         self._granted = granted
-        self._failed = False  # no more ranges once one failed
+        self._failures = 0
+        self._failed = False  # no more ranges: too many failed
         self._closed = False
         self._queued: deque[_Range] = deque()  # ranges no thread has taken yet
         self._waiting_threads = 0
@@ -146,7 +158,11 @@ class RangeFetcher:
             while True:
                 if self._position >= self.end:
                     return None
+                if self._closed:
+                    raise FetchStopped(self._position, "the download was stopped")
                 head = self._ranges[0] if self._ranges else None
+                if (head is None or not head.started) and self._failed:  # no thread will take it
+                    raise FetchStopped(self._position, "too many ranges failed")
                 if head is not None and head.done and not head.untaken:
                     self._ranges.popleft()
                     self._schedule()
@@ -159,13 +175,21 @@ class RangeFetcher:
                     self._schedule()
                     return view
                 if head is not None and head.done:
-                    raise FetchStopped(self._position, head.error or "the range ended early")
-                if head is None and (self._failed or self._closed):
-                    raise FetchStopped(self._position, "the download was stopped")
+                    until = None if head.fatal else head.end
+                    raise FetchStopped(self._position, head.error or "the range ended early", until)
                 if head is not None:
                     self._read_ahead.reader_waited(outstanding=len(self._ranges))
                 self._schedule()
                 self._readable.wait()
+
+    def skip(self, until: int) -> None:
+        """Go on after the failed range that ends at `until` (its bytes came another way)."""
+        with self._lock:
+            head = self._ranges.popleft()
+            assert head.error is not None, "skip() follows FetchStopped"
+            assert head.end == until, "skip() follows FetchStopped"
+            self._position = until
+            self._schedule()
 
     def grant(self, granted: int) -> None:
         with self._lock:
@@ -232,9 +256,11 @@ class RangeFetcher:
                             connection.close()
                             connection = None
                     item.done, item.error = True, error
-                    self._failed = self._failed or error is not None
+                    self._failures += error is not None
+                    self._failed = self._failures >= MAX_FAILED_RANGES
+                    item.fatal = error is not None and self._failed
                     self._readable.notify()
-                    if error is not None:
+                    if self._failed:
                         self._work.notify_all()  # no more ranges: idle threads end
         finally:
             if connection is not None:
@@ -248,7 +274,11 @@ class RangeFetcher:
             while not self._queued and not (self._closed or self._failed):
                 self._work.wait()
             self._waiting_threads -= 1
-            return None if self._closed or self._failed else self._queued.popleft()
+            if self._closed or self._failed:
+                return None
+            item = self._queued.popleft()
+            item.started = True
+            return item
 
     def _arrived(self, item: _Range, filled: int) -> bool:
         """A connection wrote `item.buffer` up to `filled`; False: stop (the fetcher is closing)."""

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from aioc4.range_fetch import FetchStopped, RangeFetcher
+from aioc4.range_fetch import MAX_FAILED_RANGES, FetchStopped, RangeFetcher
 from scripts.hub_server import HubServerProcess
 from scripts.shards import FakeRepo
 
@@ -142,6 +142,37 @@ def test_a_cut_connection_stops_the_download_at_the_first_byte_not_received(
         fetch.close()
     assert 0 < stopped.value.at == len(received) < len(data)
     assert received == data[: len(received)]  # every byte before it, each once, in order
+
+
+def test_a_failed_range_is_skipped_once_its_bytes_came_another_way_until_too_many_fail(
+    storage: HubServerProcess, shard: tuple[str, bytes]
+) -> None:
+    """Each 2 MiB range is cut after 1.5 MB (granted one at a time, so they fail in order): the first
+    ones stop the download for their missing bytes only, and it goes on after them; then it gives up."""
+    url, data = shard
+    storage.set_faults(reset_after_bytes=1_500_000, reset_rate=1.0)
+    step = 2 << 20
+    fetch = fetcher(url, 0, len(data), granted=step)
+    received, stops = b"", []
+    try:
+        while True:
+            try:
+                view = fetch.read()
+            except FetchStopped as stopped:
+                stops.append((stopped.at, stopped.until))
+                if stopped.until is None:
+                    break
+                fetch.skip(stopped.until)
+                received = received[: stopped.at] + data[stopped.at : stopped.until]  # the parent's relay
+                fetch.grant(stopped.until + step)
+                continue
+            assert view is not None
+            received += bytes(view)
+    finally:
+        fetch.close()
+    cuts = [(n * step + 1_500_000, (n + 1) * step) for n in range(MAX_FAILED_RANGES)]
+    assert stops == [*cuts[:-1], (cuts[-1][0], None)]  # each at the first byte not received
+    assert received == data[: cuts[-1][0]]
 
 
 def test_a_silent_storage_host_stops_the_download_after_the_timeout() -> None:
