@@ -15,8 +15,9 @@ after them (`skip`) while the other ranges download. After `MAX_FAILED_RANGES` (
 host that ignores `Range` fails every range) the parent relays the rest of the shard. So this module
 adds speed, not another copy of the error handling.
 
-HTTP/1.1 requests and response heads are h11's (a sans-I/O protocol library, already under httpx):
-it imports in under 1 MB, where `http.client` (through `email`) costs a decode process ~6 MB of RSS.
+HTTP/1.1 requests and response heads are h11's (a sans-I/O protocol library, already installed
+under huggingface_hub's httpcore2): it imports in under 1 MB, where `http.client` (through `email`)
+costs a decode process ~6 MB of RSS.
 A range's body (a 206 with its `Content-Length`) is read from the socket straight into the range's
 buffer; anything else is refused.
 """
