@@ -145,14 +145,21 @@ class _Worker:
     alive: bool = True
 
     async def send(self, kind: bytes, payload: bytes = b"") -> None:
-        """One frame; written whole into the pipe's buffer before any wait, so a cancelled send never
-        leaves half a frame."""
+        """One frame, then wait while the pipe is full."""
+        self.post(kind, payload)
         stdin = self.process.stdin
         assert stdin is not None
+        await stdin.drain()
+
+    def post(self, kind: bytes, payload: bytes = b"") -> None:
+        """One frame, written whole into the pipe's buffer at once (no wait): so a cancelled `send`
+        never leaves half a frame, and frames posted between sends never split one."""
+        stdin = self.process.stdin
+        if stdin is None or stdin.is_closing():
+            return  # the process is gone or going: its listener says so
         stdin.write(HEADER.pack(kind, len(payload)))
         if payload:
             stdin.write(payload)
-        await stdin.drain()
 
 
 class DecodePool:
@@ -398,6 +405,7 @@ class DecodePool:
     async def _relay_range(self, worker: _Worker, run: _ShardRun, start: int, end: int) -> None:
         """Bytes `start` to `end` of the shard, through this process (with the retries of
         `HubSource.stream`); where storage ignores Range, from one stream cut off at `end`."""
+        run.fed = start
         try:
             async with aclosing(self._source.stream(run.shard, self._commit, start, end)) as body:
                 async for chunk in body:
@@ -441,11 +449,9 @@ class DecodePool:
             if run.granted is None or run.done or run.error is not None or run.worker is None:
                 continue
             granted = self._grant_of(run)
-            stdin = run.worker.process.stdin
-            if granted > run.granted and stdin is not None and not stdin.is_closing():
+            if granted > run.granted:
                 run.granted = granted
-                payload = _encode(granted)
-                stdin.write(HEADER.pack(GRANT, len(payload)) + payload)  # whole: see `_Worker.send`
+                run.worker.post(GRANT, _encode(granted))
 
     async def _send_chunk(self, worker: _Worker, run: _ShardRun, chunk: bytes) -> None:
         run.fed += len(chunk)

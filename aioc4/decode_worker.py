@@ -155,20 +155,19 @@ class _ShardFeed:
             self.relayed.put(item)
 
     def fetch(self, order: Fetch, read_ahead: ReadAhead) -> None:
-        try:
-            fetcher = RangeFetcher(
-                order.url,
-                order.start,
-                order.end,
-                granted=order.granted,
-                timeout_s=order.timeout_s,
-                connections=order.connections,
-                user_agent=order.user_agent,
-                read_ahead=read_ahead,
-            )
-        except ValueError:
-            return  # never: the parent sends http(s) URLs; without a fetcher the shard waits for the relay
-        self.fetcher = fetcher
+        """Start downloading the shard here. (The parent sends only http(s) URLs, as `aioc4.hub` accepts
+        no other redirect; were one not, the ValueError would end this process, which the parent
+        reports as a failure of the shard, rather than leave the shard waiting for bytes.)"""
+        self.fetcher = RangeFetcher(
+            order.url,
+            order.start,
+            order.end,
+            granted=order.granted,
+            timeout_s=order.timeout_s,
+            connections=order.connections,
+            user_agent=order.user_agent,
+            read_ahead=read_ahead,
+        )
         self.put(_FETCHING)
 
     def abandon(self) -> None:
@@ -264,7 +263,8 @@ def _inflate_shard(feed: _ShardFeed, inbox: queue.Queue[tuple[bytes, object]], o
         item = feed.relayed.get()
         if item is _FETCHING:
             fetcher = feed.fetcher
-            direct_from = fetcher.start if fetcher is not None else 0
+            assert fetcher is not None  # set before the marker is queued
+            direct_from = fetcher.start
         elif item is _ABANDONED:
             return True
         elif item is _INPUT_ENDED:
