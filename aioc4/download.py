@@ -129,7 +129,8 @@ class RangedDownload:
                     async for piece in rest:
                         yield piece
                 return
-            self._read_ahead.reader_waited(outstanding=len(self._ranges))
+            arriving = sum(not item.done for item in self._ranges)
+            self._read_ahead.reader_waited(outstanding=len(self._ranges), arriving=arriving)
             self._schedule()
             head.changed.clear()
             await head.changed.wait()

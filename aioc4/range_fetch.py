@@ -51,16 +51,17 @@ to inflate, check and report, each with its own fixed costs."""
 AHEAD_BYTES = 16 << 20
 """What the ranges of one download hold or bring at most (a decode process's memory for them), unless
 its window needs more than that in 512 KiB ranges."""
-MAX_RANGE_BYTES = 2 << 20
+MAX_RANGE_BYTES = 1 << 20
 MIN_FETCH_RANGE_BYTES = 2 * MIN_RANGE_BYTES
 
 
 def range_bytes(window: int) -> int:
-    """The size of the next range for a window of `window` ranges: 2 MiB where few are needed (each
-    request costs a round trip, and the storage host its CPU: the local Hub ~0.85 ms a request), down
-    to 512 KiB where many are (a slow link), so that the window's bytes stay within `AHEAD_BYTES`.
-    Measured on the network model (5 MB/s a connection, 20 ms), interleaved with the main-process
-    download it replaces: the same docs/s, 11% less CPU in the tool."""
+    """The size of the next range for a window of `window` ranges: 1 MiB where few are needed (as the
+    main process's ranges), down to 512 KiB where many are (a slow link), so that the window's bytes
+    stay within `AHEAD_BYTES`. Where the link keeps ahead (loopback) every range of the window is held
+    whole, so its size is the process's memory: 2 MiB ranges held 8-12 MB a process in the S3 runs, 1
+    MiB 4-6 MB (the tree's peak ~163 -> ~152 MB), at the same docs/s on the model and unpaced
+    (interleaved) for ~0.4 us/doc more of the local Hub's CPU (~0.85 ms a request)."""
     return max(MIN_FETCH_RANGE_BYTES, min(MAX_RANGE_BYTES, AHEAD_BYTES // max(1, window)))
 
 
@@ -179,7 +180,8 @@ class RangeFetcher:
                     until = None if head.fatal else head.end
                     raise FetchStopped(self._position, head.error or "the range ended early", until)
                 if head is not None:
-                    self._read_ahead.reader_waited(outstanding=len(self._ranges))
+                    arriving = sum(not item.done for item in self._ranges)
+                    self._read_ahead.reader_waited(outstanding=len(self._ranges), arriving=arriving)
                 self._schedule()
                 self._readable.wait()
 

@@ -132,12 +132,12 @@ def test_decode_processes_download_their_shards_after_the_first_range_each_byte_
 def test_a_decode_processs_download_cut_off_is_finished_by_this_process_exactly(
     aioc4: Aioc4, hub: HubServerProcess, fake_repo: FakeRepo, source_lines: Lines
 ) -> None:
-    """Every storage answer is cut after 1.5 MB: each decode process's own download (2 MiB ranges while
-    its window is small) fails range after range, so it gives up, and this process relays the rest of
-    the shard in its ranges of 1 MiB, which no cut reaches (an isolated failed range is relayed alone:
-    tests/test_range_fetch.py)."""
+    """Every storage answer longer than 800 kB is cut there: each decode process's own download (1 MiB
+    ranges while its window is small) fails range after range, so it gives up, and this process
+    relays the rest of the shard through its ranged download, each cut range resumed from the byte it
+    reached (an isolated failed range is relayed alone: tests/test_range_fetch.py)."""
     count, size = 2 * DOCS_PER_TRAIN_SHARD + 1_234, 5_000
-    hub.set_faults(reset_after_bytes=1_500_000, reset_rate=1.0)
+    hub.set_faults(reset_after_bytes=800_000, reset_rate=1.0)
     try:
         args = ["--num-samples", str(count), "--max-lines-per-file", str(size), "--output-dir", "o"]
         result = aioc4(*args, "--procs", "2", "-v")

@@ -24,10 +24,12 @@ KIB = 1024
 def test_the_window_opens_only_while_the_reader_waits_with_every_range_busy() -> None:
     policy = ReadAhead(max_connections=4, range_bytes=100 * KIB)
     assert policy.window == 2
-    policy.reader_waited(outstanding=1)  # a slot was free: waiting was not for want of connections
+    policy.reader_waited(outstanding=1, arriving=1)  # a slot was free: not for want of connections
+    assert policy.window == 2
+    policy.reader_waited(outstanding=2, arriving=1)  # a range is here, waiting: the link keeps ahead
     assert policy.window == 2
     for _ in range(10):
-        policy.reader_waited(outstanding=policy.window)
+        policy.reader_waited(outstanding=policy.window, arriving=policy.window)
     assert policy.window == 4  # the cap
 
 

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from aioc4.range_fetch import MAX_FAILED_RANGES, FetchStopped, RangeFetcher
+from aioc4.range_fetch import MAX_FAILED_RANGES, MAX_RANGE_BYTES, FetchStopped, RangeFetcher
 from scripts.hub_server import HubServerProcess
 from scripts.shards import FakeRepo
 
@@ -72,7 +72,7 @@ def test_ranges_downloaded_side_by_side_are_read_as_the_files_bytes_in_order(
         assert read_all(fetch) == data[123_457:]
     finally:
         fetch.close()
-    assert fetch.ranges_started >= 4  # ~10 MB in ranges of 1-2 MiB
+    assert fetch.ranges_started >= 8  # ~10 MB in ranges of at most 1 MiB
     assert storage.stats()["storage_get_requests"] == fetch.ranges_started
     assert storage.stats()["storage_body_bytes"] == len(data) - 123_457  # each byte once
     assert threading.active_count() == threads  # every download thread ended
@@ -147,11 +147,11 @@ def test_a_cut_connection_stops_the_download_at_the_first_byte_not_received(
 def test_a_failed_range_is_skipped_once_its_bytes_came_another_way_until_too_many_fail(
     storage: HubServerProcess, shard: tuple[str, bytes]
 ) -> None:
-    """Each 2 MiB range is cut after 1.5 MB (granted one at a time, so they fail in order): the first
+    """Each 1 MiB range is cut after 800 kB (granted one at a time, so they fail in order): the first
     ones stop the download for their missing bytes only, and it goes on after them; then it gives up."""
     url, data = shard
-    storage.set_faults(reset_after_bytes=1_500_000, reset_rate=1.0)
-    step = 2 << 20
+    storage.set_faults(reset_after_bytes=800_000, reset_rate=1.0)
+    step = MAX_RANGE_BYTES
     fetch = fetcher(url, 0, len(data), granted=step)
     received, stops = b"", []
     try:
@@ -170,7 +170,7 @@ def test_a_failed_range_is_skipped_once_its_bytes_came_another_way_until_too_man
             received += bytes(view)
     finally:
         fetch.close()
-    cuts = [(n * step + 1_500_000, (n + 1) * step) for n in range(MAX_FAILED_RANGES)]
+    cuts = [(n * step + 800_000, (n + 1) * step) for n in range(MAX_FAILED_RANGES)]
     assert stops == [*cuts[:-1], (cuts[-1][0], None)]  # each at the first byte not received
     assert received == data[: cuts[-1][0]]
 
