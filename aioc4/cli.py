@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
-import ctypes.util
 import logging
 import math
 import os
@@ -711,7 +710,7 @@ def _tune_malloc(*, decodes_here: bool) -> None:
       default gave a 200k-document S3 run's main process ~10 MB less RSS at the same CPU.
     """
     with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL(None)  # this process's own symbols, libc's among them: no `ldconfig` run
         libc.mallopt(_M_MMAP_THRESHOLD, 4 * 1024 * 1024)
         if decodes_here:
             libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
