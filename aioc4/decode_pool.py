@@ -17,7 +17,9 @@ its last bytes), so local disk holds at most that many shards' worth of checked 
 parts; memory holds each process's read-ahead window (at most 16 MiB of ranges) and, per block, a
 few numbers. A shard is only
 started when the documents still wanted probably reach into it (as the one-process reader's
-read-ahead does), so an early stop stays early: N inside one shard reads one shard. A shard that
+read-ahead does), so an early stop stays early: N inside one shard reads one shard (the processes
+the next shards probably need are started meanwhile, idle, so that their imports are not in the
+way). A shard that
 fails (a download error, data that is not C4) only matters where the reader reaches it.
 
 The pool owns its processes, tasks and segments: leaving its context kills and reaps every process,
@@ -262,6 +264,23 @@ class DecodePool:
                 return
             self._start(worker, self._next)
             self._next += 1
+        await self._warm_up()
+
+    async def _warm_up(self) -> None:
+        """While the first shard's documents per byte are being measured (no other shard starts before
+        they are), start the processes the next shards will probably need (by C4's documents per byte),
+        without a shard: their imports (~75 ms) then overlap the first shard's start instead of
+        following it. One that turns out not to be needed ends with its input, unused."""
+        if self._reported_lines or not self._running:
+            return
+        wanted, needed = self._wanted_docs(None), 0
+        for shard in self._shards[self._next :]:
+            if wanted <= 0 or len(self._running) + needed >= self._procs:
+                break
+            needed += 1
+            wanted -= shard.size * self._docs_per_byte()
+        while sum(worker.alive for worker in self._workers) < len(self._running) + needed:
+            await self._spawn()
 
     def _can_start(self) -> bool:
         if not self._running:
