@@ -72,7 +72,7 @@ class ReadAhead:
     def reader_waited(self, *, outstanding: int, arriving: int) -> None:
         """The reader found no bytes ready: if the whole window is in use and all `arriving` (none of
         its `outstanding` ranges is downloaded and waiting to be read), open one more connection. A
-        range already here means the link keeps ahead and the wait was for a core, not for bytes: on
-        a busy 2-core loopback the window otherwise crept to 5 ranges, held in memory for nothing."""
+        range already here means the link keeps ahead and the wait was for a core, not for bytes.
+        (On a busy 2-core loopback the windows still reach 3-5 ranges: the head itself is arriving.)"""
         if max(outstanding, self.in_use) >= self.window and arriving >= outstanding:
             self.window = min(self.max_connections, self.window + 1)
