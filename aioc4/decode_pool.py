@@ -103,10 +103,10 @@ def worker_environment() -> dict[str, str]:
     """The decode processes' environment: this one without credentials (they need none), and glibc's
     allocator told to reuse freed blocks: each chunk inflates into fresh ~1.4 MB buffers, which by
     default are mapped and unmapped every time, so every page faults and is zeroed again (3x the page
-    faults and twice the system time of the process, by `perf stat`). One arena for both threads: the
-    reader's blocks are freed by the checker, and with an arena per thread each kept its own high-water
-    mark (a process's peak RSS ~24 -> ~22 MB at the same CPU, measured on a bench shard). Settings the
-    user's environment already makes win."""
+    faults and twice the system time of the process, by `perf stat`). One arena for all its threads:
+    when an inflating thread's blocks were freed by a checking one, an arena per thread kept a
+    high-water mark each (a process's peak RSS ~24 -> ~22 MB at the same CPU, measured on a bench
+    shard); the download threads allocate little. Settings the user's environment already makes win."""
     kept = {name: value for name, value in os.environ.items() if not name.startswith(_SECRET_PREFIXES)}
     return {**REUSE_FREED_MEMORY, **kept}
 

@@ -372,15 +372,13 @@ def _read_frame(source: BinaryIO) -> tuple[bytes, bytes] | None:
 
 
 class _Output:
-    """Frames to the parent, whole, from two threads (the checker's reports, the inflater's `NEED`)."""
+    """Frames to the parent (from the decoding thread: the control thread sends none), each whole."""
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
-        self._lock = threading.Lock()
 
     def send(self, kind: bytes, payload: bytes) -> None:
-        with self._lock:
-            _write_all(self._fd, HEADER.pack(kind, len(payload)) + payload)
+        _write_all(self._fd, HEADER.pack(kind, len(payload)) + payload)
 
 
 def _write_all(fd: int, data: bytes) -> None:
