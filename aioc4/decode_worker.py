@@ -12,8 +12,8 @@ C4 data. One shard at a time, as many as asked.
 
 Two threads: one reads the parent's frames; the other inflates each shard's bytes in order, a
 piece at a time, and checks and appends each block of lines at once, while it is still in the core's
-cache (with a thread for each, handing blocks over a queue, a count job spent ~13% more CPU per
-document and was no faster: see `_decode_feeds`). The process imports
+cache (with a thread for each, handing blocks over a queue, a process spent ~17% more CPU and was
+no faster: see `_decode_feeds`). The process imports
 only the decoder and an HTTP/1.1 parser: no Hub or S3 client, no credentials (the signed URL is a
 capability for one file, which the Hub gives anyone who may read it). It ends at the end of its
 input, so a parent that dies takes it along.
@@ -65,9 +65,10 @@ _PIPE_BYTES = 1 << 20
 _RELAYED_AHEAD = 4  # relayed chunks waiting to be inflated (each at most 512 KiB)
 _FEED_BYTES = 128 * 1024
 """Compressed bytes inflated at a time (a chunk is split): each call's buffers and block (~350 kB)
-are what the queues hold. Measured at the same CPU each time: 512 -> 256 KiB took a process's peak
-RSS from ~31 to ~25 MB; 256 -> 128 KiB its heap from 19-20 to 15-16 MB in the S3 runs (interleaved,
-4 rounds: 14.95 vs 14.83 us/doc for the tree, 119k vs 117k docs/s)."""
+are what a process holds beside its ranges. 512 -> 256 KiB took a process's peak RSS from ~31 to
+~25 MB, 256 -> 128 KiB its heap from 19-20 to 15-16 MB in the S3 runs; and inflating and checking on
+one thread, 128 KiB is the cheapest step (one process fed 2 bench shards, 7 interleaved rounds:
+0.761 s of CPU, against 0.777 at 64 KiB and 0.788 at 256 KiB)."""
 
 
 class ShardTask(msgspec.Struct, array_like=True):
@@ -220,11 +221,11 @@ def _read_control(source: BinaryIO, feeds: queue.Queue[_ShardFeed | None]) -> No
 
 def _decode_feeds(feeds: queue.Queue[_ShardFeed | None], out: _Output) -> None:
     """Each shard in turn, until the input ends. One thread inflates and checks: a block (~350 kB,
-    from 128 KiB of gzip) is checked and stored while the core's cache still holds it. Measured
-    against an inflating thread handing blocks to a checking one over a queue (interleaved, 5 rounds
-    of a count job, 60k-200k documents, 2 decode processes on 2 cores): 10.7 against 12.4 us/doc for
-    the tree, 184k against 149k docs/s; one process fed 2 shards alone: ~6-11% less CPU, the same
-    wall time (the GIL kept the two threads from overlapping much)."""
+    from 128 KiB of gzip) is checked and stored while the core's cache still holds it. Against an
+    inflating thread handing blocks to a checking one over a queue, one process fed 2 bench shards
+    (9 interleaved rounds): 0.724 against 0.847 s of CPU, 0.707 against 0.741 s of wall time (the
+    GIL kept the two threads from overlapping much). End to end the pairs scatter more than that
+    (docs/performance.md)."""
     while (feed := feeds.get()) is not None:
         try:
             if not _decode_shard(feed, out):
@@ -238,10 +239,9 @@ def _decode_feeds(feeds: queue.Queue[_ShardFeed | None], out: _Output) -> None:
 def _decode_shard(feed: _ShardFeed, out: _Output) -> bool:
     """One shard, to its end or its failure (True), or until the input ends (False). A failure is
     reported to the parent as one line, never a traceback; after it the shard's input is dropped."""
-    task = feed.task
     store: _SegmentStore | None = None
     try:
-        store = _SegmentStore(task, out)
+        store = _SegmentStore(feed.task, out)
         return _inflate_shard(feed, store, out)
     except LineTooLongError as exc:
         line = (store.lines.next_line if store is not None else 1) + exc.lines_before
