@@ -59,8 +59,8 @@ def range_bytes(window: int) -> int:
     """The size of the next range for a window of `window` ranges: 1 MiB where few are needed (as the
     main process's ranges), down to 512 KiB where many are (a slow link), so that the window's bytes
     stay within `AHEAD_BYTES`. Where the link keeps ahead (loopback) every range of the window is held
-    whole, so its size is the process's memory: 2 MiB ranges held 8-12 MB a process in the S3 runs, 1
-    MiB 4-6 MB (the tree's peak ~163 -> ~152 MB), at the same docs/s on the model and unpaced
+    whole, so its size is the process's memory: 2 MiB ranges held 8-12 MiB a process in the S3 runs, 1
+    MiB 4-6 MiB (the tree's peak ~163 -> ~152 MiB, by /proc), at the same docs/s on the model and unpaced
     (interleaved) for ~0.4 us/doc more of the local Hub's CPU (~0.85 ms a request)."""
     return max(MIN_FETCH_RANGE_BYTES, min(MAX_RANGE_BYTES, AHEAD_BYTES // max(1, window)))
 
