@@ -15,6 +15,12 @@ outside, on the same documents:
   of every line (valid UTF-8, one JSON object with a string `text`), the CRC-32 of every block and one
   write of it to a file (`--check-limit N PATH...`). What aioc4 spends beyond it is its own overhead:
   the download, moving bytes between processes, stitching parts;
+- `check-cores` (`shards`): the check limit on every core, as aioc4 spreads a count job: each shard
+  that holds some of the first N documents checked by one of up to one process per core (shard k by
+  process k mod P), all at once (`--check-cores COUNT:PATH...`). Its rate is what that work alone
+  reaches on this machine's cores, and its CPU per document what it costs there: cores running at once
+  share caches and memory bandwidth (and, on a VM, maybe a physical core), so each spends more per
+  document than the one-core loop does alone;
 - `aioc4`: `python -m aioc4`, with local output and with S3 output.
 
 The network model: on loopback one connection carries GB/s, where on EC2 one connection to the Hub's
@@ -122,9 +128,11 @@ POLL_S = 0.02
 BIG_SHARDS = 40
 OUTPUTS = ("local", "s3")
 TOOLS = ("decode", "baseline", "aioc4")
-LIMITS = ("decode", "check")
+CHECK_CORES = "check-cores"
+LIMITS = ("decode", "check", CHECK_CORES)
 """The references that read the shards from local disk and write no parts (output `-`)."""
 WITH_CHECK = ("decode", "check", "baseline", "aioc4")
+WITH_CHECK_CORES = ("decode", "check", CHECK_CORES, "baseline", "aioc4")
 PROCS_ONE, PROCS_DEFAULT = "procs-1", "procs-default"
 """The `procs` scenario's tools: aioc4 with `--procs 1`, and aioc4 without `--procs` (its default)."""
 COUNT_TOOLS = ("aioc4", PROCS_ONE, PROCS_DEFAULT)
@@ -206,6 +214,36 @@ def check_limit_main(values: Sequence[str]) -> None:
     with tempfile.TemporaryFile(dir=Path(values[1]).parent) as sink:
         lines, raw = check_limit([Path(value) for value in values[1:]], int(values[0]), sink.fileno())
     print(json.dumps({"lines": lines, "raw_bytes": raw}), flush=True)
+
+
+def check_cores_main(values: Sequence[str]) -> None:
+    """The child side of `--check-cores COUNT:PATH...` (each shard with how many of its documents are
+    wanted): up to one `--check-limit` process per core at once, shard k in process k mod P, waited for
+    here (so the launcher's rusage counts them); prints one JSON line with what they counted."""
+    wanted = [(int(count), path) for count, _, path in (value.partition(":") for value in values)]
+    wanted = [(count, path) for count, path in wanted if count > 0]
+    procs = max(1, min(CORES, len(wanted)))
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-m", "scripts.bench", "--check-limit", *map(str, _counts_and_paths(group))],
+            stdout=subprocess.PIPE,
+        )
+        for group in (wanted[index::procs] for index in range(procs))
+    ]
+    lines = raw = 0
+    for child in children:
+        out, _ = child.communicate()
+        if child.returncode != 0:
+            raise SystemExit(f"a check-limit process failed (exit {child.returncode})")
+        counted = json.loads(out.splitlines()[-1])
+        lines, raw = lines + counted["lines"], raw + counted["raw_bytes"]
+    print(json.dumps({"lines": lines, "raw_bytes": raw, "processes": procs}), flush=True)
+
+
+def _counts_and_paths(group: Sequence[tuple[int, str]]) -> list[str]:
+    """`--check-limit`'s arguments for a process's shards: N, then the paths. Every shard but the last
+    is wanted whole, so N is their documents plus the last one's wanted count."""
+    return [str(sum(count for count, _ in group)), *(path for _, path in group)]
 
 
 # -------------------------------------------------------------------------------------- the network model
@@ -329,6 +367,15 @@ class RawSizes:
             self._whole[key] = decode_limit([path], sys.maxsize)
         return self._whole[key]
 
+    def counts(self, paths: Sequence[Path], n: int) -> list[int]:
+        """How many of the first n documents each shard holds, in order."""
+        counts = []
+        for path in paths:
+            lines, _ = self._shard(path)
+            counts.append(min(lines, n))
+            n -= counts[-1]
+        return counts
+
     def first(self, paths: Sequence[Path], n: int) -> int:
         total = 0
         for path in paths:
@@ -403,7 +450,7 @@ def scenarios(shape: Shape) -> list[Scenario]:
     return [
         Scenario("all-shards", f"N={n_all:,} over all shards, {_parts_text(part)}", (n_all,), part),
         Scenario("one-shard", f"streaming within one shard, N={_ns_text(n_one)}", n_one, part, WITH_CHECK),
-        Scenario("shards", f"several shards, N={_ns_text(n_several)}", n_several, part, WITH_CHECK),
+        Scenario("shards", f"several shards, N={_ns_text(n_several)}", n_several, part, WITH_CHECK_CORES),
         Scenario(
             "hub-model",
             f"several shards, N={_ns_text(n_several)}, Hub on the model ({model}) and unpaced",
@@ -946,7 +993,7 @@ class Bench:
         if proxy is not None:
             proxy.reset()  # its counters start from zero (it has no rules)
         env = child_env(self.servers.hub_for(spec).endpoint, (proxy or self.servers.s3).env(), folder)
-        if spec.tool == "check":
+        if spec.tool in ("check", CHECK_CORES):
             from aioc4.decode_pool import REUSE_FREED_MEMORY
 
             env.update(REUSE_FREED_MEMORY)  # the allocator settings of aioc4's decode processes
@@ -958,7 +1005,14 @@ class Bench:
         if watcher is not None:
             watcher.start()
         servers_before = {name: process_cpu_seconds(pid) for name, pid in servers.items()}
-        child = run_child(tool_command(spec, out_dir, self.shards_for(spec)), env, folder)
+        shards = self.shards_for(spec)
+        if spec.tool == CHECK_CORES:
+            counts = self.sizes.counts(shards, spec.n)
+            wanted = [f"{count}:{path}" for count, path in zip(counts, shards, strict=True)]
+            command = [sys.executable, "-m", "scripts.bench", "--check-cores", *wanted]
+        else:
+            command = tool_command(spec, out_dir, shards)
+        child = run_child(command, env, folder)
         server_cpu = {name: process_cpu_seconds(pid) - servers_before[name] for name, pid in servers.items()}
         if watcher is not None:
             watcher.finish()
@@ -1400,6 +1454,7 @@ def tool_title(tool: str) -> str:
         "baseline": "baseline (datasets + boto3)",
         "decode": f"decode limit ({fastest_inflater()[0]}, 1 core)",
         "check": "check limit (+ aioc4's checks, CRC, write)",
+        CHECK_CORES: f"check limit, {CORES} processes at once",
         "bulk-1": "aioc4 all, 1 process",
         f"bulk-{BULK_PROCS}": f"aioc4 all, {BULK_PROCS} processes",
         PROCS_ONE: "aioc4 --procs 1",
@@ -1587,6 +1642,16 @@ def _beyond_check_limit(results: Sequence[ScenarioResult]) -> list[str]:
             f"  {result.scenario.name:<11} {_num(cpu, 1)} us/doc against {_num(floor, 1)} = "
             f"{_num(ratio(cpu, floor), 2)} x; docs/s {_num(ratio(mine.docs_per_s, check.docs_per_s), 2)} x"
         )
+        cores, decode = result.figures(CHECK_CORES), result.figures("decode")
+        if cores is not None and decode is not None:
+            lines.append(
+                f"  {result.scenario.name:<11} the check limit on {CORES} processes at once: "
+                f"{_num(cores.tool_cpu_us_per_doc, 1)} us/doc = "
+                f"{_num(ratio(cores.tool_cpu_us_per_doc, decode.tool_cpu_us_per_doc), 2)} x decode's; "
+                f"docs/s {_num(ratio(cores.docs_per_s, decode.docs_per_s), 2)} x decode; aioc4: "
+                f"{_num(ratio(cpu, cores.tool_cpu_us_per_doc), 2)} x its us/doc, "
+                f"{_num(ratio(mine.docs_per_s, cores.docs_per_s), 2)} x its docs/s"
+            )
     return lines
 
 
@@ -1631,6 +1696,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--decode-limit", nargs="+", metavar="N PATH", help=argparse.SUPPRESS)
     parser.add_argument("--check-limit", nargs="+", metavar="N PATH", help=argparse.SUPPRESS)
+    parser.add_argument("--check-cores", nargs="+", metavar="COUNT:PATH", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
@@ -1710,6 +1776,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.check_limit:
         check_limit_main(args.check_limit)
+        return 0
+    if args.check_cores:
+        check_cores_main(args.check_cores)
         return 0
     started = time.perf_counter()
     compile_sources()

@@ -26,12 +26,15 @@ import pytest
 from aioc4.errors import CorruptShardError
 from scripts.bench import (
     BULK_PROCS,
+    CHECK_CORES,
+    CORES,
     FULL_SHAPE,
     LIMITS,
     NETWORKS,
     PROCS_DEFAULT,
     PROCS_ONE,
     SMOKE_SHAPE,
+    RawSizes,
     Scenario,
     check_limit,
     child_pids,
@@ -95,6 +98,26 @@ def test_the_check_limit_does_aioc4s_work_on_the_decode_limits_documents(tmp_pat
         assert written == b"".join(line + b"\n" for line in lines[: written.count(b"\n")])
 
 
+def test_the_check_limit_on_every_core_counts_the_first_n_documents(tmp_path: Path) -> None:
+    """`--check-cores`: each shard holding some of the first N documents checked by one of up to one
+    process per core, all at once; together exactly the decode limit's documents and bytes."""
+    repo = build_fake_c4(tmp_path / "repo", train_shards=3, docs_per_train_shard=1500)
+    shards = train_shards(repo.root)
+    for n in (700, 2300, 4500):
+        counts = RawSizes().counts(shards, n)
+        assert sum(counts) == n
+        wanted = [f"{count}:{path}" for count, path in zip(counts, shards, strict=True)]
+        result = subprocess.run(
+            [sys.executable, "-m", "scripts.bench", "--check-cores", *wanted],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            check=True,
+        )
+        counted = json.loads(result.stdout.splitlines()[-1])
+        assert (counted["lines"], counted["raw_bytes"]) == decode_limit(shards, n)
+        assert counted["processes"] == min(CORES, sum(count > 0 for count in counts))
+
+
 def test_the_check_limit_refuses_a_broken_line(tmp_path: Path) -> None:
     """It checks every line as aioc4 does: a line that is not a document stops it."""
     shard = tmp_path / "c4-train.00000-of-00001.json.gz"
@@ -105,9 +128,12 @@ def test_the_check_limit_refuses_a_broken_line(tmp_path: Path) -> None:
 
 def test_the_table_compares_aioc4_with_the_check_limit(report: dict[str, Any]) -> None:
     assert "aioc4 against the check limit" in report["table"]
+    assert f"the check limit on {CORES} processes at once" in report["table"]
     for name in ("one-shard", "shards"):
         entry = next(entry for entry in report["scenarios"] if entry["name"] == name)
         assert entry["tools"]["check"]["tool_cpu_us_per_doc"] > 0
+    shards = next(entry for entry in report["scenarios"] if entry["name"] == "shards")
+    assert shards["tools"][CHECK_CORES]["tool_cpu_us_per_doc"] > 0
 
 
 BURN = "import time\nend = time.process_time() + {seconds}\nwhile time.process_time() < end: pass"
