@@ -18,9 +18,8 @@ outside, on the same documents:
 - `check-cores` (`shards`): the check limit on every core, as aioc4 spreads a count job: each shard
   that holds some of the first N documents checked by one of up to one process per core (shard k by
   process k mod P), all at once (`--check-cores COUNT:PATH...`). Its rate is what that work alone
-  reaches on this machine's cores, and its CPU per document what it costs there: cores running at once
-  share caches and memory bandwidth (and, on a VM, maybe a physical core), so each spends more per
-  document than the one-core loop does alone;
+  reaches on this machine's cores, and its CPU per document what it costs there (cores running at
+  once share caches and memory bandwidth, and on a VM maybe a physical core);
 - `aioc4`: `python -m aioc4`, with local output and with S3 output.
 
 The network model: on loopback one connection carries GB/s, where on EC2 one connection to the Hub's
@@ -230,13 +229,11 @@ def check_cores_main(values: Sequence[str]) -> None:
         )
         for group in (wanted[index::procs] for index in range(procs))
     ]
-    lines = raw = 0
-    for child in children:
-        out, _ = child.communicate()
-        if child.returncode != 0:
-            raise SystemExit(f"a check-limit process failed (exit {child.returncode})")
-        counted = json.loads(out.splitlines()[-1])
-        lines, raw = lines + counted["lines"], raw + counted["raw_bytes"]
+    outputs = [child.communicate()[0] for child in children]  # every one waited for, failed or not
+    if any(child.returncode != 0 for child in children):
+        raise SystemExit(f"a check-limit process failed (exits {[child.returncode for child in children]})")
+    counted = [json.loads(out.splitlines()[-1]) for out in outputs]
+    lines, raw = sum(one["lines"] for one in counted), sum(one["raw_bytes"] for one in counted)
     print(json.dumps({"lines": lines, "raw_bytes": raw, "processes": procs}), flush=True)
 
 
@@ -796,6 +793,7 @@ def child_env(hub_endpoint: str, s3_env: dict[str, str], home: Path) -> dict[str
 
 
 def tool_command(spec: RunSpec, out_dir: Path, shards: Sequence[Path]) -> list[str]:
+    assert spec.tool != CHECK_CORES, "Bench.command builds it: it needs each shard's documents"
     if spec.tool in LIMITS:
         limit = f"--{spec.tool}-limit"
         return [sys.executable, "-m", "scripts.bench", limit, str(spec.n), *map(str, shards)]
@@ -975,6 +973,15 @@ class Bench:
     def shards_for(self, spec: RunSpec) -> list[Path]:
         return self.big_shards if spec.big else self.shards
 
+    def command(self, spec: RunSpec, out_dir: Path) -> list[str]:
+        """The run's child process; the check limit on every core is told each shard's documents."""
+        shards = self.shards_for(spec)
+        if spec.tool != CHECK_CORES:
+            return tool_command(spec, out_dir, shards)
+        counts = self.sizes.counts(shards, spec.n)
+        wanted = [f"{count}:{path}" for count, path in zip(counts, shards, strict=True)]
+        return [sys.executable, "-m", "scripts.bench", "--check-cores", *wanted]
+
     def measure(self, spec: RunSpec, round_index: int) -> Run:
         folder = Path(tempfile.mkdtemp(prefix=f"{spec.tool}-{spec.n}-", dir=self.work))
         try:
@@ -1005,14 +1012,7 @@ class Bench:
         if watcher is not None:
             watcher.start()
         servers_before = {name: process_cpu_seconds(pid) for name, pid in servers.items()}
-        shards = self.shards_for(spec)
-        if spec.tool == CHECK_CORES:
-            counts = self.sizes.counts(shards, spec.n)
-            wanted = [f"{count}:{path}" for count, path in zip(counts, shards, strict=True)]
-            command = [sys.executable, "-m", "scripts.bench", "--check-cores", *wanted]
-        else:
-            command = tool_command(spec, out_dir, shards)
-        child = run_child(command, env, folder)
+        child = run_child(self.command(spec, out_dir), env, folder)
         server_cpu = {name: process_cpu_seconds(pid) - servers_before[name] for name, pid in servers.items()}
         if watcher is not None:
             watcher.finish()
