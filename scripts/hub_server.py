@@ -275,6 +275,9 @@ class Faults:
     )
     reset_rate: float = _knob(1.0, "share of storage GETs longer than --reset-after-bytes that are cut")
     ignore_range: bool = _knob(False, "storage ignores Range and answers 200 with the whole file")
+    fail_range_once_at: int = _knob(
+        -1, "answer 500 to the first storage GET of each file whose Range starts at this byte; -1 = none"
+    )
     url_ttl_s: float = _knob(float(SIGNED_URL_TTL_S), "lifetime of signed storage URLs, in seconds")
     clock_skew_s: float = _knob(
         0.0,
@@ -351,6 +354,8 @@ class FaultInjector:
 
     settings: Faults
     rng: random.Random
+    failed_ranges: set[str] = field(default_factory=set)
+    """Files whose `fail_range_once_at` range has failed (reset whenever the faults change)."""
 
     @classmethod
     def seeded(cls, settings: Faults) -> FaultInjector:
@@ -358,6 +363,7 @@ class FaultInjector:
 
     def configure(self, changes: object) -> None:
         self.settings = self.settings.updated(changes)
+        self.failed_ranges.clear()
         if isinstance(changes, Mapping) and "fault_seed" in changes:
             self.rng.seed(self.settings.fault_seed)
 
@@ -387,6 +393,14 @@ class FaultInjector:
         phrase = HTTPStatus(status).phrase
         code, message = STORAGE_ERRORS.get(status, (phrase.replace(" ", ""), phrase))
         return xml_error(status, code, message, self._retry_after(status))
+
+    def failed_range(self, path: str, range_header: str | None) -> web.Response | None:
+        """A 500 for the first GET of `path` whose Range starts at `fail_range_once_at`, else None."""
+        at = self.settings.fail_range_once_at
+        if at < 0 or path in self.failed_ranges or not (range_header or "").startswith(f"bytes={at}-"):
+            return None
+        self.failed_ranges.add(path)
+        return xml_error(500, *STORAGE_ERRORS[500])
 
     def cut_after(self, length: int) -> int | None:
         """How many bytes of a `length`-byte body to send before dropping the connection (None: all)."""
@@ -837,7 +851,7 @@ class StorageOrigin:
         if request.method == "GET":
             stats.storage_get_requests += 1
             stats.storage_get_requests_by_path[file.path] += 1
-            error = faults.storage_error()
+            error = faults.storage_error() or faults.failed_range(file.path, request.headers.get("Range"))
             if error is not None:
                 self.state.count_fault(f"storage_{error.status}")
                 return error

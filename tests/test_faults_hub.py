@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from aioc4.naming import part_names
+from aioc4.range_fetch import MAX_RANGE_BYTES
+from aioc4.readahead import MIN_RANGE_BYTES
 from scripts.hub_server import HubServerProcess
 from scripts.shards import FakeRepo
 
@@ -330,6 +332,24 @@ def test_many_ranges_in_flight_survive_cuts_throttling_and_expired_urls(
         "en/c4-train.00000-of-00003.json.gz",
         "en/c4-train.00001-of-00003.json.gz",
     }
+
+
+def test_one_failed_range_of_a_decode_process_is_fetched_here_and_its_download_goes_on(
+    hub_with: tuple[HubServerProcess, Aioc4], source_lines: Lines
+) -> None:
+    """A decode process's second range of the first shard fails once (its first 256 KiB came from the
+    main process): the main process fetches exactly that range, with its retries, and the process's
+    own download goes on after it. The parts are exactly the first N documents."""
+    hub, aioc4 = hub_with
+    second = MIN_RANGE_BYTES + MAX_RANGE_BYTES
+    hub.set_faults(fail_range_once_at=second)
+    stderr = run_and_check(
+        aioc4, DOCS_PER_TRAIN_SHARD + 2_000, 5_000, source_lines("train"), "--procs", "2", "--verbose"
+    )
+    assert hub.stats()["faults_injected"].get("storage_500", 0) >= 1
+    first = "en/c4-train.00000-of-00003.json.gz"
+    assert f"{first}: relaying bytes {second}-{second + MAX_RANGE_BYTES}" in stderr
+    assert f"{first}: downloading from byte" not in stderr  # the process's download went on
 
 
 def test_ranges_of_a_shard_cost_one_resolve(
