@@ -63,7 +63,7 @@ from .decode_worker import (
     ShardTask,
 )
 from .errors import CorruptShardError, DestinationError, LineTooLongError, RangeIgnoredError, SourceError
-from .hub import HubSource, Shard
+from .hub import HubSource, Shard, uses_proxy
 from .readahead import MIN_RANGE_BYTES
 from .reader import (
     EXACT_DOCUMENTS,
@@ -395,13 +395,19 @@ class DecodePool:
         the process download the rest from storage itself: the bytes cross no pipe, and this process's
         core is left to stitching parts. Where its download stops (or the Hub serves the shard itself,
         or storage ignores Range) the rest is relayed from here, from the byte reached, with the ranges,
-        retries, re-resolve of an expired link and budget of this process's download."""
-        first = _RELAYED_BYTES
+        retries, re-resolve of an expired link and budget of this process's download. So is all of it
+        where the environment sends storage requests through a proxy, which the process's own sockets
+        would go around."""
+        first, proxied = _RELAYED_BYTES, False
         try:
             async with aclosing(self._source.stream(run.shard, self._commit, 0, first)) as body:
                 async for chunk in body:
                     await self._send_chunk(worker, run, chunk)
-                    if run.granted is None and (url := self._source.storage_url(run.shard)) is not None:
+                    url = None if run.granted is not None or proxied else self._source.storage_url(run.shard)
+                    if url is not None and uses_proxy(url):
+                        proxied = True
+                        log.debug("%s: relayed from here (storage is behind a proxy)", run.shard.path)
+                    elif url is not None:
                         await self._start_fetching(worker, run, url, first)
         except RangeIgnoredError:  # storage ignores Range: nothing was relayed yet
             first = 0

@@ -14,6 +14,7 @@ import hashlib
 import logging
 import threading
 import time
+import urllib.request
 import weakref
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, replace
@@ -116,7 +117,8 @@ class HubSource:
             timeout = aiohttp.ClientTimeout(
                 total=None, sock_connect=min(HUB_CONNECT_TIMEOUT_S, self.timeout_s), sock_read=self.timeout_s
             )
-            self._session = aiohttp.ClientSession(timeout=timeout, auto_decompress=False)
+            # trust_env: HTTP(S)_PROXY and NO_PROXY, as huggingface_hub's own client honours them
+            self._session = aiohttp.ClientSession(timeout=timeout, auto_decompress=False, trust_env=True)
         return self
 
     async def __aexit__(
@@ -565,6 +567,16 @@ def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) ->
 
 
 _request_started: weakref.WeakKeyDictionary[httpx2.Request, float] = weakref.WeakKeyDictionary()
+
+
+def uses_proxy(url: str) -> bool:
+    """Whether this process's requests to `url` go through a proxy: one the environment names for its
+    scheme (`HTTP_PROXY`, `HTTPS_PROXY`) unless `NO_PROXY` exempts its host, the rule aiohttp's
+    `trust_env` follows."""
+    parts = urlsplit(url)
+    if parts.scheme not in urllib.request.getproxies():
+        return False
+    return not urllib.request.proxy_bypass(parts.hostname or "")
 
 
 def install_hub_client(timeout_s: float = HUB_TIMEOUT_S) -> None:
