@@ -86,12 +86,15 @@ class IncompleteJobError(Aioc4Error):
 
 
 class RetryableError(Aioc4Error):
-    """A failure worth another try (throttling, 5xx, dropped connection, expired signed URL)."""
+    """A failure worth another try (throttling, 5xx, dropped connection, expired signed URL).
+    `at_once`: try again now, as no failed attempt (a signed URL resolved before the last wait expired:
+    waiting longer would only let the next one expire too)."""
 
-    def __init__(self, reason: str, retry_after_s: float | None = None) -> None:
+    def __init__(self, reason: str, retry_after_s: float | None = None, *, at_once: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after_s = retry_after_s
+        self.at_once = at_once
 
 
 class RangeIgnoredError(Aioc4Error):

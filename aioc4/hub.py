@@ -329,6 +329,9 @@ class HubSource:
                 if response is not None:
                     _log_storage_request(response, sent, time.monotonic() - started)
                     response.close()  # drops the connection if the body was not read to the end
+            if failure.at_once:
+                log.warning("%s: %s", shard.path, failure.reason)
+                continue
             attempt += 1
             await self._wait_or_give_up(attempt, failure, what=shard.path)
 
@@ -366,6 +369,7 @@ class HubSource:
         url = self._storage_urls.get(shard.path) or hf_hub_url(
             self.repo_id, shard.path, repo_type="dataset", revision=commit, endpoint=self.endpoint
         )
+        resolved_now = False  # the storage URL came from the Hub in this call (not one kept from before)
         for _ in range(_MAX_REDIRECTS):
             on_hub = _same_origin(url, self.endpoint)
             headers = dict(self._hub_headers if on_hub else _without_auth(self._hub_headers))
@@ -382,14 +386,18 @@ class HubSource:
                 url = _redirect_target(url, response.headers.get("Location", ""), shard)
                 if not _same_origin(url, self.endpoint):
                     self._storage_urls[shard.path] = url
+                    resolved_now = True
                 continue
             if not on_hub and response.status in (401, 403, 410):
                 # an expired or revoked signed URL: resolve again (unless another range already
                 # dropped or replaced it: then this one waits for, or takes, the new URL)
                 if self._storage_urls.get(shard.path) == url:
                     del self._storage_urls[shard.path]
+                # one kept from before has expired: a fresh one now; one the Hub just gave: wait first
                 raise RetryableError(
-                    f"storage refused the signed URL (HTTP {response.status}); resolving again", 0
+                    f"storage refused the signed URL (HTTP {response.status}); resolving again",
+                    0,
+                    at_once=not resolved_now,
                 )
             if response.status in RETRYABLE_STATUSES:
                 raise RetryableError(

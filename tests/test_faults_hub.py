@@ -3,6 +3,7 @@ a storage host that ignores Range. Output must still be exactly the first N docu
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import os
@@ -13,9 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from aioc4.errors import SourceError
+from aioc4.hub import HubSource
 from aioc4.naming import part_names
 from aioc4.range_fetch import MAX_RANGE_BYTES
 from aioc4.readahead import MIN_RANGE_BYTES
+from aioc4.retry import RetryBudget, RetryPolicy
 from scripts.hub_server import HubServerProcess
 from scripts.shards import FakeRepo
 
@@ -88,6 +92,40 @@ def test_expired_signed_urls_are_resolved_again(
     print(f"Expiring links, faults injected and survived: {injected}")
     assert injected.get("expired_url", 0) > 0
     assert "storage refused the signed URL (HTTP 403); resolving again" in stderr
+
+
+def test_an_expired_kept_url_is_resolved_again_at_once_and_a_refused_fresh_one_waits(
+    faulty_hub: HubServerProcess, fake_repo: FakeRepo
+) -> None:
+    """A signed URL kept from an earlier range that has expired since costs no attempt and no wait: a
+    fresh one is asked for at once (waiting would only age the next one too, as a backoff longer than
+    the URLs' lifetime did). One the Hub has just given that storage still refuses is a failed
+    attempt, with its wait, so a store that refuses every URL ends in an error, not a loop."""
+    faulty_hub.clear_faults()
+    faulty_hub.reset_stats()
+    policy = RetryPolicy(max_attempts=3, base_delay_s=0.05, max_delay_s=0.1)
+
+    async def read(start: int, end: int) -> tuple[bytes, bytes, RetryBudget]:
+        budget = RetryBudget(policy)
+        async with HubSource("allenai/c4", endpoint=faulty_hub.endpoint, budget=budget) as source:
+            commit = await source.resolve_commit("main")
+            shard = (await source.list_shards(commit, "en", "train"))[0]
+            first = b"".join([chunk async for chunk in source.stream(shard, commit, 0, start)])
+            faulty_hub.set_faults(clock_skew_s=2 * 3600)  # every URL handed out so far has expired
+            second = b"".join([chunk async for chunk in source.stream(shard, commit, start, end)])
+        return first, second, budget
+
+    try:
+        first, second, budget = asyncio.run(read(1000, 5000))
+        local = (fake_repo.root / "en/c4-train.00000-of-00003.json.gz").read_bytes()
+        assert (first, second) == (local[:1000], local[1000:5000])
+        assert (budget.retries, budget.waited_s) == (0, 0.0)
+        assert faulty_hub.stats()["faults_injected"].get("expired_url") == 1
+        faulty_hub.set_faults(url_ttl_s=0.0)  # and now storage refuses every URL, however fresh
+        with pytest.raises(SourceError, match=r"refused the signed URL .* gave up after 4 attempt"):
+            asyncio.run(read(1000, 5000))
+    finally:
+        faulty_hub.clear_faults()
 
 
 def test_a_storage_host_that_ignores_range_is_coped_with(
