@@ -26,7 +26,10 @@ def proxied_hub(fake_repo: FakeRepo) -> Iterator[HubServerProcess]:
         yield server
 
 
-def _count_job(hub: HubServerProcess, tmp_path: Path, proxy: ForwardProxy, no_proxy: str) -> str:
+def _count_job(
+    hub: HubServerProcess, tmp_path: Path, proxy: ForwardProxy, no_proxy: str, lines: list[bytes]
+) -> str:
+    """The job's stderr, once its parts are checked to hold exactly the first COUNT documents."""
     env = clean_env(hub.endpoint, {}, tmp_path)
     env.update({"HTTP_PROXY": proxy.url, "http_proxy": proxy.url, "NO_PROXY": no_proxy, "no_proxy": no_proxy})
     hub.reset_stats()
@@ -36,6 +39,7 @@ def _count_job(hub: HubServerProcess, tmp_path: Path, proxy: ForwardProxy, no_pr
         "--procs", "2", "--verbose",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
+    assert parts_in(tmp_path / "o") == split_expected(lines[:COUNT], part_names("train", COUNT, SIZE), SIZE)
     return result.stderr
 
 
@@ -43,10 +47,7 @@ def test_every_request_of_a_count_job_goes_through_the_proxy(
     proxied_hub: HubServerProcess, tmp_path: Path, source_lines: Callable[[str], list[bytes]]
 ) -> None:
     with ForwardProxy() as proxy:
-        stderr = _count_job(proxied_hub, tmp_path, proxy, no_proxy="")
-    assert parts_in(tmp_path / "o") == split_expected(
-        source_lines("train")[:COUNT], part_names("train", COUNT, SIZE), SIZE
-    )
+        stderr = _count_job(proxied_hub, tmp_path, proxy, no_proxy="", lines=source_lines("train"))
     storage, hub = (urlsplit(url).netloc for url in (proxied_hub.storage, proxied_hub.endpoint))
     stats = proxied_hub.stats()
     assert stats["storage_get_requests"] > 2
@@ -59,9 +60,6 @@ def test_a_host_no_proxy_names_is_reached_directly(
     proxied_hub: HubServerProcess, tmp_path: Path, source_lines: Callable[[str], list[bytes]]
 ) -> None:
     with ForwardProxy() as proxy:
-        stderr = _count_job(proxied_hub, tmp_path, proxy, no_proxy="127.0.0.1")
-    assert parts_in(tmp_path / "o") == split_expected(
-        source_lines("train")[:COUNT], part_names("train", COUNT, SIZE), SIZE
-    )
+        stderr = _count_job(proxied_hub, tmp_path, proxy, no_proxy="127.0.0.1", lines=source_lines("train"))
     assert not proxy.requests
     assert "behind a proxy" not in stderr
